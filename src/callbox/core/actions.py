@@ -1,0 +1,99 @@
+"""What the core asks the I/O shell to do.
+
+The core never touches a socket or a clock: it returns these, and the trio shell carries them out.
+Timers are keyed so the shell can place them: a key with a ``call_id`` lives in that call's nursery
+and dies with it; the others live with the session.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from callbox.messages import ServerMessage
+
+ConnId = int
+
+
+@frozen
+class Send:
+    """Write `message` to connection `conn`, stamped with `seq` when it is a session message."""
+
+    conn: ConnId
+    message: ServerMessage
+    seq: int | None = None
+
+
+@frozen
+class Close:
+    """Close connection `conn` with a WebSocket close code; the core has already forgotten it."""
+
+    conn: ConnId
+    code: int
+    reason: str
+
+
+@frozen
+class OpenCall:
+    """A call began: the shell opens its nursery, where the call's timers will run."""
+
+    call_id: str
+
+
+@frozen
+class CloseCall:
+    """A call ended: the shell cancels its nursery, and every timer of the call with it."""
+
+    call_id: str
+
+
+@frozen
+class RingTimer:
+    """An invitee's ring timeout (a task in the call's nursery)."""
+
+    call_id: str
+    user_id: str
+
+
+@frozen
+class ExpiryWarningTimer:
+    call_id: str
+
+
+@frozen
+class DurationCapTimer:
+    call_id: str
+
+
+@frozen
+class GraceTimer:
+    """The reconnect grace period of a session whose connection was lost."""
+
+    session_id: str
+
+
+@frozen
+class IceRefreshTimer:
+    """When to push a session fresh TURN credentials."""
+
+    session_id: str
+
+
+CallTimer = RingTimer | ExpiryWarningTimer | DurationCapTimer
+SessionTimer = GraceTimer | IceRefreshTimer
+TimerKey = CallTimer | SessionTimer
+
+
+@frozen
+class StartTimer:
+    """Call `Switchboard.timer_fired(key, now)` at `deadline` (core clock, seconds)."""
+
+    key: TimerKey
+    deadline: float
+
+
+@frozen
+class CancelTimer:
+    key: TimerKey
+
+
+Action = Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer

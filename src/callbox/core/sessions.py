@@ -1,0 +1,102 @@
+"""Sessions and connections as the core sees them: sequencing, replay and rate limits.
+
+A session outlives its connection: while it is in its reconnect grace period it has no connection,
+still counts as connected, and keeps what is sent to it so a resuming client can be given every
+message after the last `seq` it processed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from attrs import define, field
+
+from callbox.core.actions import ConnId, Send
+from callbox.messages import ServerMessage
+
+RECENTLY_ENDED_CALLS = 16
+"""Ended calls a session remembers, so a late message about one is `invalid_state`, not `unknown_call`."""
+
+
+@define
+class TokenBucket:
+    """Allows `rate` messages a second on average, in bursts of up to `burst`."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate=rate, burst=burst, tokens=burst, updated=now)
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@define(eq=False)
+class Session:
+    session_id: str
+    user_id: str
+    device_id: str | None
+    resume_token: str
+    replay_limit: int
+    conn: ConnId | None = None
+    next_seq: int = 1
+    replay: deque[tuple[int, ServerMessage]] = field(factory=deque)
+    call_id: str | None = None
+    """The call this device has joined; a device is in at most one call."""
+    ringing: set[str] = field(factory=set)
+    """Calls ringing on this device."""
+    recently_ended: deque[str] = field(factory=lambda: deque(maxlen=RECENTLY_ENDED_CALLS))
+    grace_deadline: float | None = None
+
+    def deliver(self, message: ServerMessage) -> Send | None:
+        """Number `message`, keep it for replay, and say where to send it now (if connected).
+
+        Raises `ReplayOverflow` when the session is in its grace period and its replay buffer is
+        full: the session must end rather than lose a message its client would never know about.
+        """
+        seq = self.next_seq
+        self.next_seq += 1
+        self.replay.append((seq, message))
+        if len(self.replay) > self.replay_limit:
+            if self.conn is None:
+                raise ReplayOverflow(self.session_id)
+            self.replay.popleft()
+        return None if self.conn is None else Send(self.conn, message, seq)
+
+    def can_replay_after(self, last_seq: int) -> bool:
+        """Whether every message after `last_seq` is still held (or there are none)."""
+        first_held = self.replay[0][0] if self.replay else self.next_seq
+        return first_held - 1 <= last_seq <= self.next_seq - 1
+
+    def replay_after(self, last_seq: int) -> list[Send]:
+        assert self.conn is not None
+        return [Send(self.conn, message, seq) for seq, message in self.replay if seq > last_seq]
+
+    def forget_call(self, call_id: str) -> None:
+        """The call is over for this device; remember it as recently ended."""
+        if self.call_id == call_id:
+            self.call_id = None
+        self.ringing.discard(call_id)
+        self.recently_ended.append(call_id)
+
+
+class ReplayOverflow(Exception):
+    """A disconnected session's replay buffer is full; the session has to end."""
+
+
+@define(eq=False)
+class Link:
+    """A connection, before and after it has a session."""
+
+    conn: ConnId
+    bucket: TokenBucket
+    session: Session | None = None

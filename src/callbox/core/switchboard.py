@@ -1,0 +1,725 @@
+"""The switchboard: sessions, calls and routing, with no I/O.
+
+The shell feeds it what happened (a connection opened, bytes arrived, a connection was lost, a timer
+fired), always with the current time, and carries out the actions it returns. Tests drive it the
+same way, with no sockets and no clock.
+
+State is indexed so that every operation costs the size of what it touches: calls by `call_id`,
+sessions by id and by resume token, and per user the sessions and calls it is in. Nothing scans all
+calls or all users.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from attrs import define, field
+
+from callbox.auth import AuthError
+from callbox.codec import ProtocolError, decode_client
+from callbox.config import Config
+from callbox.core.actions import (
+    Action,
+    CancelTimer,
+    Close,
+    CloseCall,
+    ConnId,
+    DurationCapTimer,
+    ExpiryWarningTimer,
+    GraceTimer,
+    IceRefreshTimer,
+    OpenCall,
+    RingTimer,
+    Send,
+    StartTimer,
+    TimerKey,
+)
+from callbox.core.calls import Call, Party
+from callbox.core.sessions import Link, ReplayOverflow, Session, TokenBucket
+from callbox.core.states import CallEvent, CallState, IllegalTransition, PartyState
+from callbox.messages import (
+    Bye,
+    CallAccepted,
+    CallAnswer,
+    CallEnded,
+    CallExpiring,
+    CallIncoming,
+    CallInitiate,
+    CallInvite,
+    CallJoin,
+    CallReject,
+    CallRejected,
+    CallRinging,
+    ClientMessage,
+    DropoutReason,
+    EndReason,
+    Error,
+    ErrorCode,
+    Hangup,
+    HangupReason,
+    Hello,
+    IceCandidate,
+    IceServer,
+    IceServersUpdate,
+    ParticipantJoined,
+    ParticipantLeft,
+    Ping,
+    Pong,
+    RelayedIceCandidate,
+    RelayedSdpAnswer,
+    RelayedSdpOffer,
+    SdpAnswer,
+    SdpOffer,
+    ServerMessage,
+    Welcome,
+)
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_AUTH_FAILED = 4001
+CLOSE_TAKEN_OVER = 4002
+
+END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
+    "declined": "rejected",
+    "busy": "busy",
+    "offline": "offline",
+    "ring_timeout": "ring_timeout",
+    "call_full": "call_full",
+}
+LeaveReason = Literal["hangup", "disconnected"]
+
+
+class Refused(Exception):
+    """A client message the current state does not allow; answered with an `error`."""
+
+    def __init__(self, code: ErrorCode, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.path = path
+
+
+@define
+class User:
+    """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
+
+    sessions: dict[str, Session] = field(factory=dict)
+    calls: set[str] = field(factory=set)
+
+
+@define(eq=False)
+class Switchboard:
+    """Routes signaling between sessions and runs every call's state machine."""
+
+    config: Config
+    authenticate: Callable[[Hello], str]
+    """Returns the user id for a `hello`, or raises `AuthError`."""
+    ice_servers: Callable[[str], list[IceServer]]
+    """The ICE servers (with fresh credentials) to hand a user."""
+    ice_refresh_in: Callable[[], float | None]
+    """Seconds until those credentials should be refreshed, or None if they never expire."""
+    new_token: Callable[[int], str] = secrets.token_urlsafe
+
+    _links: dict[ConnId, Link] = field(factory=dict, init=False)
+    _sessions: dict[str, Session] = field(factory=dict, init=False)
+    _by_resume_token: dict[str, Session] = field(factory=dict, init=False)
+    _users: dict[str, User] = field(factory=dict, init=False)
+    _calls: dict[str, Call] = field(factory=dict, init=False)
+    _out: list[Action] = field(factory=list, init=False)
+    _overflowed: list[Session] = field(factory=list, init=False)
+
+    # -----------------------------------------------------------------------------------------
+    # What the shell calls
+
+    def connect(self, conn: ConnId, now: float) -> list[Action]:
+        bucket = TokenBucket.full(self.config.messages_per_second, self.config.message_burst, now)
+        self._links[conn] = Link(conn=conn, bucket=bucket)
+        return []
+
+    def receive(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
+        """A text message arrived on `conn`."""
+        link = self._links.get(conn)
+        if link is None:  # already closed by us; the shell may still be draining its socket
+            return []
+        allowed = link.bucket.take(now)
+        try:
+            message = decode_client(data)
+        except ProtocolError as exc:
+            return self._finish(lambda: self._error(link, exc.code, exc.message, exc.path, exc.rid))
+        if not allowed:
+            limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
+            return self._finish(
+                lambda: self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
+            )
+        return self._finish(lambda: self._dispatch(link, message, now))
+
+    def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
+        link = self._links.get(conn)
+        if link is None:
+            return []
+        reason = "binary frames are not accepted: send JSON as text frames"
+        return self._finish(lambda: self._error(link, "invalid_message", reason, None, None))
+
+    def disconnect(self, conn: ConnId, now: float) -> list[Action]:
+        """The connection is gone (clean close or not): its session enters the grace period."""
+        link = self._links.pop(conn, None)
+        if link is None or link.session is None or link.session.conn != conn:
+            return []
+        session = link.session
+        return self._finish(lambda: self._detach(session, now))
+
+    def timer_fired(self, key: TimerKey, now: float) -> list[Action]:
+        """A timer the core started has expired. Stale firings (already resolved) are ignored."""
+        return self._finish(lambda: self._timer(key, now))
+
+    # -----------------------------------------------------------------------------------------
+    # Introspection, for the shell's statistics and for tests
+
+    def call_state(self, call_id: str) -> CallState | None:
+        call = self._calls.get(call_id)
+        return None if call is None else call.state
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "connections": len(self._links),
+            "sessions": len(self._sessions),
+            "users": len(self._users),
+            "calls": len(self._calls),
+        }
+
+    # -----------------------------------------------------------------------------------------
+    # Plumbing
+
+    def _finish(self, work: Callable[[], None]) -> list[Action]:
+        """Run one event's work and return the actions it produced.
+
+        Sessions whose replay buffer overflowed while they were away are ended afterwards, so
+        ending them never happens in the middle of another change.
+        """
+        self._out = []
+        work()
+        while self._overflowed:
+            session = self._overflowed.pop()
+            if session.session_id in self._sessions:
+                self._end_session(session)
+        return self._out
+
+    def _send(self, session: Session, message: ServerMessage) -> None:
+        try:
+            send = session.deliver(message)
+        except ReplayOverflow:
+            self._overflowed.append(session)
+            return
+        if send is not None:
+            self._out.append(send)
+
+    def _error(
+        self, link: Link, code: ErrorCode, message: str, path: str | None, rid: str | None
+    ) -> None:
+        error = Error(code=code, message=message, path=path, rid=rid)
+        if link.session is None:
+            self._out.append(Send(link.conn, error))
+        else:
+            self._send(link.session, error)
+
+    def _dispatch(self, link: Link, message: ClientMessage, now: float) -> None:
+        session = link.session
+        if session is None:
+            if isinstance(message, Hello):
+                self._hello(link, message, now)
+            else:
+                self._error(link, "not_authenticated", "send hello first", "/type", message.rid)
+            return
+        try:
+            match message:
+                case Hello():
+                    raise Refused("invalid_state", "already authenticated: hello is sent once")
+                case Ping():
+                    self._out.append(Send(link.conn, Pong(ts=message.ts, rid=message.rid)))
+                case Bye():
+                    self._end_session(session)
+                    self._links.pop(link.conn, None)
+                    self._out.append(Close(link.conn, CLOSE_NORMAL, "bye"))
+                case CallInitiate():
+                    self._initiate(session, message, now)
+                case CallAnswer() | CallJoin():
+                    self._answer(session, message, now)
+                case CallReject():
+                    self._reject(session, message, now)
+                case CallInvite():
+                    self._invite(session, message, now)
+                case Hangup():
+                    self._hangup(session, message)
+                case SdpOffer() | SdpAnswer() | IceCandidate():
+                    self._relay(session, message)
+        except Refused as refusal:
+            self._error(link, refusal.code, refusal.message, refusal.path, message.rid)
+
+    # -----------------------------------------------------------------------------------------
+    # Sessions
+
+    def _hello(self, link: Link, hello: Hello, now: float) -> None:
+        try:
+            user_id = self.authenticate(hello)
+        except AuthError as exc:
+            self._out.append(Send(link.conn, Error(code="auth_failed", message=str(exc), rid=hello.rid)))
+            self._out.append(Close(link.conn, CLOSE_AUTH_FAILED, "authentication failed"))
+            del self._links[link.conn]
+            return
+        if hello.resume is not None and hello.last_seq is not None:
+            old = self._by_resume_token.get(hello.resume)
+            if old is not None and old.user_id == user_id:
+                if old.can_replay_after(hello.last_seq):
+                    self._resume(link, old, hello, now)
+                    return
+                self._end_session(old)
+        user = self._users.get(user_id)
+        if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
+            limit = self.config.max_sessions_per_user
+            message = f"user {user_id} already has {limit} sessions, the most allowed"
+            self._out.append(Send(link.conn, Error(code="session_limit", message=message, rid=hello.rid)))
+            self._out.append(Close(link.conn, CLOSE_POLICY, "too many sessions"))
+            del self._links[link.conn]
+            return
+        session = Session(
+            session_id=self.new_token(12),
+            user_id=user_id,
+            device_id=hello.device_id,
+            resume_token=self.new_token(24),
+            replay_limit=self.config.replay_buffer_messages,
+            conn=link.conn,
+        )
+        self._sessions[session.session_id] = session
+        self._by_resume_token[session.resume_token] = session
+        self._users.setdefault(user_id, User()).sessions[session.session_id] = session
+        link.session = session
+        self._welcome(session, resumed=False, rid=hello.rid, now=now)
+        self._ring_new_device(session, now)
+
+    def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
+        assert session.conn is not None
+        welcome = Welcome(
+            user_id=session.user_id,
+            session_id=session.session_id,
+            resume_token=session.resume_token,
+            resumed=resumed,
+            ice_servers=self.ice_servers(session.user_id),
+            heartbeat_ms=self.config.heartbeat_ms,
+            limits=self.config.limits(),
+            rid=rid,
+        )
+        self._out.append(Send(session.conn, welcome))
+        self._arm_ice_refresh(session, now)
+
+    def _arm_ice_refresh(self, session: Session, now: float) -> None:
+        refresh_in = self.ice_refresh_in()
+        if refresh_in is not None:
+            self._out.append(StartTimer(IceRefreshTimer(session.session_id), now + refresh_in))
+
+    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
+        assert hello.last_seq is not None
+        if session.conn is not None:
+            self._links.pop(session.conn, None)
+            self._out.append(Close(session.conn, CLOSE_TAKEN_OVER, "session taken over"))
+        else:
+            self._out.append(CancelTimer(GraceTimer(session.session_id)))
+            session.grace_deadline = None
+        del self._by_resume_token[session.resume_token]
+        session.resume_token = self.new_token(24)
+        self._by_resume_token[session.resume_token] = session
+        session.conn = link.conn
+        link.session = session
+        self._welcome(session, resumed=True, rid=hello.rid, now=now)
+        self._out.extend(session.replay_after(hello.last_seq))
+
+    def _detach(self, session: Session, now: float) -> None:
+        session.conn = None
+        session.grace_deadline = now + self.config.reconnect_grace_ms / 1000
+        self._out.append(CancelTimer(IceRefreshTimer(session.session_id)))
+        self._out.append(StartTimer(GraceTimer(session.session_id), session.grace_deadline))
+
+    def _end_session(self, session: Session) -> None:
+        """The session is over for good: its calls go on (or end) without it."""
+        del self._sessions[session.session_id]
+        del self._by_resume_token[session.resume_token]
+        user = self._users[session.user_id]
+        del user.sessions[session.session_id]
+        if session.conn is None:
+            self._out.append(CancelTimer(GraceTimer(session.session_id)))
+        self._out.append(CancelTimer(IceRefreshTimer(session.session_id)))
+        if session.call_id is not None:
+            self._leave(self._calls[session.call_id], session, "disconnected")
+        for call_id in list(session.ringing):
+            call = self._calls[call_id]
+            party = call.parties[session.user_id]
+            party.ringing_sessions.discard(session.session_id)
+            session.ringing.discard(call_id)
+            if not party.ringing_sessions:
+                self._drop_out(call, party, "offline")
+        self._forget_user_if_idle(session.user_id)
+
+    def _ring_new_device(self, session: Session, now: float) -> None:
+        """A device that connects while its user is being rung starts ringing too."""
+        for call_id in self._users[session.user_id].calls:
+            call = self._calls[call_id]
+            party = call.parties[session.user_id]
+            if party.state is PartyState.RINGING:
+                self._ring_device(call, party, session, now)
+
+    # -----------------------------------------------------------------------------------------
+    # Timers
+
+    def _timer(self, key: TimerKey, now: float) -> None:
+        match key:
+            case GraceTimer(session_id):
+                session = self._sessions.get(session_id)
+                deadline = None if session is None else session.grace_deadline
+                if session is not None and deadline is not None and now >= deadline:
+                    self._end_session(session)
+            case IceRefreshTimer(session_id):
+                session = self._sessions.get(session_id)
+                if session is not None and session.conn is not None:
+                    self._send(session, IceServersUpdate(ice_servers=self.ice_servers(session.user_id)))
+                    self._arm_ice_refresh(session, now)
+            case RingTimer(call_id, user_id):
+                call = self._calls.get(call_id)
+                party = None if call is None else call.parties.get(user_id)
+                if call is not None and party is not None and party.state is PartyState.RINGING:
+                    if now >= party.ring_deadline:
+                        self._drop_out(call, party, "ring_timeout")
+            case ExpiryWarningTimer(call_id):
+                call = self._calls.get(call_id)
+                if call is not None and call.ends_at is not None:
+                    call.apply(CallEvent.EXPIRY_WARNING)
+                    ends_in_ms = max(0, round((call.ends_at - now) * 1000))
+                    for party in call.joined():
+                        self._send_party(party, CallExpiring(call_id=call_id, ends_in_ms=ends_in_ms))
+            case DurationCapTimer(call_id):
+                call = self._calls.get(call_id)
+                if call is not None:
+                    call.apply(CallEvent.MAX_DURATION)
+                    self._end_call(call, "max_duration", by=None)
+
+    # -----------------------------------------------------------------------------------------
+    # Calls
+
+    def _initiate(self, session: Session, msg: CallInitiate, now: float) -> None:
+        if msg.call_id in self._calls:
+            raise Refused("call_exists", f"call {msg.call_id} already exists", "/call_id")
+        if session.user_id in msg.to:
+            index = msg.to.index(session.user_id)
+            raise Refused("invalid_message", "a user cannot call themself", f"/to/{index}")
+        if session.call_id is not None:
+            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+        if len(self._users[session.user_id].calls) >= self.config.max_calls_per_user:
+            limit = self.config.max_calls_per_user
+            raise Refused("user_busy", f"you are already a party of {limit} calls, the most allowed")
+        if 1 + len(msg.to) > self.config.max_participants:
+            limit = self.config.max_participants
+            raise Refused("call_full", f"a call holds at most {limit} participants", "/to")
+        if len(msg.to) == 1 and self._merge_glare(session, msg, now):
+            return
+        call = Call(call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata)
+        call.parties[session.user_id] = Party(
+            user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
+        )
+        self._calls[call.call_id] = call
+        self._users[session.user_id].calls.add(call.call_id)
+        session.call_id = call.call_id
+        self._out.append(OpenCall(call.call_id))
+        self._ring(call, msg.to, session, msg.rid, now)
+
+    def _ring(
+        self, call: Call, user_ids: Iterable[str], by: Session, rid: str | None, now: float
+    ) -> None:
+        """Invite `user_ids`: ring the available, drop out the busy and the offline."""
+        available: list[Party] = []
+        unavailable: list[tuple[Party, DropoutReason]] = []
+        for user_id in user_ids:
+            party = call.parties.setdefault(user_id, Party(user_id=user_id, state=PartyState.GONE))
+            call.apply(CallEvent.INVITE, party)
+            self._users.setdefault(user_id, User()).calls.add(call.call_id)
+            reason = self._unavailable(user_id, call.call_id)
+            if reason is None:
+                available.append(party)
+            else:
+                unavailable.append((party, reason))
+        if available:
+            ringing = CallRinging(call_id=call.call_id, to=[p.user_id for p in available], rid=rid)
+            self._send(by, ringing)
+        for party in available:
+            party.ring_deadline = now + self.config.ring_timeout_ms / 1000
+            self._out.append(StartTimer(RingTimer(call.call_id, party.user_id), party.ring_deadline))
+            for session in list(self._users[party.user_id].sessions.values()):
+                self._ring_device(call, party, session, now)
+        for party, reason in unavailable:
+            if call.state is not CallState.ENDED:
+                self._drop_out(call, party, reason, reply_to=(by, rid))
+
+    def _unavailable(self, user_id: str, call_id: str) -> DropoutReason | None:
+        user = self._users[user_id]
+        if not user.sessions:
+            return "offline"
+        in_a_call = any(s.call_id is not None for s in user.sessions.values())
+        if in_a_call or len(user.calls - {call_id}) >= self.config.max_calls_per_user:
+            return "busy"
+        return None
+
+    def _ring_device(self, call: Call, party: Party, session: Session, now: float) -> None:
+        party.ringing_sessions.add(session.session_id)
+        session.ringing.add(call.call_id)
+        incoming = CallIncoming(
+            call_id=call.call_id,
+            from_=call.caller,
+            participants=call.roster(),
+            media=call.media,
+            expires_in_ms=max(0, round((party.ring_deadline - now) * 1000)),
+            metadata=call.metadata,
+        )
+        self._send(session, incoming)
+
+    def _merge_glare(self, session: Session, msg: CallInitiate, now: float) -> bool:
+        """Two users calling each other at once get one call: the lesser `call_id` survives."""
+        callee = msg.to[0]
+        for call_id in list(self._users[session.user_id].calls):
+            call = self._calls[call_id]
+            mine = call.parties.get(session.user_id)
+            crossed = (
+                call.caller == callee
+                and len(call.parties) == 2
+                and mine is not None
+                and mine.state is PartyState.RINGING
+            )
+            if not crossed or mine is None:
+                continue
+            if call.call_id < msg.call_id:
+                self._send(session, CallEnded(call_id=msg.call_id, reason="merged", rid=msg.rid))
+                self._join(call, mine, session, msg.rid, now)
+                return True
+            their_session = self._sessions[call.parties[callee].session_id or ""]
+            call.apply(CallEvent.MERGE)
+            self._end_call(call, "merged", by=session.user_id)
+            merged = Call(call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata)
+            merged.parties[session.user_id] = Party(
+                user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
+            )
+            merged.parties[callee] = Party(user_id=callee, state=PartyState.RINGING)
+            self._calls[merged.call_id] = merged
+            self._users[session.user_id].calls.add(merged.call_id)
+            self._users[callee].calls.add(merged.call_id)
+            session.call_id = merged.call_id
+            self._out.append(OpenCall(merged.call_id))
+            self._join(merged, merged.parties[callee], their_session, msg.rid, now, rid_to=session)
+            return True
+        return False
+
+    def _answer(self, session: Session, msg: CallAnswer | CallJoin, now: float) -> None:
+        call = self._call_of_invitee(session, msg.call_id)
+        party = call.parties[session.user_id]
+        if session.call_id is not None:
+            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+        if len(call.joined()) >= self.config.max_participants:
+            self._drop_out(call, party, "call_full")
+            limit = self.config.max_participants
+            raise Refused("call_full", f"call {call.call_id} already has {limit} participants")
+        self._join(call, party, session, msg.rid, now)
+
+    def _join(
+        self,
+        call: Call,
+        party: Party,
+        session: Session,
+        rid: str | None,
+        now: float,
+        rid_to: Session | None = None,
+    ) -> None:
+        """`party` joins on `session`; its other devices stop ringing."""
+        was_active = call.state is CallState.ACTIVE
+        already_in = call.joined()
+        call.apply(CallEvent.JOIN, party)
+        party.session_id = session.session_id
+        session.call_id = call.call_id
+        self._out.append(CancelTimer(RingTimer(call.call_id, party.user_id)))
+        for other_id in party.ringing_sessions - {session.session_id}:
+            other = self._sessions[other_id]
+            other.forget_call(call.call_id)
+            self._send(other, CallEnded(call_id=call.call_id, reason="answered_elsewhere", by=party.user_id))
+        party.ringing_sessions.clear()
+        session.ringing.discard(call.call_id)
+        if call.ends_at is None:
+            self._arm_duration_cap(call, now)
+        participants = call.joined_user_ids()
+        reply_to = rid_to or session
+        for member in call.joined():
+            member_session = self._sessions[member.session_id or ""]
+            echo = rid if member_session is reply_to else None
+            accepted = CallAccepted(call_id=call.call_id, by=party.user_id, participants=participants, rid=echo)
+            self._send(member_session, accepted)
+        if was_active:
+            for member in already_in:
+                self._send_party(member, ParticipantJoined(call_id=call.call_id, user_id=party.user_id))
+
+    def _arm_duration_cap(self, call: Call, now: float) -> None:
+        cap = self.config.max_call_duration_ms / 1000
+        warning = min(self.config.call_expiring_warning_ms / 1000, cap)
+        call.ends_at = now + cap
+        if warning > 0:
+            self._out.append(StartTimer(ExpiryWarningTimer(call.call_id), call.ends_at - warning))
+        self._out.append(StartTimer(DurationCapTimer(call.call_id), call.ends_at))
+
+    def _reject(self, session: Session, msg: CallReject, now: float) -> None:
+        call = self._call_of_invitee(session, msg.call_id)
+        self._drop_out(call, call.parties[session.user_id], msg.reason, reply_to=(session, msg.rid))
+
+    def _invite(self, session: Session, msg: CallInvite, now: float) -> None:
+        call = self._call_of_member(session, msg.call_id)
+        for index, user_id in enumerate(msg.to):
+            party = call.parties.get(user_id)
+            if party is not None and party.state is not PartyState.GONE:
+                raise Refused("invalid_state", f"{user_id} is already {party.state}", f"/to/{index}")
+        if len(call.joined()) + len(msg.to) > self.config.max_participants:
+            limit = self.config.max_participants
+            raise Refused("call_full", f"a call holds at most {limit} participants", "/to")
+        self._ring(call, msg.to, session, msg.rid, now)
+
+    def _hangup(self, session: Session, msg: Hangup) -> None:
+        call = self._call_of_member(session, msg.call_id)
+        self._leave(call, session, "hangup", detail=msg.reason, rid=msg.rid)
+
+    def _relay(self, session: Session, msg: SdpOffer | SdpAnswer | IceCandidate) -> None:
+        call = self._call_of_member(session, msg.call_id)
+        if call.state is not CallState.ACTIVE:
+            raise Refused("invalid_state", f"call {call.call_id} has not been accepted yet")
+        target = call.parties.get(msg.to)
+        if target is None or target.state is not PartyState.JOINED or msg.to == session.user_id:
+            raise Refused("not_in_call", f"{msg.to} is not another participant of this call", "/to")
+        relayed: ServerMessage
+        match msg:
+            case SdpOffer():
+                relayed = RelayedSdpOffer(call_id=msg.call_id, from_=session.user_id, sdp=msg.sdp)
+            case SdpAnswer():
+                relayed = RelayedSdpAnswer(call_id=msg.call_id, from_=session.user_id, sdp=msg.sdp)
+            case IceCandidate():
+                relayed = RelayedIceCandidate(
+                    call_id=msg.call_id, from_=session.user_id, candidate=msg.candidate
+                )
+        self._send_party(target, relayed)
+
+    # -----------------------------------------------------------------------------------------
+    # Leaving and ending
+
+    def _drop_out(
+        self,
+        call: Call,
+        party: Party,
+        reason: DropoutReason,
+        reply_to: tuple[Session, str | None] | None = None,
+    ) -> None:
+        """An invitee leaves before joining; the call goes on if there is still someone to wait for."""
+        state = call.apply(CallEvent.DROPOUT, party)
+        self._out.append(CancelTimer(RingTimer(call.call_id, party.user_id)))
+        end_reason = END_REASON_FOR_DROPOUT[reason]
+        for session_id in party.ringing_sessions:
+            device = self._sessions[session_id]
+            device.forget_call(call.call_id)
+            echo = reply_to[1] if reply_to is not None and reply_to[0] is device else None
+            self._send(device, CallEnded(call_id=call.call_id, reason=end_reason, by=party.user_id, rid=echo))
+        party.ringing_sessions.clear()
+        self._unlink(party.user_id, call.call_id)
+        for member in call.joined():
+            member_session = self._sessions[member.session_id or ""]
+            rid = reply_to[1] if reply_to is not None and reply_to[0] is member_session else None
+            rejected = CallRejected(call_id=call.call_id, by=party.user_id, reason=reason, rid=rid)
+            self._send(member_session, rejected)
+        if state is CallState.ENDED:
+            self._end_call(call, end_reason, by=party.user_id)
+
+    def _leave(
+        self,
+        call: Call,
+        session: Session,
+        reason: LeaveReason,
+        detail: HangupReason | None = None,
+        rid: str | None = None,
+    ) -> None:
+        """A joined participant leaves; alone, unless that leaves nobody to talk to."""
+        party = call.parties[session.user_id]
+        state = call.apply(CallEvent.LEAVE, party)
+        party.session_id = None
+        session.forget_call(call.call_id)
+        if reason == "hangup":
+            self._send(session, CallEnded(call_id=call.call_id, reason="hangup", by=party.user_id, detail=detail, rid=rid))
+        if state is CallState.ENDED:
+            self._end_call(call, reason, by=party.user_id, detail=detail)
+        else:
+            for member in call.joined():
+                self._send_party(member, ParticipantLeft(call_id=call.call_id, user_id=party.user_id, reason=reason))
+        self._unlink(party.user_id, call.call_id)
+
+    def _end_call(
+        self, call: Call, reason: EndReason, by: str | None, detail: HangupReason | None = None
+    ) -> None:
+        """The call is over: every session still involved gets its one `call_ended`."""
+        ended = CallEnded(call_id=call.call_id, reason=reason, by=by, detail=detail)
+        for party in call.parties.values():
+            devices = set(party.ringing_sessions)
+            if party.session_id is not None:
+                devices.add(party.session_id)
+            for session_id in devices:
+                session = self._sessions[session_id]
+                session.forget_call(call.call_id)
+                self._send(session, ended)
+            party.ringing_sessions.clear()
+            party.session_id = None
+            self._unlink(party.user_id, call.call_id)
+        call.state = CallState.ENDED
+        del self._calls[call.call_id]
+        self._out.append(CloseCall(call.call_id))
+
+    def _unlink(self, user_id: str, call_id: str) -> None:
+        """`user_id` is no longer a party of `call_id`."""
+        user = self._users.get(user_id)
+        if user is not None:
+            user.calls.discard(call_id)
+        self._forget_user_if_idle(user_id)
+
+    def _forget_user_if_idle(self, user_id: str) -> None:
+        user = self._users.get(user_id)
+        if user is not None and not user.sessions and not user.calls:
+            del self._users[user_id]
+
+    # -----------------------------------------------------------------------------------------
+    # Lookups that explain themselves when they fail
+
+    def _send_party(self, party: Party, message: ServerMessage) -> None:
+        if party.session_id is not None:
+            self._send(self._sessions[party.session_id], message)
+
+    def _call_of_member(self, session: Session, call_id: str) -> Call:
+        """The call `session` has joined, or a `Refused` saying why it is not."""
+        call = self._calls.get(call_id)
+        if call is not None and session.call_id == call_id:
+            return call
+        raise self._not_member(session, call_id, call)
+
+    def _call_of_invitee(self, session: Session, call_id: str) -> Call:
+        """A call ringing for `session`'s user, or a `Refused` saying why it is not."""
+        call = self._calls.get(call_id)
+        party = None if call is None else call.parties.get(session.user_id)
+        if call is not None and party is not None and party.state is PartyState.RINGING:
+            return call
+        raise self._not_member(session, call_id, call)
+
+    def _not_member(self, session: Session, call_id: str, call: Call | None) -> Refused:
+        if call_id in session.recently_ended:
+            return Refused("invalid_state", f"call {call_id} has ended", "/call_id")
+        if call is None:
+            return Refused("unknown_call", f"no call {call_id}", "/call_id")
+        party = call.parties.get(session.user_id)
+        if party is None or party.state is PartyState.GONE:
+            return Refused("not_in_call", f"you are not in call {call_id}", "/call_id")
+        if party.state is PartyState.RINGING:
+            return Refused("invalid_state", f"call {call_id} is ringing: answer or reject it first", "/call_id")
+        return Refused("invalid_state", f"call {call_id} is joined on another device", "/call_id")

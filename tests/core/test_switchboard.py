@@ -1,0 +1,484 @@
+"""The switchboard driven without sockets: sessions, 1:1 calls, relays, glare, resume, errors."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from callbox.core.actions import DurationCapTimer, GraceTimer, IceRefreshTimer, RingTimer
+from callbox.core.states import CallState
+
+from .harness import Harness, call_between, initiate
+
+SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"
+CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# Connection and session ---------------------------------------------------------------------
+
+
+def test_welcome_then_session_messages_numbered_from_one(h: Harness) -> None:
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "alice", "rid": "r1"})
+    welcome = h.expect(conn, "welcome", user_id="alice", resumed=False, rid="r1", heartbeat_ms=15000)
+    assert "seq" not in welcome
+    assert welcome["ice_servers"] == [{"urls": ["stun:stun.example.org"]}]
+    assert welcome["limits"]["max_call_duration_ms"] == 3_600_000
+    assert welcome["limits"]["ring_timeout_ms"] == 30_000
+    h.send(conn, {"type": "call_answer", "call_id": "nonexistent-1", "rid": "r2"})
+    h.expect(conn, "error", code="unknown_call", seq=1, rid="r2", path="/call_id")
+    h.send(conn, {"type": "ping", "ts": 5.5, "rid": "r3"})
+    pong = h.expect(conn, "pong", ts=5.5, rid="r3")
+    assert "seq" not in pong
+    h.send(conn, {"type": "hangup", "call_id": "nonexistent-2"})
+    h.expect(conn, "error", code="unknown_call", seq=2)
+
+
+def test_nothing_but_hello_before_welcome(h: Harness) -> None:
+    conn = h.open()
+    h.send(conn, {"type": "ping", "rid": "early"})
+    error = h.expect(conn, "error", code="not_authenticated", rid="early")
+    assert "seq" not in error
+    h.send(conn, {"type": "hello", "user_id": "alice"})
+    h.expect(conn, "welcome", user_id="alice")
+    assert conn not in h.closed
+
+
+def test_second_hello_is_invalid_state(h: Harness) -> None:
+    conn = h.login("alice")
+    h.send(conn, {"type": "hello", "user_id": "alice", "rid": "again"})
+    h.expect(conn, "error", code="invalid_state", rid="again")
+
+
+def test_auth_failure_closes_with_4001(h: Harness) -> None:
+    h.refused_users.add("mallory")
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "mallory", "rid": "x"})
+    h.expect(conn, "error", code="auth_failed", rid="x", message="token signature invalid")
+    assert h.closed[conn][0] == 4001
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "path"),
+    [
+        (b"{not json", "invalid_json", None),
+        (b'{"type": "call_answer", "call_id": "bad id!", "rid": "r"}', "invalid_message", "/call_id"),
+        (b'{"type": "teleport", "rid": "r"}', "unknown_type", "/type"),
+        (
+            b'{"type": "call_initiate", "call_id": "abcdefgh", "to": ["bob"], "media": {"audio": 1, "video": true}, "rid": "r"}',
+            "invalid_message",
+            "/media/audio",
+        ),
+    ],
+)
+def test_bad_input_gets_an_error_and_the_connection_survives(
+    h: Harness, data: bytes, code: str, path: str | None
+) -> None:
+    conn = h.login("alice")
+    h.send(conn, data)
+    error = h.expect(conn, "error", code=code)
+    assert error.get("path") == path
+    if code != "invalid_json":
+        assert error["rid"] == "r"
+    h.send(conn, {"type": "ping"})
+    h.expect(conn, "pong")
+    assert conn not in h.closed
+
+
+def test_binary_frames_are_refused(h: Harness) -> None:
+    conn = h.login("alice")
+    h._apply(h.switchboard.receive_binary(conn, h.now))
+    h.expect(conn, "error", code="invalid_message")
+
+
+def test_rate_limit_refuses_excess_with_rid(h: Harness) -> None:
+    h = Harness(messages_per_second=2, message_burst=3)
+    conn = h.login("alice")  # the hello took one token
+    for _ in range(2):
+        h.send(conn, {"type": "ping"})
+    h.send(conn, {"type": "ping", "rid": "too-many"})
+    assert h.types(conn) == ["pong", "pong", "error"]
+    h.advance(1.0)
+    h.send(conn, {"type": "ping"})
+    h.expect(conn, "pong")
+
+
+def test_session_limit_per_user() -> None:
+    h = Harness(max_sessions_per_user=2)
+    h.login("alice")
+    h.login("alice")
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "alice"})
+    h.expect(conn, "error", code="session_limit")
+    assert h.closed[conn][0] == 1008
+
+
+# 1:1 calls ------------------------------------------------------------------------------------
+
+
+def test_one_to_one_call_lifecycle(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob", rid="i1", metadata={"subject": "hi"}))
+    h.expect(alice, "call_ringing", call_id="call-0001", to=["bob"], rid="i1")
+    h.expect(
+        bob,
+        "call_incoming",
+        call_id="call-0001",
+        participants=["alice", "bob"],
+        expires_in_ms=30_000,
+        metadata={"subject": "hi"},
+        media={"audio": True, "video": True},
+    )
+    assert h.take_all(alice) == [] and h.open_calls == {"call-0001"}
+    assert RingTimer("call-0001", "bob") in h.timers
+
+    h.send(bob, {"type": "call_answer", "call_id": "call-0001", "rid": "a1"})
+    h.expect(alice, "call_accepted", by="bob", participants=["alice", "bob"])
+    h.expect(bob, "call_accepted", by="bob", participants=["alice", "bob"], rid="a1")
+    assert RingTimer("call-0001", "bob") not in h.timers
+    assert DurationCapTimer("call-0001") in h.timers
+    assert h.switchboard.call_state("call-0001") is CallState.ACTIVE
+
+    h.send(bob, {"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+    h.expect(alice, "sdp_offer", sdp=SDP, call_id="call-0001", **{"from": "bob"})
+    h.send(alice, {"type": "sdp_answer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+    h.expect(bob, "sdp_answer", sdp=SDP, **{"from": "alice"})
+    h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": CANDIDATE})
+    h.expect(bob, "ice_candidate", candidate=CANDIDATE, **{"from": "alice"})
+    h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": None})
+    h.expect(bob, "ice_candidate", candidate=None)
+
+    h.send(alice, {"type": "hangup", "call_id": "call-0001", "reason": "normal", "rid": "h1"})
+    h.expect(alice, "call_ended", reason="hangup", by="alice", detail="normal", rid="h1")
+    h.expect(bob, "call_ended", reason="hangup", by="alice", detail="normal")
+    h.quiet(alice, bob)
+    assert h.open_calls == set() and h.switchboard.call_state("call-0001") is None
+    assert not any(getattr(k, "call_id", None) == "call-0001" for k in h.timers)
+
+
+def test_decline_ends_for_both_sides(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice), h.take_all(bob)
+    h.send(bob, {"type": "call_reject", "call_id": "call-0001", "reason": "declined", "rid": "no"})
+    h.expect(bob, "call_ended", reason="rejected", by="bob", rid="no")
+    h.expect(alice, "call_rejected", by="bob", reason="declined")
+    h.expect(alice, "call_ended", reason="rejected", by="bob")
+    h.quiet(alice, bob)
+    assert h.open_calls == set()
+
+
+def test_reject_busy_ends_with_busy(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice), h.take_all(bob)
+    h.send(bob, {"type": "call_reject", "call_id": "call-0001", "reason": "busy"})
+    assert [m["reason"] for m in h.take_all(alice)] == ["busy", "busy"]
+
+
+def test_callee_in_another_call_is_busy(h: Harness) -> None:
+    alice, bob, carol = h.login("alice"), h.login("bob"), h.login("carol")
+    call_between(h, bob, carol)
+    h.send(alice, initiate("call-0002", "bob", rid="x"))
+    h.expect(alice, "call_rejected", by="bob", reason="busy", rid="x")
+    h.expect(alice, "call_ended", call_id="call-0002", reason="busy", by="bob")
+    h.quiet(alice, bob, carol)
+
+
+def test_offline_callee(h: Harness) -> None:
+    alice = h.login("alice")
+    h.send(alice, initiate("call-0001", "bob"))
+    assert [(m["type"], m["reason"]) for m in h.take_all(alice)] == [
+        ("call_rejected", "offline"),
+        ("call_ended", "offline"),
+    ]
+    assert h.open_calls == set()
+
+
+def test_ring_timeout_ends_for_both() -> None:
+    h = Harness(ring_timeout_ms=5_000)
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice), h.take_all(bob)
+    h.advance(4.9)
+    h.quiet(alice, bob)
+    h.advance(0.2)
+    h.expect(bob, "call_ended", reason="ring_timeout")
+    h.expect(alice, "call_rejected", reason="ring_timeout")
+    h.expect(alice, "call_ended", reason="ring_timeout", by="bob")
+    assert h.open_calls == set()
+
+
+def test_duration_cap_warns_then_ends(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    call_between(h, alice, bob)
+    h.advance(3540 - 0.001)
+    h.quiet(alice, bob)
+    h.advance(0.001)
+    h.expect(alice, "call_expiring", ends_in_ms=60_000)
+    h.expect(bob, "call_expiring", ends_in_ms=60_000)
+    h.advance(60)
+    h.expect(alice, "call_ended", reason="max_duration")
+    h.expect(bob, "call_ended", reason="max_duration")
+    assert h.open_calls == set()
+
+
+def test_hangup_by_caller_while_ringing_stops_every_device(h: Harness) -> None:
+    alice, bob1, bob2 = h.login("alice"), h.login("bob"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice)
+    assert h.types(bob1) == h.types(bob2) == ["call_incoming"]
+    h.send(alice, {"type": "hangup", "call_id": "call-0001"})
+    h.expect(alice, "call_ended", reason="hangup")
+    h.expect(bob1, "call_ended", reason="hangup", by="alice")
+    h.expect(bob2, "call_ended", reason="hangup", by="alice")
+
+
+def test_several_devices_first_answer_wins(h: Harness) -> None:
+    alice, phone, laptop = h.login("alice"), h.login("bob"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice), h.take_all(phone), h.take_all(laptop)
+    h.send(laptop, {"type": "call_answer", "call_id": "call-0001"})
+    h.expect(phone, "call_ended", reason="answered_elsewhere", by="bob")
+    h.expect(laptop, "call_accepted", by="bob")
+    h.expect(alice, "call_accepted", by="bob")
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+    h.expect(laptop, "sdp_offer")
+    h.quiet(phone)
+    h.send(phone, {"type": "call_answer", "call_id": "call-0001", "rid": "late"})
+    h.expect(phone, "error", code="invalid_state", rid="late")
+
+
+def test_a_device_connecting_while_ringing_rings_too(h: Harness) -> None:
+    alice, bob1 = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.advance(10)
+    bob2 = h.login("bob")
+    h.expect(bob2, "call_incoming", call_id="call-0001", expires_in_ms=20_000)
+    h.send(bob2, {"type": "call_answer", "call_id": "call-0001"})
+    h.take_all(bob1)
+    h.expect(bob2, "call_accepted")
+
+
+# Glare ----------------------------------------------------------------------------------------
+
+
+def test_glare_keeps_the_existing_call_when_its_id_is_lesser(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("aaaa-0001", "bob"))
+    h.take_all(alice)
+    h.expect(bob, "call_incoming", call_id="aaaa-0001")
+    h.send(bob, initiate("bbbb-0002", "alice", rid="g"))
+    h.expect(bob, "call_ended", call_id="bbbb-0002", reason="merged", rid="g")
+    h.expect(bob, "call_accepted", call_id="aaaa-0001", by="bob", participants=["alice", "bob"])
+    h.expect(alice, "call_accepted", call_id="aaaa-0001", by="bob")
+    h.quiet(alice, bob)
+    assert h.switchboard.call_state("aaaa-0001") is CallState.ACTIVE
+
+
+def test_glare_merges_into_the_new_call_when_its_id_is_lesser(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("bbbb-0002", "bob"))
+    h.take_all(alice), h.take_all(bob)
+    h.send(bob, initiate("aaaa-0001", "alice", rid="g"))
+    h.expect(alice, "call_ended", call_id="bbbb-0002", reason="merged")
+    h.expect(bob, "call_ended", call_id="bbbb-0002", reason="merged")
+    h.expect(alice, "call_accepted", call_id="aaaa-0001", by="alice", participants=["bob", "alice"])
+    h.expect(bob, "call_accepted", call_id="aaaa-0001", by="alice", rid="g")
+    h.quiet(alice, bob)
+    assert h.open_calls == {"aaaa-0001"}
+    h.send(alice, {"type": "sdp_offer", "call_id": "aaaa-0001", "to": "bob", "sdp": SDP})
+    h.expect(bob, "sdp_offer", **{"from": "alice"})
+
+
+# Relay membership and state ---------------------------------------------------------------------
+
+
+def test_relays_only_between_members(h: Harness) -> None:
+    alice, bob, eve = h.login("alice"), h.login("bob"), h.login("eve")
+    call_between(h, alice, bob)
+    h.send(eve, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP, "rid": "e"})
+    h.expect(eve, "error", code="not_in_call", rid="e")
+    h.send(eve, {"type": "sdp_offer", "call_id": "call-9999", "to": "bob", "sdp": SDP})
+    h.expect(eve, "error", code="unknown_call")
+    h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "eve", "candidate": None})
+    h.expect(alice, "error", code="not_in_call", path="/to")
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+    h.expect(alice, "error", code="not_in_call", path="/to")
+    h.quiet(alice, bob, eve)
+
+
+def test_out_of_state_messages_are_invalid_state(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice), h.take_all(bob)
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+    h.expect(alice, "error", code="invalid_state")
+    h.send(bob, {"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+    h.expect(bob, "error", code="invalid_state")
+    h.send(alice, {"type": "call_answer", "call_id": "call-0001"})
+    h.expect(alice, "error", code="not_in_call")
+    h.send(bob, {"type": "call_answer", "call_id": "call-0001"})
+    h.take_all(alice), h.take_all(bob)
+    h.send(bob, {"type": "hangup", "call_id": "call-0001"})
+    h.take_all(alice), h.take_all(bob)
+    h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": None})
+    h.expect(alice, "error", code="invalid_state", path="/call_id")
+    h.quiet(bob)
+
+
+def test_initiate_refusals(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "alice"))
+    h.expect(alice, "error", code="invalid_message", path="/to/0")
+    h.send(alice, initiate("call-0001", *[f"user{i}" for i in range(8)]))
+    h.expect(alice, "error", code="call_full")
+    call_between(h, alice, bob)
+    h.send(bob, initiate("call-0001", "carol"))
+    h.expect(bob, "error", code="call_exists", path="/call_id")
+    h.send(alice, initiate("call-0002", "carol"))
+    h.expect(alice, "error", code="user_busy")
+
+
+# Sessions outlive connections ------------------------------------------------------------------
+
+
+def test_resume_replays_everything_after_last_seq(h: Harness) -> None:
+    alice = h.login("alice")
+    bob_conn = h.open()
+    h.send(bob_conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(bob_conn)["resume_token"]
+    h.user_of[bob_conn] = "bob"
+    call_between(h, alice, bob_conn)  # bob's seq 1 (incoming) and 2 (accepted)
+    h.drop(bob_conn)
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 one"})
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 two"})
+    h.quiet(alice)
+    h.advance(9)
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 1})
+    welcome = h.expect(new, "welcome", resumed=True)
+    assert welcome["resume_token"] != token
+    replayed = h.take_all(new)
+    assert [(m["type"], m["seq"]) for m in replayed] == [("call_accepted", 2), ("sdp_offer", 3), ("sdp_offer", 4)]
+    assert GraceTimer(welcome["session_id"]) not in h.timers
+    h.advance(60)
+    h.quiet(alice)
+    h.send(new, {"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+    h.expect(alice, "sdp_answer")
+
+
+def test_peer_told_disconnected_only_when_grace_ends(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    call_between(h, alice, bob)
+    h.drop(bob)
+    h.advance(9.999)
+    h.quiet(alice)
+    h.advance(0.001)
+    h.expect(alice, "call_ended", reason="disconnected", by="bob")
+    assert h.open_calls == set()
+
+
+def test_resume_refused_when_history_is_gone(h: Harness) -> None:
+    h = Harness(replay_buffer_messages=3)
+    alice = h.login("alice")
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(conn)["resume_token"]
+    h.user_of[conn] = "bob"
+    call_between(h, alice, conn)
+    h.drop(conn)
+    for n in range(2):
+        h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": f"v=0 {n}"})
+    h.expect(alice, "call_ended", reason="disconnected")  # overflow ended bob's session
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    h.expect(new, "welcome", resumed=False)
+
+
+def test_resume_with_last_seq_ahead_is_a_new_session(h: Harness) -> None:
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(conn)["resume_token"]
+    h.drop(conn)
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 7})
+    h.expect(new, "welcome", resumed=False)
+
+
+def test_resume_never_crosses_users(h: Harness) -> None:
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(conn)["resume_token"]
+    thief = h.open()
+    h.send(thief, {"type": "hello", "user_id": "eve", "resume": token, "last_seq": 0})
+    h.expect(thief, "welcome", resumed=False, user_id="eve")
+    assert conn not in h.closed
+
+
+def test_resume_takes_over_a_connection_still_open(h: Harness) -> None:
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(conn)["resume_token"]
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 0})
+    h.expect(new, "welcome", resumed=True)
+    assert h.closed[conn] == (4002, "session taken over")
+
+
+def test_bye_ends_the_session_at_once(h: Harness) -> None:
+    alice = h.login("alice")
+    conn = h.open()
+    h.send(conn, {"type": "hello", "user_id": "bob"})
+    token = h.take(conn)["resume_token"]
+    h.user_of[conn] = "bob"
+    call_between(h, alice, conn)
+    h.send(conn, {"type": "bye"})
+    assert h.closed[conn] == (1000, "bye")
+    h.expect(alice, "call_ended", reason="disconnected", by="bob")
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    h.expect(new, "welcome", resumed=False)
+
+
+def test_ringing_device_lost_for_good_drops_out_offline(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    h.send(alice, initiate("call-0001", "bob"))
+    h.take_all(alice)
+    h.drop(bob)
+    h.advance(10)
+    assert [(m["type"], m["reason"]) for m in h.take_all(alice)] == [
+        ("call_rejected", "offline"),
+        ("call_ended", "offline"),
+    ]
+
+
+def test_fresh_turn_credentials_are_pushed_before_expiry(h: Harness) -> None:
+    h.ice_refresh = 3600.0
+    conn = h.login("alice")
+    session_timers = [k for k in h.timers if isinstance(k, IceRefreshTimer)]
+    assert len(session_timers) == 1
+    h.advance(3600)
+    h.expect(conn, "ice_servers", seq=1, ice_servers=[{"urls": ["stun:stun.example.org"]}])
+    h.advance(3600)
+    h.expect(conn, "ice_servers", seq=2)
+
+
+def test_state_is_cleaned_up_after_everything_ends(h: Harness) -> None:
+    alice, bob = h.login("alice"), h.login("bob")
+    call_between(h, alice, bob)
+    h.send(alice, {"type": "bye"})
+    h.send(bob, {"type": "bye"})
+    assert h.switchboard.statistics() == {"connections": 0, "sessions": 0, "users": 0, "calls": 0}
+    assert h.timers == {}
+
+
+def test_unknown_fields_are_refused(h: Harness) -> None:
+    conn = h.login("alice")
+    h.send(conn, orjson.dumps({"type": "ping", "tss": 1}))
+    h.expect(conn, "error", code="invalid_message")
