@@ -378,8 +378,8 @@ ServerMessage = (
 )
 
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TYPE: cls for cls in ClientMessage.__args__  # type: ignore[attr-defined]
+    cls.TYPE: cls for cls in ClientMessage.__args__
 }
 SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
-    cls.TYPE: cls for cls in ServerMessage.__args__  # type: ignore[attr-defined]
+    cls.TYPE: cls for cls in ServerMessage.__args__
 }

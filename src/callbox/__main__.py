@@ -1,0 +1,157 @@
+"""Command line: ``callbox serve | schemas | version``.
+
+`main` returns the exit status rather than exiting, so tests call it without a subprocess;
+argparse itself still exits for ``--help`` (0) and malformed flags (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from importlib.resources.abc import Traversable
+
+import trio
+
+from callbox import __version__
+from callbox.config import Config, ConfigError, env_warnings, environment_variables
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SERVE_FLAGS = ("host", "port")
+"""`serve` flags that override the environment; argparse omits the ones not given."""
+
+log = logging.getLogger("callbox")
+
+Serve = Callable[[Config], Awaitable[None]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``callbox`` script; `argv` defaults to ``sys.argv[1:]``."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    return command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callbox",
+        description="callbox, a WebRTC signaling server: authenticated 1:1 and group calls,\n"
+        "SDP/ICE relay, rooms and presence over one WebSocket per client.",
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server until SIGTERM or Ctrl-C",
+        description="Run the server at ws://HOST:PORT/ws; the server logs that line once it"
+        " listens. Settings come from the environment (see 'callbox --help'); the flags below"
+        " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; a configuration"
+        " error exits with status 2. Logs go to stderr, one line per event.",
+    )
+    serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
+    serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="TCP port (0: any)")
+    serve.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="default: info"
+    )
+    serve.set_defaults(command=_serve)
+
+    schemas = commands.add_parser(
+        "schemas",
+        help="print the directory of the installed JSON Schemas of the protocol",
+        description="Print the directory holding the protocol's JSON Schemas, one file per"
+        " message; exit status 1 if this installation has none.",
+    )
+    schemas.set_defaults(command=_schemas)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(command=_version)
+    return parser
+
+
+def _environment_help() -> str:
+    rows = environment_variables()
+    name_width = max(len(row.name) for row in rows)
+    default_width = max(len(row.default) for row in rows)
+    lines = [
+        "environment variables ('serve' flags take precedence; unknown CALLBOX_* names and",
+        "empty values are refused: unset a variable to get its default):",
+        f"  {'NAME':<{name_width}}  {'DEFAULT':<{default_width}}  MEANING",
+    ]
+    lines += [
+        f"  {row.name:<{name_width}}  {row.default:<{default_width}}  {row.meaning}" for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS if hasattr(args, name)}
+    try:
+        config = Config.from_env(os.environ).with_overrides(**overrides)
+    except ConfigError as error:
+        print(f"callbox: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
+    )
+    for warning in env_warnings(os.environ):
+        log.warning("%s", warning)
+    if config.jwt_secret is None:
+        log.warning("JWT_SECRET is not set: development mode, clients say who they are")
+
+    # Imported here so that --help, schemas and version work without the server's dependencies.
+    from callbox.server.app import serve  # noqa: PLC0415
+
+    try:
+        trio.run(_serve_until_signalled, serve, config)
+    except* KeyboardInterrupt:
+        pass  # a second Ctrl-C during shutdown, or one before the signal handler was installed
+    return 0
+
+
+async def _serve_until_signalled(serve: Serve, config: Config) -> None:
+    """Runs `serve`; SIGTERM or SIGINT cancels it, so its cleanup (closing clients) still runs."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_cancel_on_signal, nursery.cancel_scope)
+        await serve(config)
+        nursery.cancel_scope.cancel()  # the server stopped on its own: stop waiting for signals
+
+
+async def _cancel_on_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s received, shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def schemas_dir() -> Traversable:
+    """Where the installed package keeps the schemas (the wheel maps ``schemas/`` there)."""
+    return importlib.resources.files("callbox") / "schemas"
+
+
+def _schemas(_args: argparse.Namespace) -> int:
+    path = schemas_dir()
+    if not path.is_dir():
+        print(f"callbox: no schemas directory at {path}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _version(_args: argparse.Namespace) -> int:
+    print(f"callbox {__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

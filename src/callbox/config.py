@@ -1,0 +1,472 @@
+"""Server configuration: one frozen, validated object built from defaults, environment and flags.
+
+Each setting is a field with its unit in its name; its metadata names its environment variable
+and says what it means (the CLI's help table is generated from it). Unknown keys and unknown
+``CALLBOX_*`` variables are refused: a typo fails at start-up instead of running on a default.
+Why the defaults are what they are: docs/decisions/0003-configuration.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import attrs
+
+from callbox.messages import Limits
+
+SECONDS_MS = 1000
+MINUTES_MS = 60 * SECONDS_MS
+HOURS_MS = 60 * MINUTES_MS
+MINUTES_S = 60
+HOURS_S = 60 * MINUTES_S
+KIB = 1024
+MIB = 1024 * KIB
+
+ENV_PREFIX = "CALLBOX_"
+"""Every variable with this prefix must be one of ours; the others are names shared with peers
+(JWT_SECRET, TURN_SERVER...), so only near-misses of them are reported, by `env_warnings`."""
+
+HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+"""The token algorithms we accept (we hold a shared secret, not a public key) and the shortest
+secret each allows: RFC 7518 §3.2 requires a key at least as long as the hash output."""
+
+MIN_TURN_TTL_S = 2 * MINUTES_S
+"""Ephemeral TURN credentials are refreshed a minute before they expire (see `callbox.ice`), so
+they must live longer than that."""
+
+Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+class ConfigError(ValueError):
+    """A setting is malformed or inconsistent; the message names it and says what was expected."""
+
+
+class EnvVar(NamedTuple):
+    """One environment variable, as documented by ``callbox --help``."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks and environment parsers
+
+
+def _label(attribute: attrs.Attribute[Any]) -> str:
+    env = attribute.metadata.get("env")
+    return f"{attribute.name} ({env})" if env else attribute.name
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(minimum: int) -> Check:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not _is_int(value) or value < minimum:
+            expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ConfigError(f"{_label(attribute)} must be {expected}, got {value!r}")
+
+    return check
+
+
+def _port(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not _is_int(value) or not 0 <= value <= 65535:
+        raise ConfigError(
+            f"{_label(attribute)} must be a port number 0-65535 (0: any free port), got {value!r}"
+        )
+
+
+def _text(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A non-empty string; never echoes the value, which may be a secret."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{_label(attribute)} must be a non-empty string")
+
+
+def _optional_text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _text(instance, attribute, value)
+
+
+def _path(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"{_label(attribute)} must be a string starting with '/', got {value!r}")
+
+
+def _jwt_algorithm(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in HMAC_MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{_label(attribute)} must be one of {', '.join(HMAC_MIN_SECRET_BYTES)}, got {value!r}"
+        )
+
+
+def _urls(*schemes: str) -> Check:
+    expected = " or ".join(f"{scheme}:" for scheme in schemes)
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{_label(attribute)} must be a list of {expected} URLs")
+        for url in value:
+            scheme, colon, rest = url.partition(":") if isinstance(url, str) else ("", "", "")
+            if not colon or scheme not in schemes or not rest or any(c.isspace() for c in url):
+                raise ConfigError(f"{_label(attribute)}: expected {expected} URLs, got {url!r}")
+
+    return check
+
+
+def _tuple_of(value: Any) -> Any:
+    """Lets a mapping (JSON, TOML) give a list where the config holds a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _redacted(value: str | None) -> str:
+    return "None" if value is None else "'<redacted>'"
+
+
+def _parse_str(_env: str, raw: str) -> str:
+    return raw
+
+
+def _parse_int(env: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+
+
+def _parse_list(env: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(","))
+    if not all(items):
+        raise ConfigError(
+            f"{env} must be a comma-separated list without empty entries, got {raw!r}"
+        )
+    return items
+
+
+def _setting(
+    default: Any,
+    *,
+    env: str | None,
+    meaning: str,
+    check: Check,
+    parse: Callable[[str, str], object] = _parse_str,
+    secret: bool = False,
+) -> Any:
+    """An attrs field carrying its environment variable, its parser and its documentation."""
+    return attrs.field(
+        default=default,
+        validator=check,
+        converter=_tuple_of if isinstance(default, tuple) else None,
+        repr=_redacted if secret else True,
+        metadata={"env": env, "meaning": meaning, "parse": parse},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything the server can be told; validated as a whole whenever one is built."""
+
+    host: str = _setting(
+        "127.0.0.1", env="CALLBOX_HOST", meaning="address to listen on", check=_text
+    )
+    port: int = _setting(
+        8765,
+        env="CALLBOX_PORT",
+        meaning="TCP port (0: any free port)",
+        check=_port,
+        parse=_parse_int,
+    )
+    path: str = _setting("/ws", env=None, meaning="WebSocket endpoint path", check=_path)
+
+    jwt_secret: str | None = _setting(
+        None,
+        env="JWT_SECRET",
+        meaning="HMAC key of hello tokens; unset: development mode (user_id trusted)",
+        check=_optional_text,
+        secret=True,
+    )
+    jwt_algorithm: str = _setting(
+        "HS256", env="JWT_ALGORITHM", meaning="HS256, HS384 or HS512", check=_jwt_algorithm
+    )
+
+    stun_servers: tuple[str, ...] = _setting(
+        (),
+        env="STUN_SERVERS",
+        meaning="comma-separated stun:/stuns: URLs for clients",
+        check=_urls("stun", "stuns"),
+        parse=_parse_list,
+    )
+    turn_servers: tuple[str, ...] = _setting(
+        (),
+        env="TURN_SERVER",
+        meaning="comma-separated turn:/turns: URLs for clients",
+        check=_urls("turn", "turns"),
+        parse=_parse_list,
+    )
+    turn_username: str | None = _setting(
+        None,
+        env="TURN_USERNAME",
+        meaning="static TURN username (with TURN_CREDENTIAL)",
+        check=_optional_text,
+    )
+    turn_credential: str | None = _setting(
+        None,
+        env="TURN_CREDENTIAL",
+        meaning="static TURN password (with TURN_USERNAME)",
+        check=_optional_text,
+        secret=True,
+    )
+    turn_secret: str | None = _setting(
+        None,
+        env="TURN_SECRET",
+        meaning="coturn static-auth-secret, for ephemeral per-user credentials",
+        check=_optional_text,
+        secret=True,
+    )
+    turn_ttl_s: int = _setting(
+        24 * HOURS_S,
+        env="TURN_TTL_S",
+        meaning="lifetime of ephemeral TURN credentials, s",
+        check=_int_at_least(MIN_TURN_TTL_S),
+        parse=_parse_int,
+    )
+
+    max_call_duration_ms: int = _setting(
+        1 * HOURS_MS,
+        env="MAX_CALL_DURATION_MS",
+        meaning="a call is ended after this long, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    call_expiring_warning_ms: int = _setting(
+        1 * MINUTES_MS,
+        env="CALL_EXPIRING_WARNING_MS",
+        meaning="call_expiring is sent this long before the end, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    ring_timeout_ms: int = _setting(
+        30 * SECONDS_MS,
+        env="RING_TIMEOUT_MS",
+        meaning="an unanswered invitation stops ringing after, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    reconnect_grace_ms: int = _setting(
+        10 * SECONDS_MS,
+        env="RECONNECT_GRACE_MS",
+        meaning="a lost connection's session stays resumable for, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    heartbeat_ms: int = _setting(
+        15 * SECONDS_MS,
+        env="HEARTBEAT_MS",
+        meaning="heartbeat interval announced in welcome, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_message_bytes: int = _setting(
+        256 * KIB,
+        env="MAX_MESSAGE_BYTES",
+        meaning="largest client message (larger: close 1009), bytes",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    send_buffer_bytes: int = _setting(
+        1 * MIB,
+        env="SEND_BUFFER_BYTES",
+        meaning="outbound data queued per connection, bytes",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    replay_buffer_messages: int = _setting(
+        256,
+        env="REPLAY_BUFFER_MESSAGES",
+        meaning="server messages kept per session for resume",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_participants: int = _setting(
+        8,
+        env="MAX_PARTICIPANTS",
+        meaning="joined participants per call, caller included",
+        check=_int_at_least(2),
+        parse=_parse_int,
+    )
+    max_calls_per_user: int = _setting(
+        4,
+        env="MAX_CALLS_PER_USER",
+        meaning="calls a user may take part in at once",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_sessions_per_user: int = _setting(
+        8,
+        env="MAX_SESSIONS_PER_USER",
+        meaning="sessions (devices) a user may have at once",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    messages_per_second: int = _setting(
+        50,
+        env="MESSAGES_PER_SECOND",
+        meaning="sustained client messages per second, per connection",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    message_burst: int = _setting(
+        200,
+        env="MESSAGE_BURST",
+        meaning="client messages allowed at once above that rate",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+
+    def __attrs_post_init__(self) -> None:
+        """Checks between fields (each field has already passed its own check)."""
+        if self.ring_timeout_ms >= self.max_call_duration_ms:
+            raise ConfigError(
+                f"{_name('ring_timeout_ms')} must be less than {_name('max_call_duration_ms')}"
+                f" ({self.ring_timeout_ms} >= {self.max_call_duration_ms})"
+            )
+        if self.send_buffer_bytes < self.max_message_bytes:
+            raise ConfigError(
+                f"{_name('send_buffer_bytes')} must be at least {_name('max_message_bytes')}"
+                f" ({self.send_buffer_bytes} < {self.max_message_bytes})"
+            )
+        if self.jwt_secret is not None:
+            minimum = HMAC_MIN_SECRET_BYTES[self.jwt_algorithm]
+            if len(self.jwt_secret.encode()) < minimum:
+                raise ConfigError(
+                    f"{_name('jwt_secret')} must be at least {minimum} bytes for"
+                    f" {self.jwt_algorithm}, got {len(self.jwt_secret.encode())}"
+                )
+        self._check_turn()
+
+    def _check_turn(self) -> None:
+        static = (self.turn_username, self.turn_credential)
+        if not self.turn_servers:
+            given = [name for name in _TURN_CREDENTIALS if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(map(_name, given))} set but {_name('turn_servers')} is not"
+                )
+        elif self.turn_secret is not None and static != (None, None):
+            raise ConfigError(
+                f"{_name('turn_secret')} (ephemeral credentials) and {_name('turn_username')}/"
+                f"{_name('turn_credential')} (static credentials) exclude each other: set one"
+            )
+        elif self.turn_secret is None and None in static:
+            raise ConfigError(
+                f"{_name('turn_servers')} needs credentials: {_name('turn_secret')}, or both"
+                f" {_name('turn_username')} and {_name('turn_credential')}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Builds the config from environment variables; unset ones keep their default.
+
+        An empty value is refused rather than taken as "unset": ``JWT_SECRET=`` from a missing
+        deployment secret must not silently start the server in development mode.
+        """
+        by_env = {f.metadata["env"]: f for f in attrs.fields(cls) if f.metadata["env"]}
+        unknown = [name for name in environ if name.startswith(ENV_PREFIX) and name not in by_env]
+        if unknown:
+            raise ConfigError(_unknown("environment variable", unknown, by_env))
+        values: dict[str, Any] = {}
+        for env, field in by_env.items():
+            raw = environ.get(env)
+            if raw is None:
+                continue
+            if not raw.strip():
+                raise ConfigError(f"{env} is set but empty; unset it to use the default")
+            values[field.name] = field.metadata["parse"](env, raw)
+        return cls(**values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> Config:
+        """Builds the config from field names (a parsed config file, a test); typos are refused."""
+        _refuse_unknown(values)
+        kwargs: dict[str, Any] = dict(values)
+        return cls(**kwargs)
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with some fields replaced (the CLI passes only the flags the user gave)."""
+        _refuse_unknown(overrides)
+        return attrs.evolve(self, **overrides)
+
+    def limits(self) -> Limits:
+        """The limits ``welcome`` announces."""
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_call_duration_ms=self.max_call_duration_ms,
+            ring_timeout_ms=self.ring_timeout_ms,
+            reconnect_grace_ms=self.reconnect_grace_ms,
+            max_participants=self.max_participants,
+            max_calls_per_user=self.max_calls_per_user,
+            messages_per_second=self.messages_per_second,
+            message_burst=self.message_burst,
+        )
+
+
+_TURN_CREDENTIALS = ("turn_username", "turn_credential", "turn_secret")
+
+
+def _name(field_name: str) -> str:
+    return _label(attrs.fields_dict(Config)[field_name])
+
+
+def _unknown(kind: str, names: Iterable[str], valid: Iterable[str]) -> str:
+    valid = list(valid)
+    described = []
+    for name in sorted(names):
+        close = difflib.get_close_matches(name, valid, n=1)
+        described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown {kind}{'s' if len(described) > 1 else ''}: {', '.join(described)}"
+
+
+def _refuse_unknown(values: Mapping[str, object]) -> None:
+    fields = attrs.fields_dict(Config)
+    unknown = [key for key in values if key not in fields]
+    if unknown:
+        raise ConfigError(_unknown("setting", unknown, fields))
+
+
+def environment_variables() -> list[EnvVar]:
+    """Every variable `Config.from_env` reads, with its default and meaning, in field order."""
+    return [
+        EnvVar(f.metadata["env"], _show_default(f.default), f.metadata["meaning"])
+        for f in attrs.fields(Config)
+        if f.metadata["env"]
+    ]
+
+
+def _show_default(value: object) -> str:
+    if value is None or value == ():
+        return "-"
+    return str(value)
+
+
+def env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """Variables that look like misspellings of ours (``TURN_SERVERS``), to be logged.
+
+    Not refused like unknown ``CALLBOX_*`` names: outside our prefix, a similar name may well
+    belong to another program sharing the environment.
+    """
+    known = [var.name for var in environment_variables()]
+    warnings = []
+    for name in sorted(environ):
+        if name in known or name.startswith(ENV_PREFIX):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"ignoring {name}: not a callbox setting (did you mean {close[0]}?)")
+    return warnings

@@ -1,0 +1,233 @@
+"""The command line, through `main(argv)`; `serve` runs a stand-in for the server's app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import types
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import callbox
+import callbox.__main__ as cli
+from callbox.__main__ import main
+from callbox.config import ENV_PREFIX, Config, environment_variables
+
+Serve = Callable[[Config], Awaitable[None]]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's own JWT_SECRET or CALLBOX_PORT must not leak into these tests."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX) or name in {v.name for v in environment_variables()}:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`serve` configures the root logger; put pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def fake_app(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Callable[[Serve], None]:
+    """Installs `serve` as ``callbox.server.app.serve`` for the duration of the test."""
+
+    def install(serve: Serve) -> None:
+        module = types.ModuleType("callbox.server.app")
+        module.serve = serve  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "callbox.server.app", module)
+
+    return install
+
+
+def test_help_explains_commands_and_every_environment_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "schemas", "version"):
+        assert command in out
+    for var in environment_variables():
+        line = next(line for line in out.splitlines() if line.split()[:1] == [var.name])
+        assert var.default in line
+        assert var.meaning in line
+
+
+def test_serve_help_documents_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--host", "--port", "--log-level", "SIGTERM"))
+
+
+def test_a_command_is_required() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+
+
+def test_a_port_that_is_not_a_number_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "notaport"])
+    assert exited.value.code == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_a_configuration_error_exits_2_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RING_TIMEOUT_MS", "soon")
+    assert main(["serve"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "callbox: configuration error: RING_TIMEOUT_MS must be an integer, got 'soon'\n"
+    )
+    assert "Traceback" not in captured.err
+
+
+def test_a_flag_out_of_range_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--port", "70000"]) == 2
+    assert "port (CALLBOX_PORT) must be a port number" in capsys.readouterr().err
+
+
+def test_an_unknown_callbox_variable_stops_serve(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CALLBOX_PROT", "9000")
+    assert main(["serve"]) == 2
+    assert "did you mean 'CALLBOX_PORT'?" in capsys.readouterr().err
+
+
+def test_serve_runs_the_app_with_env_and_flags(
+    monkeypatch: pytest.MonkeyPatch, fake_app: Callable[[Serve], None]
+) -> None:
+    seen: list[Config] = []
+
+    async def serve(config: Config) -> None:
+        seen.append(config)
+
+    fake_app(serve)
+    monkeypatch.setenv("CALLBOX_HOST", "0.0.0.0")
+    monkeypatch.setenv("CALLBOX_PORT", "9000")
+    monkeypatch.setenv("RING_TIMEOUT_MS", "20000")
+    assert main(["serve", "--port", "9100"]) == 0
+    assert seen == [Config(host="0.0.0.0", port=9100, ring_timeout_ms=20_000)]
+
+
+def test_serve_logs_to_stderr_and_warns_about_development_mode_and_typos(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_app: Callable[[Serve], None],
+) -> None:
+    async def serve(config: Config) -> None:
+        logging.getLogger("callbox.server").debug("hidden at the default level")
+        logging.getLogger("callbox.server").info("callbox listening on ws://h:1/ws")
+
+    fake_app(serve)
+    monkeypatch.setenv("TURN_SERVERS", "turn:t")
+    assert main(["serve"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith(
+        "WARNING callbox: ignoring TURN_SERVERS: not a callbox setting (did you mean TURN_SERVER?)"
+    )
+    assert "WARNING callbox: JWT_SECRET is not set: development mode" in lines[1]
+    assert lines[2].endswith("INFO callbox.server: callbox listening on ws://h:1/ws")
+
+
+def test_log_level_flag(
+    capsys: pytest.CaptureFixture[str], fake_app: Callable[[Serve], None]
+) -> None:
+    async def serve(config: Config) -> None:
+        logging.getLogger("callbox.server").debug("now visible")
+
+    fake_app(serve)
+    assert main(["serve", "--log-level", "DEBUG"]) == 0
+    assert "DEBUG callbox.server: now visible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_cancels_the_server_and_exits_0(
+    signum: signal.Signals,
+    capsys: pytest.CaptureFixture[str],
+    fake_app: Callable[[Serve], None],
+) -> None:
+    events: list[str] = []
+
+    async def serve(config: Config) -> None:
+        try:
+            os.kill(os.getpid(), signum)
+            with trio.fail_after(5):  # fails the test, rather than hanging, if not cancelled
+                await trio.sleep_forever()
+        finally:
+            events.append("cleaned up")
+
+    fake_app(serve)
+    assert main(["serve"]) == 0
+    assert events == ["cleaned up"]
+    assert f"{signum.name} received, shutting down" in capsys.readouterr().err
+
+
+def test_keyboard_interrupt_exits_0_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], fake_app: Callable[[Serve], None]
+) -> None:
+    async def serve(config: Config) -> None:
+        raise KeyboardInterrupt
+
+    fake_app(serve)
+    assert main(["serve"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_other_server_failures_are_not_swallowed(fake_app: Callable[[Serve], None]) -> None:
+    async def serve(config: Config) -> None:
+        raise OSError("address already in use")
+
+    fake_app(serve)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        main(["serve"])
+    assert caught.group_contains(OSError, match="address already in use")
+
+
+def test_schemas_dir_is_inside_the_installed_package() -> None:
+    assert Path(str(cli.schemas_dir())).parts[-2:] == ("callbox", "schemas")
+
+
+def test_schemas_prints_the_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "schemas").mkdir()
+    monkeypatch.setattr(cli, "schemas_dir", lambda: tmp_path / "schemas")
+    assert main(["schemas"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'schemas'}\n"
+
+
+def test_schemas_exits_1_when_the_directory_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "schemas_dir", lambda: tmp_path / "schemas")
+    assert main(["schemas"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"callbox: no schemas directory at {tmp_path / 'schemas'}\n"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out == f"callbox {callbox.__version__}\n"

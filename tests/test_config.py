@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from callbox.config import (
+    MIB,
+    Config,
+    ConfigError,
+    env_warnings,
+    environment_variables,
+)
+from callbox.messages import Limits
+
+SECRET = "k" * 32
+INT_VARIABLES = [var.name for var in environment_variables() if var.default.isdigit()]
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    config = Config()
+    assert (config.host, config.port, config.path) == ("127.0.0.1", 8765, "/ws")
+    assert (config.jwt_secret, config.jwt_algorithm) == (None, "HS256")
+    assert (config.stun_servers, config.turn_servers, config.turn_ttl_s) == ((), (), 86_400)
+    assert config.max_call_duration_ms == 3_600_000
+    assert config.call_expiring_warning_ms == 60_000
+    assert config.ring_timeout_ms == 30_000
+    assert config.reconnect_grace_ms == 10_000
+    assert config.heartbeat_ms == 15_000
+    assert config.max_message_bytes == 262_144
+    assert config.send_buffer_bytes == MIB == 1_048_576
+    assert config.replay_buffer_messages == 256
+    assert (config.max_participants, config.max_calls_per_user) == (8, 4)
+    assert config.max_sessions_per_user == 8
+    assert (config.messages_per_second, config.message_burst) == (50, 200)
+
+
+def test_environment_variable_names_are_the_published_ones() -> None:
+    assert [var.name for var in environment_variables()] == [
+        "CALLBOX_HOST",
+        "CALLBOX_PORT",
+        "JWT_SECRET",
+        "JWT_ALGORITHM",
+        "STUN_SERVERS",
+        "TURN_SERVER",
+        "TURN_USERNAME",
+        "TURN_CREDENTIAL",
+        "TURN_SECRET",
+        "TURN_TTL_S",
+        "MAX_CALL_DURATION_MS",
+        "CALL_EXPIRING_WARNING_MS",
+        "RING_TIMEOUT_MS",
+        "RECONNECT_GRACE_MS",
+        "HEARTBEAT_MS",
+        "MAX_MESSAGE_BYTES",
+        "SEND_BUFFER_BYTES",
+        "REPLAY_BUFFER_MESSAGES",
+        "MAX_PARTICIPANTS",
+        "MAX_CALLS_PER_USER",
+        "MAX_SESSIONS_PER_USER",
+        "MESSAGES_PER_SECOND",
+        "MESSAGE_BURST",
+    ]
+
+
+def test_from_env_without_variables_gives_the_defaults() -> None:
+    assert Config.from_env({"HOME": "/root", "PATH": "/bin"}) == Config()
+
+
+def test_from_env_parses_every_kind_of_value() -> None:
+    config = Config.from_env(
+        {
+            "CALLBOX_HOST": "0.0.0.0",
+            "CALLBOX_PORT": " 9000 ",
+            "JWT_SECRET": "k" * 48,
+            "JWT_ALGORITHM": "HS384",
+            "STUN_SERVERS": "stun:a.example:3478, stuns:b.example",
+            "TURN_SERVER": "turn:t.example:3478?transport=udp,turns:t.example:5349",
+            "TURN_SECRET": "turn-secret",
+            "TURN_TTL_S": "3600",
+            "RING_TIMEOUT_MS": "45000",
+            "MESSAGE_BURST": "1_000",
+        }
+    )
+    assert config.host == "0.0.0.0"
+    assert config.port == 9000
+    assert (config.jwt_secret, config.jwt_algorithm) == ("k" * 48, "HS384")
+    assert config.stun_servers == ("stun:a.example:3478", "stuns:b.example")
+    assert config.turn_servers == ("turn:t.example:3478?transport=udp", "turns:t.example:5349")
+    assert (config.turn_secret, config.turn_ttl_s) == ("turn-secret", 3600)
+    assert config.ring_timeout_ms == 45_000
+    assert config.message_burst == 1000
+
+
+def test_a_secret_is_taken_verbatim() -> None:
+    secret = f" {SECRET} "
+    assert Config.from_env({"JWT_SECRET": secret}).jwt_secret == secret
+
+
+@pytest.mark.parametrize("variable", INT_VARIABLES)
+def test_an_int_variable_that_is_not_a_number_is_named(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable} must be an integer, got 'ten'$"):
+        Config.from_env({variable: "ten"})
+
+
+@pytest.mark.parametrize("variable", [v for v in INT_VARIABLES if v != "CALLBOX_PORT"])
+def test_an_int_variable_must_be_positive(variable: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\({variable}\) must be .* got -1$"):
+        Config.from_env({variable: "-1"})
+
+
+@pytest.mark.parametrize("port", ["-1", "65536"])
+def test_port_is_range_checked(port: str) -> None:
+    with pytest.raises(ConfigError, match=r"port \(CALLBOX_PORT\) must be a port number 0-65535"):
+        Config.from_env({"CALLBOX_PORT": port})
+
+
+def test_port_zero_means_any_free_port() -> None:
+    assert Config.from_env({"CALLBOX_PORT": "0"}).port == 0
+
+
+def test_an_empty_variable_is_refused_not_taken_as_unset() -> None:
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET is set but empty; unset it"):
+        Config.from_env({"JWT_SECRET": ""})
+
+
+def test_an_unknown_callbox_variable_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"CALLBOX_PROT": "9000", "CALLBOX_HOST": "::1"})
+    assert str(caught.value) == (
+        "unknown environment variable: 'CALLBOX_PROT' (did you mean 'CALLBOX_PORT'?)"
+    )
+
+
+def test_several_unknown_variables_are_all_listed() -> None:
+    with pytest.raises(ConfigError, match=r"variables: 'CALLBOX_HOTS' .*'CALLBOX_ZZZZZZZZZZZ'$"):
+        Config.from_env({"CALLBOX_ZZZZZZZZZZZ": "1", "CALLBOX_HOTS": "x"})
+
+
+@pytest.mark.parametrize(
+    ("value", "bad"),
+    [
+        ("turn:t.example", "'turn:t.example'"),
+        ("stun.example:3478", "'stun.example:3478'"),
+        ("stun:", "'stun:'"),
+        ("stun:a b", "'stun:a b'"),
+    ],
+)
+def test_stun_urls_need_a_stun_scheme(value: str, bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"\(STUN_SERVERS\): expected stun: or stuns: URLs"):
+        Config.from_env({"STUN_SERVERS": value})
+    with pytest.raises(ConfigError, match=bad):
+        Config.from_env({"STUN_SERVERS": value})
+
+
+def test_turn_urls_need_a_turn_scheme() -> None:
+    with pytest.raises(ConfigError, match=r"expected turn: or turns: URLs, got 'stun:x'"):
+        Config.from_env({"TURN_SERVER": "stun:x", "TURN_SECRET": "s"})
+
+
+def test_a_list_with_an_empty_entry_is_refused() -> None:
+    with pytest.raises(ConfigError, match="STUN_SERVERS must be a comma-separated list without"):
+        Config.from_env({"STUN_SERVERS": "stun:a,,stun:b"})
+
+
+def test_turn_static_credentials() -> None:
+    config = Config.from_env(
+        {"TURN_SERVER": "turn:t", "TURN_USERNAME": "u", "TURN_CREDENTIAL": "p"}
+    )
+    assert (config.turn_servers, config.turn_username, config.turn_credential) == (
+        ("turn:t",),
+        "u",
+        "p",
+    )
+
+
+def test_turn_server_without_credentials_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"turn_servers \(TURN_SERVER\) needs credentials"):
+        Config.from_env({"TURN_SERVER": "turn:t"})
+
+
+def test_turn_username_without_credential_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs credentials"):
+        Config.from_env({"TURN_SERVER": "turn:t", "TURN_USERNAME": "u"})
+
+
+def test_static_and_ephemeral_turn_credentials_exclude_each_other() -> None:
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Config.from_env({"TURN_SERVER": "turn:t", "TURN_SECRET": "s", "TURN_USERNAME": "u"})
+
+
+def test_turn_credentials_without_a_turn_server_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"\(TURN_SECRET\) set but turn_servers \(TURN_SERVER\)"):
+        Config.from_env({"TURN_SECRET": "s"})
+
+
+def test_turn_ttl_must_leave_room_for_the_refresh() -> None:
+    with pytest.raises(ConfigError, match=r"\(TURN_TTL_S\) must be an integer >= 120"):
+        Config.from_env({"TURN_TTL_S": "119"})
+
+
+def test_ring_timeout_must_be_shorter_than_the_call_cap() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"RING_TIMEOUT_MS": "60000", "MAX_CALL_DURATION_MS": "60000"})
+    assert str(caught.value) == (
+        "ring_timeout_ms (RING_TIMEOUT_MS) must be less than max_call_duration_ms"
+        " (MAX_CALL_DURATION_MS) (60000 >= 60000)"
+    )
+
+
+def test_the_expiring_warning_may_exceed_the_duration() -> None:
+    """Clamped where it is used, so shortening the duration alone never breaks start-up."""
+    config = Config.from_env({"MAX_CALL_DURATION_MS": "40000"})
+    assert config.call_expiring_warning_ms == 60_000
+
+
+def test_the_send_buffer_must_hold_the_largest_message() -> None:
+    with pytest.raises(ConfigError, match=r"send_buffer_bytes \(SEND_BUFFER_BYTES\) must be at"):
+        Config.from_env({"MAX_MESSAGE_BYTES": "2000", "SEND_BUFFER_BYTES": "1000"})
+
+
+def test_a_call_needs_room_for_two() -> None:
+    with pytest.raises(ConfigError, match=r"\(MAX_PARTICIPANTS\) must be an integer >= 2, got 1"):
+        Config.from_env({"MAX_PARTICIPANTS": "1"})
+
+
+def test_only_hmac_token_algorithms() -> None:
+    with pytest.raises(ConfigError, match="must be one of HS256, HS384, HS512, got 'RS256'"):
+        Config.from_env({"JWT_ALGORITHM": "RS256"})
+
+
+def test_a_short_jwt_secret_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(
+            {"JWT_SECRET": "hunter2hunter2hunter2hunter2hunter2", "JWT_ALGORITHM": "HS512"}
+        )
+    assert "at least 64 bytes for HS512, got 35" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_repr_hides_secrets() -> None:
+    config = Config(
+        jwt_secret=SECRET, turn_servers=("turn:t",), turn_username="u", turn_credential="pw-1"
+    )
+    text = repr(config)
+    assert SECRET not in text
+    assert "pw-1" not in text
+    assert "turn_username='u'" in text
+
+
+def test_from_mapping_refuses_typos_with_the_closest_name() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_mapping({"prot": 9000, "ring_timeout": 1, "host": "::1"})
+    assert str(caught.value) == (
+        "unknown settings: 'prot' (did you mean 'port'?),"
+        " 'ring_timeout' (did you mean 'ring_timeout_ms'?)"
+    )
+
+
+def test_from_mapping_builds_a_config() -> None:
+    config = Config.from_mapping({"port": 0, "stun_servers": ["stun:a"], "path": "/signal"})
+    assert (config.port, config.stun_servers, config.path) == (0, ("stun:a",), "/signal")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("port", "80"), ("heartbeat_ms", True), ("stun_servers", "stun:a")]
+)
+def test_from_mapping_checks_types(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Config.from_mapping({key: value})
+
+
+def test_path_must_be_absolute() -> None:
+    with pytest.raises(ConfigError, match="path must be a string starting with '/'"):
+        Config.from_mapping({"path": "ws"})
+
+
+def test_with_overrides_replaces_only_what_is_given() -> None:
+    base = Config.from_env({"CALLBOX_HOST": "0.0.0.0", "CALLBOX_PORT": "9000"})
+    assert base.with_overrides(port=9100) == attrs.evolve(base, port=9100)
+    assert base.with_overrides(port=9100).host == "0.0.0.0"
+    assert base.with_overrides() == base
+
+
+def test_with_overrides_validates_and_refuses_unknown_names() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        Config().with_overrides(port=70000)
+    with pytest.raises(ConfigError, match="did you mean 'host'"):
+        Config().with_overrides(hots="::1")
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        Config().port = 1  # type: ignore[misc]
+
+
+def test_limits_are_what_welcome_announces() -> None:
+    config = Config.from_mapping({"max_participants": 3, "message_burst": 20})
+    assert config.limits() == Limits(
+        max_message_bytes=262_144,
+        max_call_duration_ms=3_600_000,
+        ring_timeout_ms=30_000,
+        reconnect_grace_ms=10_000,
+        max_participants=3,
+        max_calls_per_user=4,
+        messages_per_second=50,
+        message_burst=20,
+    )
+
+
+def test_env_warnings_flag_near_misses_only() -> None:
+    environ = {"TURN_SERVERS": "turn:t", "JWT_SECRET_KEY": "x", "HOME": "/", "TURN_SERVER": "y"}
+    assert env_warnings(environ) == [
+        "ignoring TURN_SERVERS: not a callbox setting (did you mean TURN_SERVER?)"
+    ]
+
+
+def test_environment_variables_document_defaults() -> None:
+    documented = {var.name: var for var in environment_variables()}
+    assert documented["CALLBOX_PORT"].default == "8765"
+    assert documented["JWT_SECRET"].default == "-"
+    assert all(var.meaning for var in documented.values())
