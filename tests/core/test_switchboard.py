@@ -322,7 +322,7 @@ def test_out_of_state_messages_are_invalid_state(h: Harness) -> None:
     h.send(bob, {"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
     h.expect(bob, "error", code="invalid_state")
     h.send(alice, {"type": "call_answer", "call_id": "call-0001"})
-    h.expect(alice, "error", code="not_in_call")
+    h.expect(alice, "error", code="invalid_state", message="you have already joined call call-0001")
     h.send(bob, {"type": "call_answer", "call_id": "call-0001"})
     h.take_all(alice), h.take_all(bob)
     h.send(bob, {"type": "hangup", "call_id": "call-0001"})

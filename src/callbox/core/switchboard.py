@@ -722,4 +722,6 @@ class Switchboard:
             return Refused("not_in_call", f"you are not in call {call_id}", "/call_id")
         if party.state is PartyState.RINGING:
             return Refused("invalid_state", f"call {call_id} is ringing: answer or reject it first", "/call_id")
+        if party.session_id == session.session_id:
+            return Refused("invalid_state", f"you have already joined call {call_id}", "/call_id")
         return Refused("invalid_state", f"call {call_id} is joined on another device", "/call_id")

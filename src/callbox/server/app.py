@@ -1,0 +1,227 @@
+"""The trio shell around the switchboard: it moves bytes, owns tasks and keeps time.
+
+Each transport callback hands the switchboard what happened with `trio.current_time()` and carries
+out the actions it returns, synchronously: a relayed message costs no task switch and no await.
+
+Every call gets its own nursery, inside its own cancel scope. The call's timers (each invitee's ring
+timeout, the expiry warning, the duration cap) are tasks in that nursery, so when the call ends for
+any reason one `cancel()` stops all of them: nothing has to remember to disarm a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+from attrs import define, field
+
+from callbox.auth import authenticate
+from callbox.codec import encode
+from callbox.config import Config
+from callbox.core.actions import (
+    Action,
+    CallTimer,
+    CancelTimer,
+    Close,
+    CloseCall,
+    OpenCall,
+    Send,
+    StartTimer,
+    TimerKey,
+)
+from callbox.core.switchboard import Switchboard
+from callbox.ice import credentials_refresh_at, ice_servers_for
+from callbox.messages import Hello, IceServer
+from callbox.server.transport import (
+    Connection,
+    HttpResponse,
+    TransportConfig,
+    serve_websockets,
+)
+
+log = logging.getLogger("callbox.server")
+
+
+@define(eq=False)
+class CallTasks:
+    """A call's nursery and the timers running in it."""
+
+    cancel_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    nursery: trio.Nursery | None = None
+    pending: list[tuple[CallTimer, float, trio.CancelScope]] = field(factory=list)
+    timers: dict[TimerKey, trio.CancelScope] = field(factory=dict)
+
+
+class SignalingServer:
+    """Connects the transport's callbacks to the switchboard and runs the timers it asks for."""
+
+    def __init__(self, switchboard: Switchboard, nursery: trio.Nursery) -> None:
+        self.switchboard = switchboard
+        self._nursery = nursery
+        self._connections: dict[int, Connection] = {}
+        self._calls: dict[str, CallTasks] = {}
+        self._session_timers: dict[TimerKey, trio.CancelScope] = {}
+
+    # ConnectionHandler -------------------------------------------------------------------------
+
+    def on_open(self, conn: Connection) -> None:
+        self._connections[conn.id] = conn
+        log.debug("connection %d open from %s", conn.id, conn.remote)
+        self._carry_out(self.switchboard.connect(conn.id, trio.current_time()))
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        self._carry_out(self.switchboard.receive(conn.id, data, trio.current_time()))
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
+
+    def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
+        self._connections.pop(conn.id, None)
+        log.debug("connection %d closed (%s %s)", conn.id, code, reason)
+        self._carry_out(self.switchboard.disconnect(conn.id, trio.current_time()))
+
+    # HTTP ----------------------------------------------------------------------------------------
+
+    def http(self, method: str, path: str) -> HttpResponse | None:
+        if method == "GET" and path == "/healthz":
+            return 200, [("Content-Type", "text/plain")], b"ok\n"
+        return None
+
+    # Actions -------------------------------------------------------------------------------------
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(conn, message, seq):
+                    connection = self._connections.get(conn)
+                    if connection is not None:
+                        connection.send_text(encode(message, seq=seq))
+                case Close(conn, code, reason):
+                    connection = self._connections.get(conn)
+                    if connection is not None:
+                        connection.close(code, reason)
+                case OpenCall(call_id):
+                    tasks = CallTasks()
+                    self._calls[call_id] = tasks
+                    self._nursery.start_soon(self._supervise_call, tasks, name=f"call {call_id}")
+                case CloseCall(call_id):
+                    closed = self._calls.pop(call_id, None)
+                    if closed is not None:
+                        closed.cancel_scope.cancel()
+                case StartTimer(key, deadline):
+                    self._start_timer(key, deadline)
+                case CancelTimer(key):
+                    scope = self._timers_of(key).pop(key, None)
+                    if scope is not None:
+                        scope.cancel()
+
+    def _timers_of(self, key: TimerKey) -> dict[TimerKey, trio.CancelScope]:
+        if isinstance(key, CallTimerTypes):
+            tasks = self._calls.get(key.call_id)
+            return {} if tasks is None else tasks.timers
+        return self._session_timers
+
+    def _start_timer(self, key: TimerKey, deadline: float) -> None:
+        timers = self._timers_of(key)
+        previous = timers.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        scope = trio.CancelScope()
+        if isinstance(key, CallTimerTypes):
+            tasks = self._calls.get(key.call_id)
+            if tasks is None:
+                return
+            tasks.timers[key] = scope
+            if tasks.nursery is None:
+                tasks.pending.append((key, deadline, scope))
+            else:
+                tasks.nursery.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
+        else:
+            self._session_timers[key] = scope
+            self._nursery.start_soon(self._run_timer, key, deadline, scope, self._session_timers)
+
+    async def _supervise_call(self, tasks: CallTasks) -> None:
+        """The call's nursery: lives until the call ends, and takes its timers with it."""
+        with tasks.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                tasks.nursery = nursery
+                for key, deadline, scope in tasks.pending:
+                    nursery.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
+                tasks.pending.clear()
+                await trio.sleep_forever()
+
+    async def _run_timer(
+        self,
+        key: TimerKey,
+        deadline: float,
+        scope: trio.CancelScope,
+        owner: dict[TimerKey, trio.CancelScope],
+    ) -> None:
+        with scope:
+            await trio.sleep_until(deadline)
+        if scope.cancelled_caught:
+            return
+        if owner.get(key) is scope:
+            del owner[key]
+        self._carry_out(self.switchboard.timer_fired(key, trio.current_time()))
+
+
+CallTimerTypes = CallTimer.__args__  # type: ignore[attr-defined]
+
+
+def build_switchboard(config: Config) -> Switchboard:
+    """The switchboard with real authentication, ICE servers and the wall clock."""
+
+    def authenticate_hello(hello: Hello) -> str:
+        return authenticate(hello, config, now=time.time())
+
+    def ice_servers(user_id: str) -> list[IceServer]:
+        return ice_servers_for(config, user_id, now=time.time())
+
+    def ice_refresh_in() -> float | None:
+        now = time.time()
+        refresh_at = credentials_refresh_at(config, now=now)
+        return None if refresh_at is None else max(0.0, refresh_at - now)
+
+    return Switchboard(
+        config=config,
+        authenticate=authenticate_hello,
+        ice_servers=ice_servers,
+        ice_refresh_in=ice_refresh_in,
+    )
+
+
+def transport_config(config: Config) -> TransportConfig:
+    heartbeat = config.heartbeat_ms / 1000
+    return TransportConfig(
+        path=config.path,
+        max_message_bytes=config.max_message_bytes,
+        send_buffer_bytes=config.send_buffer_bytes,
+        heartbeat_interval=heartbeat,
+        heartbeat_timeout=2 * heartbeat,
+    )
+
+
+async def serve(
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the signaling server until cancelled; reports its listeners once it accepts connections."""
+    async with trio.open_nursery() as nursery:
+        server = SignalingServer(build_switchboard(config), nursery)
+        listeners: list[trio.SocketListener] = await nursery.start(
+            lambda task_status: serve_websockets(
+                server,
+                transport_config(config),
+                config.host,
+                config.port,
+                http_handler=server.http,
+                task_status=task_status,
+            )
+        )
+        for listener in listeners:
+            host, port = listener.socket.getsockname()[:2]
+            log.info("callbox listening on ws://%s:%d%s", host, port, config.path)
+        task_status.started(listeners)

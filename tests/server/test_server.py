@@ -1,0 +1,193 @@
+"""The whole server over real WebSockets on 127.0.0.1; every timeout under MockClock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from callbox.config import Config
+from callbox.server.app import serve
+
+from .wsclient import Client, connect, server_url
+
+SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+SECRET = "s" * 32
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def start(nursery: trio.Nursery, **settings: Any) -> str:
+    listeners = await nursery.start(serve, Config(port=0).with_overrides(**settings))
+    return server_url(listeners)
+
+
+@pytest.fixture
+async def url(nursery: trio.Nursery) -> AsyncIterator[str]:
+    yield await start(nursery)
+
+
+def initiate(call_id: str, *to: str, **extra: Any) -> dict[str, Any]:
+    media = {"audio": True, "video": True}
+    return {"type": "call_initiate", "call_id": call_id, "to": list(to), "media": media, **extra}
+
+
+async def accepted_call(alice: Client, bob: Client, call_id: str = "call-0001") -> None:
+    await alice.send(initiate(call_id, "bob"))
+    await alice.expect("call_ringing")
+    await bob.expect("call_incoming", call_id=call_id)
+    await bob.send({"type": "call_answer", "call_id": call_id})
+    await bob.expect("call_accepted", by="bob")
+    await alice.expect("call_accepted", by="bob")
+
+
+async def test_one_to_one_call_end_to_end(url: str) -> None:
+    async with connect(url, "alice") as alice, connect(url, "bob") as bob:
+        await alice.send(initiate("call-0001", "bob", rid="r1"))
+        await alice.expect("call_ringing", to=["bob"], rid="r1")
+        incoming = await bob.expect("call_incoming", call_id="call-0001")
+        assert incoming["from"] == "alice"
+        await bob.send({"type": "call_answer", "call_id": "call-0001"})
+        await bob.expect("call_accepted", participants=["alice", "bob"])
+        await alice.expect("call_accepted", by="bob")
+        await bob.send({"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+        offer = await alice.expect("sdp_offer", sdp=SDP)
+        assert offer["from"] == "bob"
+        await alice.send({"type": "sdp_answer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+        await bob.expect("sdp_answer", sdp=SDP)
+        for candidate in ({"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}, None):
+            message = {"type": "ice_candidate", "call_id": "call-0001", "to": "bob"}
+            await alice.send({**message, "candidate": candidate})
+            await bob.expect("ice_candidate", candidate=candidate)
+        await bob.send({"type": "hangup", "call_id": "call-0001"})
+        await bob.expect("call_ended", reason="hangup", by="bob")
+        await alice.expect("call_ended", reason="hangup", by="bob")
+
+
+async def test_bad_input_is_answered_and_the_connection_survives(url: str) -> None:
+    async with connect(url, "alice") as alice:
+        await alice.ws.send_message("{nope")
+        await alice.expect("error", code="invalid_json")
+        await alice.send({"type": "call_join", "call_id": "short", "rid": "x"})
+        await alice.expect("error", code="invalid_message", path="/call_id", rid="x")
+        await alice.send({"type": "dance", "rid": "y"})
+        await alice.expect("error", code="unknown_type", path="/type", rid="y")
+        await alice.ws.send_message(b"\x00binary")
+        await alice.expect("error", code="invalid_message")
+        await alice.send({"type": "ping", "ts": 1})
+        await alice.expect("pong", ts=1)
+
+
+async def test_oversize_frame_closes_with_1009(nursery: trio.Nursery) -> None:
+    url = await start(nursery, max_message_bytes=1024)
+    async with connect(url, "alice") as alice:
+        await alice.send({"type": "ping", "rid": "x" * 2000})
+        with pytest.raises(ConnectionClosed):
+            await alice.ws.get_message()
+        assert alice.ws.closed is not None
+        assert alice.ws.closed.code == 1009
+
+
+async def test_jwt_required_when_a_secret_is_configured(nursery: trio.Nursery) -> None:
+    url = await start(nursery, jwt_secret=SECRET)
+    async with connect(url) as mallory:
+        await mallory.send({"type": "hello", "user_id": "alice"})
+        await mallory.expect("error", code="auth_failed")
+        with pytest.raises(ConnectionClosed):
+            await mallory.ws.get_message()
+        assert mallory.ws.closed is not None
+        assert mallory.ws.closed.code == 4001
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    async with connect(url) as alice:
+        await alice.send({"type": "hello", "token": token})
+        await alice.expect("welcome", user_id="alice")
+
+
+async def test_ring_timeout(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    url = await start(nursery)
+    async with connect(url, "alice") as alice, connect(url, "bob") as bob:
+        await alice.send(initiate("call-0001", "bob"))
+        await alice.expect("call_ringing")
+        await bob.expect("call_incoming", expires_in_ms=30_000)
+        before = trio.current_time()
+        await bob.expect("call_ended", reason="ring_timeout")
+        await alice.expect("call_rejected", reason="ring_timeout")
+        await alice.expect("call_ended", reason="ring_timeout")
+        assert trio.current_time() - before == pytest.approx(30, abs=0.5)
+
+
+async def test_duration_cap(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    url = await start(nursery)
+    async with connect(url, "alice") as alice, connect(url, "bob") as bob:
+        await accepted_call(alice, bob)
+        started = trio.current_time()
+        await alice.expect("call_expiring", ends_in_ms=60_000)
+        await bob.expect("call_expiring", ends_in_ms=60_000)
+        await alice.expect("call_ended", reason="max_duration")
+        await bob.expect("call_ended", reason="max_duration")
+        assert trio.current_time() - started == pytest.approx(3600, abs=1)
+
+
+async def test_resume_within_grace_keeps_the_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(nursery)
+    async with connect(url, "alice") as alice:
+        async with connect(url, "bob") as bob:
+            await accepted_call(alice, bob)
+            token, last_seq = bob.welcome["resume_token"], bob.last_seq
+            await bob.ws.aclose()
+        await trio.sleep(1)
+        await alice.send({"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+        async with open_websocket_url(url) as ws:
+            bob = Client(ws)
+            bob.last_seq = last_seq
+            await bob.hello("bob", resume=token, last_seq=last_seq)
+            assert bob.welcome["resumed"] is True
+            await bob.expect("sdp_offer", sdp=SDP)
+            await bob.send({"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+            await alice.expect("sdp_answer")
+
+
+async def test_peer_is_told_only_when_grace_ends(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(nursery)
+    async with connect(url, "alice") as alice:
+        async with connect(url, "bob") as bob:
+            await accepted_call(alice, bob)
+        dropped = trio.current_time()
+        await alice.expect("call_ended", reason="disconnected", by="bob")
+        assert trio.current_time() - dropped == pytest.approx(10, abs=0.5)
+
+
+async def test_shutdown_sends_1001(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery)
+        async with connect(url, "alice") as alice:
+            nursery.cancel_scope.cancel()
+            with pytest.raises(ConnectionClosed):
+                await alice.ws.get_message()
+            assert alice.ws.closed is not None
+            assert alice.ws.closed.code == 1001
+
+
+async def test_other_users_are_undisturbed_by_a_misbehaving_one(url: str) -> None:
+    async with connect(url, "alice") as alice, connect(url, "bob") as bob:
+        await accepted_call(alice, bob)
+        async with connect(url, "mallory") as mallory:
+            for junk in ("{", "[]", '{"type": 5}', '{"type": "hangup", "call_id": "call-0001"}'):
+                await mallory.ws.send_message(junk)
+                await mallory.expect("error")
+            await mallory.ws.aclose()
+        await alice.send({"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
+        await bob.expect("sdp_offer", sdp=SDP)
