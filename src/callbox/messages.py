@@ -377,9 +377,5 @@ ServerMessage = (
     | Error
 )
 
-CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TYPE: cls for cls in ClientMessage.__args__
-}
-SERVER_MESSAGES: dict[str, type[ServerMessage]] = {
-    cls.TYPE: cls for cls in ServerMessage.__args__
-}
+CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {cls.TYPE: cls for cls in ClientMessage.__args__}
+SERVER_MESSAGES: dict[str, type[ServerMessage]] = {cls.TYPE: cls for cls in ServerMessage.__args__}

@@ -111,7 +111,9 @@ class Harness:
                 case CloseCall(call_id):
                     self.open_calls.remove(call_id)
                     self.timers = {
-                        k: d for k, d in self.timers.items() if getattr(k, "call_id", None) != call_id
+                        k: d
+                        for k, d in self.timers.items()
+                        if getattr(k, "call_id", None) != call_id
                     }
                 case StartTimer(key, deadline):
                     self.timers[key] = deadline

@@ -11,7 +11,11 @@ from callbox.core.states import CallState
 from .harness import Harness, call_between, initiate
 
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"
-CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+CANDIDATE = {
+    "candidate": "candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+}
 
 
 @pytest.fixture
@@ -25,7 +29,9 @@ def h() -> Harness:
 def test_welcome_then_session_messages_numbered_from_one(h: Harness) -> None:
     conn = h.open()
     h.send(conn, {"type": "hello", "user_id": "alice", "rid": "r1"})
-    welcome = h.expect(conn, "welcome", user_id="alice", resumed=False, rid="r1", heartbeat_ms=15000)
+    welcome = h.expect(
+        conn, "welcome", user_id="alice", resumed=False, rid="r1", heartbeat_ms=15000
+    )
     assert "seq" not in welcome
     assert welcome["ice_servers"] == [{"urls": ["stun:stun.example.org"]}]
     assert welcome["limits"]["max_call_duration_ms"] == 3_600_000
@@ -67,10 +73,15 @@ def test_auth_failure_closes_with_4001(h: Harness) -> None:
     ("data", "code", "path"),
     [
         (b"{not json", "invalid_json", None),
-        (b'{"type": "call_answer", "call_id": "bad id!", "rid": "r"}', "invalid_message", "/call_id"),
+        (
+            b'{"type": "call_answer", "call_id": "bad id!", "rid": "r"}',
+            "invalid_message",
+            "/call_id",
+        ),
         (b'{"type": "teleport", "rid": "r"}', "unknown_type", "/type"),
         (
-            b'{"type": "call_initiate", "call_id": "abcdefgh", "to": ["bob"], "media": {"audio": 1, "video": true}, "rid": "r"}',
+            b'{"type": "call_initiate", "call_id": "abcdefgh", "to": ["bob"],'
+            b' "media": {"audio": 1, "video": true}, "rid": "r"}',
             "invalid_message",
             "/media/audio",
         ),
@@ -148,7 +159,10 @@ def test_one_to_one_call_lifecycle(h: Harness) -> None:
     h.expect(alice, "sdp_offer", sdp=SDP, call_id="call-0001", **{"from": "bob"})
     h.send(alice, {"type": "sdp_answer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
     h.expect(bob, "sdp_answer", sdp=SDP, **{"from": "alice"})
-    h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": CANDIDATE})
+    h.send(
+        alice,
+        {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": CANDIDATE},
+    )
     h.expect(bob, "ice_candidate", candidate=CANDIDATE, **{"from": "alice"})
     h.send(alice, {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": None})
     h.expect(bob, "ice_candidate", candidate=None)
@@ -365,7 +379,11 @@ def test_resume_replays_everything_after_last_seq(h: Harness) -> None:
     welcome = h.expect(new, "welcome", resumed=True)
     assert welcome["resume_token"] != token
     replayed = h.take_all(new)
-    assert [(m["type"], m["seq"]) for m in replayed] == [("call_accepted", 2), ("sdp_offer", 3), ("sdp_offer", 4)]
+    assert [(m["type"], m["seq"]) for m in replayed] == [
+        ("call_accepted", 2),
+        ("sdp_offer", 3),
+        ("sdp_offer", 4),
+    ]
     assert GraceTimer(welcome["session_id"]) not in h.timers
     h.advance(60)
     h.quiet(alice)

@@ -154,7 +154,9 @@ async def test_resume_within_grace_keeps_the_call(
             await bob.hello("bob", resume=token, last_seq=last_seq)
             assert bob.welcome["resumed"] is True
             await bob.expect("sdp_offer", sdp=SDP)
-            await bob.send({"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP})
+            await bob.send(
+                {"type": "sdp_answer", "call_id": "call-0001", "to": "alice", "sdp": SDP}
+            )
             await alice.expect("sdp_answer")
 
 

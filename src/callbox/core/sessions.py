@@ -15,7 +15,7 @@ from callbox.core.actions import ConnId, Send
 from callbox.messages import ServerMessage
 
 RECENTLY_ENDED_CALLS = 16
-"""Ended calls a session remembers, so a late message about one is `invalid_state`, not `unknown_call`."""
+"""Ended calls a session remembers, so a late message about one gets `invalid_state`."""
 
 
 @define

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from callbox.auth import AuthError
 from callbox.codec import ProtocolError, decode_client
@@ -38,7 +38,7 @@ from callbox.core.actions import (
 )
 from callbox.core.calls import Call, Party
 from callbox.core.sessions import Link, ReplayOverflow, Session, TokenBucket
-from callbox.core.states import CallEvent, CallState, IllegalTransition, PartyState
+from callbox.core.states import CallEvent, CallState, PartyState
 from callbox.messages import (
     Bye,
     CallAccepted,
@@ -101,6 +101,17 @@ class Refused(Exception):
         self.path = path
 
 
+@frozen
+class Reply:
+    """The request being answered: its `rid` is echoed on what is sent to the requesting session."""
+
+    session: Session
+    rid: str | None
+
+    def rid_for(self, session: Session) -> str | None:
+        return self.rid if session is self.session else None
+
+
 @define
 class User:
     """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
@@ -143,36 +154,43 @@ class Switchboard:
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
+        self._begin()
         allowed = link.bucket.take(now)
         try:
             message = decode_client(data)
         except ProtocolError as exc:
-            return self._finish(lambda: self._error(link, exc.code, exc.message, exc.path, exc.rid))
-        if not allowed:
+            self._error(link, exc.code, exc.message, exc.path, exc.rid)
+            return self._end()
+        if allowed:
+            self._dispatch(link, message, now)
+        else:
             limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
-            return self._finish(
-                lambda: self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
-            )
-        return self._finish(lambda: self._dispatch(link, message, now))
+            self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
+        return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
         link = self._links.get(conn)
         if link is None:
             return []
+        self._begin()
         reason = "binary frames are not accepted: send JSON as text frames"
-        return self._finish(lambda: self._error(link, "invalid_message", reason, None, None))
+        self._error(link, "invalid_message", reason, None, None)
+        return self._end()
 
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (clean close or not): its session enters the grace period."""
         link = self._links.pop(conn, None)
         if link is None or link.session is None or link.session.conn != conn:
             return []
-        session = link.session
-        return self._finish(lambda: self._detach(session, now))
+        self._begin()
+        self._detach(link.session, now)
+        return self._end()
 
     def timer_fired(self, key: TimerKey, now: float) -> list[Action]:
         """A timer the core started has expired. Stale firings (already resolved) are ignored."""
-        return self._finish(lambda: self._timer(key, now))
+        self._begin()
+        self._timer(key, now)
+        return self._end()
 
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
@@ -192,14 +210,15 @@ class Switchboard:
     # -----------------------------------------------------------------------------------------
     # Plumbing
 
-    def _finish(self, work: Callable[[], None]) -> list[Action]:
-        """Run one event's work and return the actions it produced.
-
-        Sessions whose replay buffer overflowed while they were away are ended afterwards, so
-        ending them never happens in the middle of another change.
-        """
+    def _begin(self) -> None:
         self._out = []
-        work()
+
+    def _end(self) -> list[Action]:
+        """The actions of the event just handled.
+
+        Sessions whose replay buffer overflowed while they were away are ended here, after the
+        event's own work, so ending one never happens in the middle of another change.
+        """
         while self._overflowed:
             session = self._overflowed.pop()
             if session.session_id in self._sessions:
@@ -235,7 +254,8 @@ class Switchboard:
         try:
             match message:
                 case Hello():
-                    raise Refused("invalid_state", "already authenticated: hello is sent once")
+                    reason = "already authenticated: hello is sent once"
+                    self._error(link, "invalid_state", reason, "/type", message.rid)
                 case Ping():
                     self._out.append(Send(link.conn, Pong(ts=message.ts, rid=message.rid)))
                 case Bye():
@@ -264,7 +284,9 @@ class Switchboard:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
-            self._out.append(Send(link.conn, Error(code="auth_failed", message=str(exc), rid=hello.rid)))
+            self._out.append(
+                Send(link.conn, Error(code="auth_failed", message=str(exc), rid=hello.rid))
+            )
             self._out.append(Close(link.conn, CLOSE_AUTH_FAILED, "authentication failed"))
             del self._links[link.conn]
             return
@@ -279,7 +301,9 @@ class Switchboard:
         if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
             limit = self.config.max_sessions_per_user
             message = f"user {user_id} already has {limit} sessions, the most allowed"
-            self._out.append(Send(link.conn, Error(code="session_limit", message=message, rid=hello.rid)))
+            self._out.append(
+                Send(link.conn, Error(code="session_limit", message=message, rid=hello.rid))
+            )
             self._out.append(Close(link.conn, CLOSE_POLICY, "too many sessions"))
             del self._links[link.conn]
             return
@@ -381,13 +405,16 @@ class Switchboard:
             case IceRefreshTimer(session_id):
                 session = self._sessions.get(session_id)
                 if session is not None and session.conn is not None:
-                    self._send(session, IceServersUpdate(ice_servers=self.ice_servers(session.user_id)))
+                    self._send(
+                        session, IceServersUpdate(ice_servers=self.ice_servers(session.user_id))
+                    )
                     self._arm_ice_refresh(session, now)
             case RingTimer(call_id, user_id):
                 call = self._calls.get(call_id)
                 party = None if call is None else call.parties.get(user_id)
                 if call is not None and party is not None and party.state is PartyState.RINGING:
-                    if now >= party.ring_deadline:
+                    due = now >= party.ring_deadline  # a re-invite may have moved the deadline
+                    if due:
                         self._drop_out(call, party, "ring_timeout")
             case ExpiryWarningTimer(call_id):
                 call = self._calls.get(call_id)
@@ -395,7 +422,9 @@ class Switchboard:
                     call.apply(CallEvent.EXPIRY_WARNING)
                     ends_in_ms = max(0, round((call.ends_at - now) * 1000))
                     for party in call.joined():
-                        self._send_party(party, CallExpiring(call_id=call_id, ends_in_ms=ends_in_ms))
+                        self._send_party(
+                            party, CallExpiring(call_id=call_id, ends_in_ms=ends_in_ms)
+                        )
             case DurationCapTimer(call_id):
                 call = self._calls.get(call_id)
                 if call is not None:
@@ -415,13 +444,17 @@ class Switchboard:
             raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
         if len(self._users[session.user_id].calls) >= self.config.max_calls_per_user:
             limit = self.config.max_calls_per_user
-            raise Refused("user_busy", f"you are already a party of {limit} calls, the most allowed")
+            raise Refused(
+                "user_busy", f"you are already a party of {limit} calls, the most allowed"
+            )
         if 1 + len(msg.to) > self.config.max_participants:
             limit = self.config.max_participants
             raise Refused("call_full", f"a call holds at most {limit} participants", "/to")
         if len(msg.to) == 1 and self._merge_glare(session, msg, now):
             return
-        call = Call(call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata)
+        call = Call(
+            call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata
+        )
         call.parties[session.user_id] = Party(
             user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
         )
@@ -451,12 +484,14 @@ class Switchboard:
             self._send(by, ringing)
         for party in available:
             party.ring_deadline = now + self.config.ring_timeout_ms / 1000
-            self._out.append(StartTimer(RingTimer(call.call_id, party.user_id), party.ring_deadline))
+            self._out.append(
+                StartTimer(RingTimer(call.call_id, party.user_id), party.ring_deadline)
+            )
             for session in list(self._users[party.user_id].sessions.values()):
                 self._ring_device(call, party, session, now)
         for party, reason in unavailable:
             if call.state is not CallState.ENDED:
-                self._drop_out(call, party, reason, reply_to=(by, rid))
+                self._drop_out(call, party, reason, Reply(by, rid))
 
     def _unavailable(self, user_id: str, call_id: str) -> DropoutReason | None:
         user = self._users[user_id]
@@ -496,12 +531,14 @@ class Switchboard:
                 continue
             if call.call_id < msg.call_id:
                 self._send(session, CallEnded(call_id=msg.call_id, reason="merged", rid=msg.rid))
-                self._join(call, mine, session, msg.rid, now)
+                self._join(call, mine, session, Reply(session, msg.rid), now)
                 return True
             their_session = self._sessions[call.parties[callee].session_id or ""]
             call.apply(CallEvent.MERGE)
             self._end_call(call, "merged", by=session.user_id)
-            merged = Call(call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata)
+            merged = Call(
+                call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata
+            )
             merged.parties[session.user_id] = Party(
                 user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
             )
@@ -511,7 +548,7 @@ class Switchboard:
             self._users[callee].calls.add(merged.call_id)
             session.call_id = merged.call_id
             self._out.append(OpenCall(merged.call_id))
-            self._join(merged, merged.parties[callee], their_session, msg.rid, now, rid_to=session)
+            self._join(merged, merged.parties[callee], their_session, Reply(session, msg.rid), now)
             return True
         return False
 
@@ -524,17 +561,9 @@ class Switchboard:
             self._drop_out(call, party, "call_full")
             limit = self.config.max_participants
             raise Refused("call_full", f"call {call.call_id} already has {limit} participants")
-        self._join(call, party, session, msg.rid, now)
+        self._join(call, party, session, Reply(session, msg.rid), now)
 
-    def _join(
-        self,
-        call: Call,
-        party: Party,
-        session: Session,
-        rid: str | None,
-        now: float,
-        rid_to: Session | None = None,
-    ) -> None:
+    def _join(self, call: Call, party: Party, session: Session, reply: Reply, now: float) -> None:
         """`party` joins on `session`; its other devices stop ringing."""
         was_active = call.state is CallState.ACTIVE
         already_in = call.joined()
@@ -545,21 +574,27 @@ class Switchboard:
         for other_id in party.ringing_sessions - {session.session_id}:
             other = self._sessions[other_id]
             other.forget_call(call.call_id)
-            self._send(other, CallEnded(call_id=call.call_id, reason="answered_elsewhere", by=party.user_id))
+            self._send(
+                other,
+                CallEnded(call_id=call.call_id, reason="answered_elsewhere", by=party.user_id),
+            )
         party.ringing_sessions.clear()
         session.ringing.discard(call.call_id)
         if call.ends_at is None:
             self._arm_duration_cap(call, now)
         participants = call.joined_user_ids()
-        reply_to = rid_to or session
         for member in call.joined():
             member_session = self._sessions[member.session_id or ""]
-            echo = rid if member_session is reply_to else None
-            accepted = CallAccepted(call_id=call.call_id, by=party.user_id, participants=participants, rid=echo)
+            echo = reply.rid_for(member_session)
+            accepted = CallAccepted(
+                call_id=call.call_id, by=party.user_id, participants=participants, rid=echo
+            )
             self._send(member_session, accepted)
         if was_active:
             for member in already_in:
-                self._send_party(member, ParticipantJoined(call_id=call.call_id, user_id=party.user_id))
+                self._send_party(
+                    member, ParticipantJoined(call_id=call.call_id, user_id=party.user_id)
+                )
 
     def _arm_duration_cap(self, call: Call, now: float) -> None:
         cap = self.config.max_call_duration_ms / 1000
@@ -571,14 +606,17 @@ class Switchboard:
 
     def _reject(self, session: Session, msg: CallReject, now: float) -> None:
         call = self._call_of_invitee(session, msg.call_id)
-        self._drop_out(call, call.parties[session.user_id], msg.reason, reply_to=(session, msg.rid))
+        party = call.parties[session.user_id]
+        self._drop_out(call, party, msg.reason, Reply(session, msg.rid))
 
     def _invite(self, session: Session, msg: CallInvite, now: float) -> None:
         call = self._call_of_member(session, msg.call_id)
         for index, user_id in enumerate(msg.to):
             party = call.parties.get(user_id)
             if party is not None and party.state is not PartyState.GONE:
-                raise Refused("invalid_state", f"{user_id} is already {party.state}", f"/to/{index}")
+                raise Refused(
+                    "invalid_state", f"{user_id} is already {party.state}", f"/to/{index}"
+                )
         if len(call.joined()) + len(msg.to) > self.config.max_participants:
             limit = self.config.max_participants
             raise Refused("call_full", f"a call holds at most {limit} participants", "/to")
@@ -615,22 +653,25 @@ class Switchboard:
         call: Call,
         party: Party,
         reason: DropoutReason,
-        reply_to: tuple[Session, str | None] | None = None,
+        reply: Reply | None = None,
     ) -> None:
-        """An invitee leaves before joining; the call goes on if there is still someone to wait for."""
+        """An invitee leaves before joining; the call goes on while there is someone to wait for."""
         state = call.apply(CallEvent.DROPOUT, party)
         self._out.append(CancelTimer(RingTimer(call.call_id, party.user_id)))
         end_reason = END_REASON_FOR_DROPOUT[reason]
         for session_id in party.ringing_sessions:
             device = self._sessions[session_id]
             device.forget_call(call.call_id)
-            echo = reply_to[1] if reply_to is not None and reply_to[0] is device else None
-            self._send(device, CallEnded(call_id=call.call_id, reason=end_reason, by=party.user_id, rid=echo))
+            echo = None if reply is None else reply.rid_for(device)
+            self._send(
+                device,
+                CallEnded(call_id=call.call_id, reason=end_reason, by=party.user_id, rid=echo),
+            )
         party.ringing_sessions.clear()
         self._unlink(party.user_id, call.call_id)
         for member in call.joined():
             member_session = self._sessions[member.session_id or ""]
-            rid = reply_to[1] if reply_to is not None and reply_to[0] is member_session else None
+            rid = None if reply is None else reply.rid_for(member_session)
             rejected = CallRejected(call_id=call.call_id, by=party.user_id, reason=reason, rid=rid)
             self._send(member_session, rejected)
         if state is CallState.ENDED:
@@ -650,12 +691,20 @@ class Switchboard:
         party.session_id = None
         session.forget_call(call.call_id)
         if reason == "hangup":
-            self._send(session, CallEnded(call_id=call.call_id, reason="hangup", by=party.user_id, detail=detail, rid=rid))
+            self._send(
+                session,
+                CallEnded(
+                    call_id=call.call_id, reason="hangup", by=party.user_id, detail=detail, rid=rid
+                ),
+            )
         if state is CallState.ENDED:
             self._end_call(call, reason, by=party.user_id, detail=detail)
         else:
             for member in call.joined():
-                self._send_party(member, ParticipantLeft(call_id=call.call_id, user_id=party.user_id, reason=reason))
+                self._send_party(
+                    member,
+                    ParticipantLeft(call_id=call.call_id, user_id=party.user_id, reason=reason),
+                )
         self._unlink(party.user_id, call.call_id)
 
     def _end_call(
@@ -721,7 +770,9 @@ class Switchboard:
         if party is None or party.state is PartyState.GONE:
             return Refused("not_in_call", f"you are not in call {call_id}", "/call_id")
         if party.state is PartyState.RINGING:
-            return Refused("invalid_state", f"call {call_id} is ringing: answer or reject it first", "/call_id")
+            return Refused(
+                "invalid_state", f"call {call_id} is ringing: answer or reject it first", "/call_id"
+            )
         if party.session_id == session.session_id:
             return Refused("invalid_state", f"you have already joined call {call_id}", "/call_id")
         return Refused("invalid_state", f"call {call_id} is joined on another device", "/call_id")

@@ -167,7 +167,7 @@ class SignalingServer:
         self._carry_out(self.switchboard.timer_fired(key, trio.current_time()))
 
 
-CallTimerTypes = CallTimer.__args__  # type: ignore[attr-defined]
+CallTimerTypes = CallTimer.__args__
 
 
 def build_switchboard(config: Config) -> Switchboard:
@@ -208,7 +208,7 @@ async def serve(
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the signaling server until cancelled; reports its listeners once it accepts connections."""
+    """Run the signaling server until cancelled; reports its listeners once it is accepting."""
     async with trio.open_nursery() as nursery:
         server = SignalingServer(build_switchboard(config), nursery)
         listeners: list[trio.SocketListener] = await nursery.start(
