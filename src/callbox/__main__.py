@@ -100,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
     )
+    if args.log_level != "debug":  # websockets logs every connection open and close at INFO
+        logging.getLogger("callbox.transport.protocol").setLevel(logging.WARNING)
     for warning in env_warnings(os.environ):
         log.warning("%s", warning)
     if config.jwt_secret is None:

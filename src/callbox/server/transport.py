@@ -1,0 +1,571 @@
+"""WebSocket transport: one trio task per connection driving websockets' sans-I/O protocol.
+
+Why not trio-websocket: per message it hops reader task -> channel -> handler, takes a lock
+and awaits the send, which caps a relay at ~13k msgs/s on one core. Here the connection task
+reads a large chunk, feeds `ServerProtocol`, and calls the application synchronously; the
+application's `send_text` writes straight to the non-blocking socket and only spills into a
+bounded buffer (drained by a short-lived writer task) when the kernel will not take more.
+
+The send buffer never exceeds `send_buffer_bytes`: data, pings and pongs may fill it up to
+`send_buffer_bytes - CLOSE_FRAME_RESERVE_BYTES`; one that does not fit is dropped and the
+connection closed with 1013, whose close frame uses the reserve. A partially written frame is
+never dropped, so the byte stream stays valid.
+
+Shutdown: cancel the scope that runs `serve_websockets`. Each connection task then, in a
+shielded scope time-boxed by `close_timeout`, sends close 1001 "server shutting down",
+flushes what it can and reads (discarding) until the peer's close frame or EOF, then drops TCP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import socket
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Protocol, TypeAlias
+
+import attrs
+import trio
+from websockets.frames import BINARY, CONT, TEXT, Close, CloseCode, Frame
+from websockets.http11 import Request, Response
+from websockets.protocol import CLOSED, OPEN, Event
+from websockets.server import ServerProtocol
+
+__all__ = [
+    "CLOSE_FRAME_RESERVE_BYTES",
+    "Connection",
+    "ConnectionHandler",
+    "ConnectionStatistics",
+    "HttpHandler",
+    "HttpResponse",
+    "TransportConfig",
+    "handle_stream",
+    "serve_websockets",
+]
+
+logger = logging.getLogger("callbox.transport")
+# websockets logs "connection open/closed" at INFO per connection; keep it separately tunable.
+_protocol_logger = logging.getLogger("callbox.transport.protocol")
+
+#: Bytes of every send buffer kept free for the final close frame (2-byte header + <= 125-byte
+#: payload), so a slow client can always be told why it is dropped without exceeding the bound.
+CLOSE_FRAME_RESERVE_BYTES = 127
+#: A close reason must fit in a 125-byte control frame payload next to the 2-byte code.
+MAX_CLOSE_REASON_BYTES = 123
+# First byte of an unmasked server close frame (FIN + opcode 0x8); lets the bound exempt it.
+_CLOSE_FRAME_FIRST_BYTE = 0x88
+# Errors that mean "the byte stream is gone", as opposed to bugs.
+_TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+_connection_ids = itertools.count(1)
+
+
+@attrs.frozen
+class TransportConfig:
+    """Per-server limits; sizes in bytes, durations in seconds."""
+
+    path: str = "/ws"
+    max_message_bytes: int = 256 * 1024
+    send_buffer_bytes: int = attrs.field(
+        default=1024 * 1024, validator=attrs.validators.gt(CLOSE_FRAME_RESERVE_BYTES)
+    )
+    heartbeat_interval: float = 15.0
+    heartbeat_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    read_size: int = 64 * 1024
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """Snapshot of one connection's counters (bytes are wire bytes, messages are data messages)."""
+
+    buffered_bytes: int
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+
+
+class ConnectionHandler(Protocol):
+    """Application callbacks; synchronous so the transport never hops tasks per message."""
+
+    def on_open(self, conn: Connection) -> None: ...
+    def on_text(self, conn: Connection, data: bytes) -> None: ...
+    def on_binary(self, conn: Connection, data: bytes) -> None: ...
+    def on_close(self, conn: Connection, code: int | None, reason: str) -> None: ...
+
+
+HttpResponse: TypeAlias = tuple[int, list[tuple[str, str]], bytes]
+HttpHandler: TypeAlias = Callable[[str, str], HttpResponse | None]
+
+
+class Connection:
+    """One accepted WebSocket.
+
+    `send_text` and `close` are synchronous and never raise for transport reasons: a relay
+    calls them for many peers from one task and must not be blocked or broken by any of them.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        handler: ConnectionHandler,
+        config: TransportConfig,
+        http_handler: HttpHandler | None,
+    ) -> None:
+        self.id: int = next(_connection_ids)
+        self.remote: str = _remote_address(stream)
+        self._stream = stream
+        self._handler = handler
+        self._http_handler = http_handler
+        self._config = config
+        self._protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
+        # Direct-write path: a second socket object on the same fd, detached before trio
+        # closes the fd (after detach, a stray send fails with EBADF instead of hitting a
+        # reused fd).
+        self._sock: socket.socket | None = None
+        if isinstance(stream, trio.SocketStream):
+            self._sock = socket.socket(fileno=stream.socket.fileno())
+            self._sock.setblocking(False)
+        self._data_limit = config.send_buffer_bytes - CLOSE_FRAME_RESERVE_BYTES
+        self._out = bytearray()
+        self._in_flight = 0  # bytes handed to stream.send_all but not yet returned
+        self._eof_pending = False  # protocol asked for a half-close; nothing may follow it
+        self._eof_sent = False
+        self._writer_running = False
+        self._nursery: trio.Nursery | None = None
+        self._read_scope = trio.CancelScope()
+        self._close_deadline = math.inf
+        self._last_received = trio.current_time()
+        self._opened = False
+        self._responded = False
+        self._peer_eof = False
+        self._broken = False
+        self._discard_input = False
+        self._going_away = False
+        self._fragments: list[bytes] = []
+        self._fragments_are_text = False
+        self._messages_in = 0
+        self._messages_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.remote}>"
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._protocol.state is OPEN
+
+    def send_text(self, data: bytes | str) -> None:
+        """Queue one text message without awaiting; see the module docstring for why."""
+        if self._protocol.state is not OPEN:
+            return
+        self._protocol.send_text(data.encode() if isinstance(data, str) else data)
+        self._flush()
+        if self._protocol.state is OPEN:  # not dropped by an overflow or a dead socket
+            self._messages_out += 1
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (time-boxed by close_timeout); idempotent.
+
+        An invalid close code is a programming error and raises websockets' ProtocolError;
+        an over-long reason is truncated to fit in the close frame.
+        """
+        if self._protocol.state is not OPEN:
+            return
+        reason = reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+        self._protocol.send_close(code, reason)
+        self._start_close_timer()
+        self._flush()
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            buffered_bytes=len(self._out) + self._in_flight,
+            messages_in=self._messages_in,
+            messages_out=self._messages_out,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+        )
+
+    # -- connection task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    with self._read_scope:
+                        self._read_scope.deadline = (
+                            trio.current_time() + self._config.handshake_timeout
+                        )
+                        await self._receive_loop()
+                except trio.Cancelled:
+                    self._going_away = True  # the server is shutting down
+                    raise
+                except Exception:
+                    logger.exception("%r: failed; closing it", self)
+                finally:
+                    self._nursery = None  # from here on, _finish drains inline
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self._finish()
+
+    async def _receive_loop(self) -> None:
+        """Read, feed the protocol, call the handler; until EOF or the closing handshake is
+        complete (both close frames seen: the peer may send nothing more, so no need to wait
+        for its EOF - trio-websocket clients, for one, never close TCP themselves)."""
+        proto = self._protocol
+        receive_some = self._stream.receive_some
+        read_size = self._config.read_size
+        while True:
+            try:
+                data = await receive_some(read_size)
+            except _TRANSPORT_ERRORS as exc:
+                self._abort(exc)
+                return
+            if self._broken:  # a send from another task found the socket dead meanwhile
+                return
+            if not data:
+                self._peer_eof = True
+                proto.receive_eof()
+                self._flush()
+                return
+            self._bytes_in += len(data)
+            self._last_received = trio.current_time()
+            proto.receive_data(data)
+            events = proto.events_received()
+            self._flush()  # pongs, close echo
+            for event in events:
+                if self._discard_input:
+                    break
+                self._dispatch(event)
+            if proto.close_expected():
+                self._start_close_timer()
+            if proto.state is CLOSED or (
+                proto.close_rcvd is not None and proto.close_sent is not None
+            ):
+                return
+
+    def _dispatch(self, event: Event) -> None:
+        if not isinstance(event, Frame):
+            if isinstance(event, Request):  # ServerProtocol never emits a Response
+                self._respond(event)
+            return
+        opcode = event.opcode
+        if opcode is TEXT or opcode is BINARY:
+            if event.fin:
+                self._deliver(opcode is TEXT, bytes(event.data))
+            else:
+                self._fragments_are_text = opcode is TEXT
+                self._fragments = [bytes(event.data)]
+        elif opcode is CONT:
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                data = b"".join(self._fragments)
+                self._fragments = []
+                self._deliver(self._fragments_are_text, data)
+        # PING, PONG and CLOSE were already answered by the protocol.
+
+    def _deliver(self, is_text: bool, data: bytes) -> None:
+        if is_text and not data.isascii():
+            try:
+                data.decode()  # the sans-I/O layer leaves UTF-8 validation to us
+            except UnicodeDecodeError as exc:
+                self._discard_input = True
+                self._protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                self._start_close_timer()
+                self._flush()
+                return
+        self._messages_in += 1
+        if is_text:
+            self._handler.on_text(self, data)
+        else:
+            self._handler.on_binary(self, data)
+
+    def _respond(self, request: Request) -> None:
+        path = request.path.partition("?")[0]
+        if path == self._config.path:
+            response = self._protocol.accept(request)
+        else:
+            response = self._http_response(request.method, path)
+        self._protocol.send_response(response)
+        self._responded = True
+        self._flush(bounded=False)
+        if self._protocol.state is OPEN:
+            self._read_scope.deadline = math.inf  # liveness is the heartbeat's job now
+            self._opened = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._heartbeat)
+            self._handler.on_open(self)
+
+    def _http_response(self, method: str, path: str) -> Response:
+        result = self._http_handler(method, path) if self._http_handler else None
+        if result is None:
+            return self._protocol.reject(HTTPStatus.NOT_FOUND, "Not Found\n")
+        status, headers, body = result
+        response = self._protocol.reject(status, "")  # Date, Connection: close, ...
+        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
+        for name in {name.lower() for name, _ in headers} | {"content-length"}:
+            if name in response.headers:
+                del response.headers[name]
+        response.headers.update(headers)
+        response.headers["Content-Length"] = str(len(body))
+        response.body = body
+        return response
+
+    async def _heartbeat(self) -> None:
+        """Ping periodically; close (1011) if the peer sent nothing at all for too long."""
+        interval = self._config.heartbeat_interval
+        timeout = self._config.heartbeat_timeout
+        next_ping = trio.current_time() + interval
+        while self._protocol.state is OPEN:
+            await trio.sleep_until(min(next_ping, self._last_received + timeout))
+            if self._protocol.state is not OPEN:
+                return
+            now = trio.current_time()
+            if now >= self._last_received + timeout:
+                logger.info("%r: heartbeat timeout", self)
+                self._close_from_server(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
+                return
+            if now >= next_ping:
+                self._protocol.send_ping(b"")
+                self._flush()
+                next_ping = now + interval
+
+    async def _finish(self) -> None:
+        """Say goodbye within close_timeout, whatever ended the connection; never raises.
+
+        Until the peer's close frame or EOF arrives we keep reading (input discarded): closing
+        a socket with unread input sends RST, which can destroy the close frame or HTTP
+        response the peer has not read yet.
+        """
+        if self._broken:
+            return
+        if self._protocol.state is OPEN:  # server shutdown or a failure in this connection
+            if self._going_away:
+                self._close_from_server(CloseCode.GOING_AWAY, "server shutting down")
+            else:
+                self._close_from_server(CloseCode.INTERNAL_ERROR, "internal error")
+        self._discard_input = True
+        deadline = min(self._close_deadline, trio.current_time() + self._config.close_timeout)
+        with trio.CancelScope(shield=True, deadline=deadline):
+            await self._drain()
+            if (
+                self._responded
+                and not (self._broken or self._peer_eof)
+                and self._protocol.close_rcvd is None
+            ):
+                await self._receive_loop()
+                await self._drain()
+
+    def _notify_closed(self) -> None:
+        if not self._opened:
+            return
+        proto = self._protocol
+        # Report the close frame that started the closing handshake, whoever sent it.
+        first: Close | None
+        if proto.close_sent is not None and not proto.close_rcvd_then_sent:
+            first = proto.close_sent
+        else:
+            first = proto.close_rcvd
+        code, reason = (None, "") if first is None else (int(first.code), first.reason)
+        try:
+            self._handler.on_close(self, code, reason)
+        except Exception:
+            logger.exception("%r: on_close failed", self)
+
+    # -- send path -------------------------------------------------------------------------
+
+    def _close_from_server(self, code: int, reason: str) -> None:
+        """Start a closing handshake the application did not ask for; ignore further input."""
+        self._discard_input = True
+        self._protocol.send_close(code, reason)
+        self._start_close_timer()
+        self._flush()
+
+    def _start_close_timer(self) -> None:
+        if self._close_deadline == math.inf:
+            self._close_deadline = trio.current_time() + self._config.close_timeout
+            self._read_scope.deadline = min(self._read_scope.deadline, self._close_deadline)
+
+    def _flush(self, *, bounded: bool = True) -> None:
+        for chunk in self._protocol.data_to_send():
+            if chunk:
+                self._write(chunk, bounded=bounded)
+            else:
+                self._want_eof()
+
+    def _write(self, chunk: bytes, *, bounded: bool) -> None:
+        if self._eof_pending or self._broken:
+            return
+        out = self._out
+        if (
+            bounded
+            and len(out) + self._in_flight + len(chunk) > self._data_limit
+            and chunk[0] != _CLOSE_FRAME_FIRST_BYTE
+        ):
+            self._overflow()
+            return
+        sock = self._sock
+        if sock is not None and not out:
+            try:
+                sent = sock.send(chunk)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._abort(exc)
+                return
+            self._bytes_out += sent
+            if sent == len(chunk):
+                return
+            out += memoryview(chunk)[sent:]
+        else:
+            out += chunk
+        self._start_writer()
+
+    def _overflow(self) -> None:
+        # Already closing: the close frame is queued and the close timer runs; just drop.
+        if self._protocol.state is OPEN:
+            logger.warning("%r: send buffer overflow; closing the slow client", self)
+            self._close_from_server(CloseCode.TRY_AGAIN_LATER, "send buffer overflow")
+
+    def _want_eof(self) -> None:
+        self._eof_pending = True
+        if self._sock is not None and not self._out:
+            self._shutdown_socket()
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self._writer_running and self._nursery is not None:
+            self._writer_running = True
+            self._nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
+        """Lives only while there is buffered output, so idle connections cost no task."""
+        try:
+            await self._drain()
+        finally:
+            self._writer_running = False
+
+    async def _drain(self) -> None:
+        try:
+            await self._drain_or_raise()
+        except _TRANSPORT_ERRORS as exc:
+            self._abort(exc)
+
+    async def _drain_or_raise(self) -> None:
+        sock = self._sock
+        while self._out:
+            if sock is not None:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    sent = sock.send(self._out)
+                except BlockingIOError:
+                    continue
+                del self._out[:sent]
+                self._bytes_out += sent
+            else:
+                chunk, self._out = self._out, bytearray()
+                self._in_flight = len(chunk)
+                try:
+                    await self._stream.send_all(chunk)
+                except trio.Cancelled:
+                    # Memory streams send all or nothing; put the bytes back so _finish still
+                    # delivers them ahead of the close frame. (A stream left half-written by a
+                    # cancelled send_all, e.g. TLS, fails the next send and is aborted.)
+                    self._out[:0] = chunk
+                    raise
+                finally:
+                    self._in_flight = 0
+                self._bytes_out += len(chunk)
+        if self._eof_pending and not self._eof_sent:
+            if sock is not None:
+                self._shutdown_socket()
+            elif isinstance(self._stream, trio.abc.HalfCloseableStream):
+                await self._stream.send_eof()
+                self._eof_sent = True
+
+    def _shutdown_socket(self) -> None:
+        assert self._sock is not None
+        self._eof_sent = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:  # the peer is already gone; the read side will notice
+            logger.debug("%r: shutdown failed: %r", self, exc)
+
+    def _abort(self, exc: BaseException) -> None:
+        """The byte stream is dead: drop output, mark the protocol closed, stop the reader."""
+        if self._broken:
+            return
+        logger.debug("%r: transport error: %r", self, exc)
+        self._broken = True
+        self._discard_input = True
+        self._out.clear()
+        self._protocol.receive_eof()  # moves the protocol to CLOSED from any state
+        self._protocol.data_to_send()
+        self._read_scope.cancel()
+
+    def _release_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.detach()
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SocketStream):
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:  # already disconnected
+            return "unknown"
+        if isinstance(peer, tuple):
+            host, port = peer[0], peer[1]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return str(peer)
+    return "unknown"
+
+
+async def handle_stream(
+    stream: trio.abc.Stream,
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    http_handler: HttpHandler | None = None,
+) -> None:
+    """Serve one client on any trio Stream; never raises except for cancellation, so one
+    connection's fault cannot reach the listener or other connections."""
+    conn: Connection | None = None
+    try:
+        conn = Connection(stream, handler, config, http_handler)
+        await conn._run()
+    except* Exception:  # except*: even mixed with Cancelled, bugs stay in this connection
+        logger.exception("%r: unexpected transport failure", conn)
+    finally:
+        if conn is not None:
+            conn._release_socket()
+        try:
+            await trio.aclose_forcefully(stream)  # raises Cancelled again during shutdown
+        finally:
+            if conn is not None:
+                conn._notify_closed()
+
+
+async def serve_websockets(
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    host: str,
+    port: int,
+    *,
+    http_handler: HttpHandler | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        await handle_stream(stream, handler, config, http_handler)
+
+    await trio.serve_tcp(serve_one, port, host=host, task_status=task_status)
