@@ -193,3 +193,20 @@ async def test_other_users_are_undisturbed_by_a_misbehaving_one(url: str) -> Non
             await mallory.ws.aclose()
         await alice.send({"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": SDP})
         await bob.expect("sdp_offer", sdp=SDP)
+
+
+async def test_ephemeral_turn_credentials_are_handed_out_and_refreshed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(
+        nursery, turn_servers=("turn:127.0.0.1:3478",), turn_secret="coturn-secret", turn_ttl_s=600
+    )
+    async with connect(url, "alice") as alice:
+        (turn,) = alice.welcome["ice_servers"]
+        expiry, user = turn["username"].split(":")
+        assert user == "alice" and int(expiry) >= time.time() + 590
+        assert turn["urls"] == ["turn:127.0.0.1:3478"]
+        pushed_at = trio.current_time()
+        update = await alice.expect("ice_servers")
+        assert trio.current_time() - pushed_at == pytest.approx(480, abs=5)  # 80% of the TTL
+        assert update["ice_servers"][0]["username"].endswith(":alice")
