@@ -1,0 +1,262 @@
+"""Wire codec: JSON frames to typed messages and back, checked against ``schemas/``.
+
+Decoding validates each message against its own type's schema with jsonschema-rs (compiled once,
+at import), then structures it with cattrs. Only a refused message pays for the reference
+``jsonschema`` validator, whose ``best_match`` explains what is wrong and where. Encoding trusts the
+typed message: it unstructures and serializes, nothing more, because it runs for every frame sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import cattrs
+import jsonschema
+import jsonschema_rs
+import orjson
+from attrs import fields, has
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.strategies import configure_tagged_union
+from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.protocols import Validator
+from referencing import Registry, Resource
+
+from callbox.messages import (
+    CLIENT_MESSAGES,
+    SERVER_MESSAGES,
+    ClientMessage,
+    ErrorCode,
+    ServerMessage,
+)
+
+__all__ = [
+    "FAST",
+    "REFERENCE",
+    "REGISTRY",
+    "SCHEMA_BASE",
+    "Direction",
+    "ProtocolError",
+    "decode_client",
+    "decode_server",
+    "encode",
+    "schema_dir",
+]
+
+Direction = Literal["client", "server"]
+
+SCHEMA_BASE = "https://callbox.dev/schemas/v1/"
+"""Base of every schema's ``$id``: ``{SCHEMA_BASE}{direction}/{type}.json``."""
+
+MAX_RID_LENGTH = 64
+"""A longer (or non-string) ``rid`` is not echoed: the ``error`` reply must stay valid."""
+
+MAX_ERROR_TEXT = 1024
+"""``maxLength`` of ``error.message`` and ``error.path`` in ``schemas/server/error.json``."""
+
+
+class ProtocolError(Exception):
+    """A frame that is not a valid message, with what the ``error`` reply needs.
+
+    ``message`` and ``path`` are cut to the bounds of ``error`` so the reply is always valid.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, path: str | None = None, rid: str | None = None
+    ) -> None:
+        if len(message) > MAX_ERROR_TEXT:
+            message = message[: MAX_ERROR_TEXT - 3] + "..."
+        while path is not None and len(path) > MAX_ERROR_TEXT:
+            path = path.rsplit("/", 1)[0]  # drop the last segment: still a pointer, just coarser
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.path = path
+        self.rid = rid
+
+
+def schema_dir() -> Path:
+    """The installed schemas: in a wheel a copy, in a source tree a symlink to ``schemas/``."""
+    return Path(str(resources.files("callbox") / "schemas"))
+
+
+def _load_documents(root: Path) -> dict[str, dict[str, Any]]:
+    """Every schema file under ``root``, keyed by its ``$id``."""
+    documents = (orjson.loads(path.read_bytes()) for path in sorted(root.rglob("*.json")))
+    return {document["$id"]: document for document in documents}
+
+
+_DOCUMENTS = _load_documents(schema_dir())
+_UNIONS: dict[Direction, Any] = {"client": ClientMessage, "server": ServerMessage}
+_CLASSES: dict[Direction, Mapping[str, type]] = {
+    "client": CLIENT_MESSAGES,
+    "server": SERVER_MESSAGES,
+}
+
+REGISTRY: Registry[Any] = Registry().with_resources(
+    (uri, Resource.from_contents(document)) for uri, document in _DOCUMENTS.items()
+)
+"""Every schema file for the reference validator, so ``$ref`` between files resolves offline."""
+
+_RS_REGISTRY = jsonschema_rs.Registry(_DOCUMENTS.items())
+
+FAST: Mapping[Direction, Mapping[str, jsonschema_rs.Validator]] = {
+    direction: {
+        tag: jsonschema_rs.Draft202012Validator(
+            _DOCUMENTS[f"{SCHEMA_BASE}{direction}/{tag}.json"], registry=_RS_REGISTRY, offline=True
+        )
+        for tag in classes
+    }
+    for direction, classes in _CLASSES.items()
+}
+"""jsonschema-rs validators by direction and ``type``: they decide what is accepted."""
+
+REFERENCE: Mapping[Direction, Mapping[str, Validator]] = {
+    direction: {
+        tag: jsonschema.Draft202012Validator(
+            _DOCUMENTS[f"{SCHEMA_BASE}{direction}/{tag}.json"], registry=REGISTRY
+        )
+        for tag in classes
+    }
+    for direction, classes in _CLASSES.items()
+}
+"""``jsonschema`` validators by direction and ``type``: they explain a refusal."""
+
+
+def _wire_renames(cls: type) -> dict[str, Any]:
+    """cattrs overrides for fields whose wire name is a Python keyword (``from_`` is ``from``)."""
+    return {
+        a.name: override(rename=a.metadata["wire"]) for a in fields(cls) if "wire" in a.metadata
+    }
+
+
+def _make_converter() -> cattrs.Converter:
+    """The one converter: wire renames, default-None fields omitted when None, ``type`` tags."""
+    converter = cattrs.Converter(omit_if_default=True, detailed_validation=False)
+    converter.register_structure_hook_factory(
+        has, lambda cls: make_dict_structure_fn(cls, converter, **_wire_renames(cls))
+    )
+    converter.register_unstructure_hook_factory(
+        has,
+        lambda cls: make_dict_unstructure_fn(
+            cls, converter, _cattrs_omit_if_default=True, **_wire_renames(cls)
+        ),
+    )
+    tags = {cls: tag for classes in _CLASSES.values() for tag, cls in classes.items()}
+    for union in _UNIONS.values():
+        configure_tagged_union(union, converter, tag_generator=tags.__getitem__, tag_name="type")
+    return converter
+
+
+_CONVERTER = _make_converter()
+_STRUCTURE: dict[Direction, Callable[[Any, Any], Any]] = {
+    direction: _CONVERTER.get_structure_hook(union) for direction, union in _UNIONS.items()
+}
+_UNSTRUCTURE: dict[type, Callable[[Any], dict[str, Any]]] = {
+    cls: _CONVERTER.get_unstructure_hook(_UNIONS[direction])
+    for direction, classes in _CLASSES.items()
+    for cls in classes.values()
+}
+
+
+def decode_client(data: bytes | str) -> ClientMessage:
+    """Parse, validate and type a frame received from a client; raise `ProtocolError` if bad."""
+    message: ClientMessage = _decode(data, "client")
+    return message
+
+
+def decode_server(data: bytes | str) -> ServerMessage:
+    """Parse, validate and type a frame received from the server; raise `ProtocolError` if bad."""
+    message: ServerMessage = _decode(data, "server")
+    return message
+
+
+def encode(message: ClientMessage | ServerMessage, *, seq: int | None = None) -> bytes:
+    """Serialize a message; ``seq``, when given, is written as its ``seq`` (the session stamps it).
+
+    No validation: the typed message is trusted, and a test checks what this produces.
+    """
+    wire = _UNSTRUCTURE[message.__class__](message)
+    if seq is not None:
+        wire["seq"] = seq
+    return orjson.dumps(wire)
+
+
+def _decode(data: bytes | str, direction: Direction) -> Any:
+    """Cheapest checks first; the schema picked by ``type``, never the whole ``oneOf``."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("invalid_json", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            "invalid_message", f"a message is a JSON object, not {type(obj).__name__}", path=""
+        )
+    rid = obj.get("rid")
+    if not isinstance(rid, str) or len(rid) > MAX_RID_LENGTH:
+        rid = None
+    tag = obj.get("type")
+    if not isinstance(tag, str):
+        raise ProtocolError(
+            "invalid_message", "/type: a message needs a string `type`", path="/type", rid=rid
+        )
+    fast = FAST[direction].get(tag)
+    if fast is None:
+        raise ProtocolError(
+            "unknown_type", f"/type: no {direction} message has type {tag!r}", path="/type", rid=rid
+        )
+    if not fast.is_valid(obj):
+        location, text = _explain(direction, tag, obj)
+        path = _pointer(location)
+        raise ProtocolError(
+            "invalid_message", f"{path}: {text}" if path else text, path=path, rid=rid
+        )
+    return _STRUCTURE[direction](obj, _UNIONS[direction])
+
+
+def _explain(direction: Direction, tag: str, obj: dict[str, Any]) -> tuple[list[str | int], str]:
+    """Where ``obj`` breaks its schema and why, from the reference validator's best match."""
+    error = best_match(REFERENCE[direction][tag].iter_errors(obj))
+    if error is None:
+        # The engines disagree, e.g. Python's `$` also matches before a final "\n": trust the
+        # validator that refused, it is the one that decides.
+        fast_error = next(iter(FAST[direction][tag].iter_errors(obj)))
+        return list(fast_error.instance_path), fast_error.message
+    return _locate(error)
+
+
+def _locate(error: ValidationError) -> tuple[list[str | int], str]:
+    """Point at the bad field itself, even a missing or unexpected one, not at its parent."""
+    location: list[str | int] = list(error.absolute_path)
+    instance: Any = error.instance  # the object the failing keyword applies to
+    value: Any = error.validator_value
+    match error.validator:
+        case "required":
+            name = next(name for name in value if name not in instance)
+            return [*location, name], "required field is missing"
+        case "dependentRequired":
+            owner, name = next(
+                (owner, name)
+                for owner, names in value.items()
+                if owner in instance
+                for name in names
+                if name not in instance
+            )
+            return [*location, name], f"required together with {owner!r}"
+        case "additionalProperties":
+            schema: Any = error.schema
+            known = schema.get("properties", {})
+            return [*location, next(name for name in instance if name not in known)], (
+                "unexpected field"
+            )
+        case "anyOf" if all(set(branch) == {"required"} for branch in value):
+            names = " or ".join(repr(name) for branch in value for name in branch["required"])
+            return location, f"needs {names}"
+    return location, error.message
+
+
+def _pointer(location: Iterable[str | int]) -> str:
+    """RFC 6901 JSON pointer: ``""`` is the whole message."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in location)
