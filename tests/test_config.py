@@ -59,6 +59,11 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "MAX_SESSIONS_PER_USER",
         "MESSAGES_PER_SECOND",
         "MESSAGE_BURST",
+        "MAX_ROOMS_PER_SESSION",
+        "MAX_ROOM_MEMBERS",
+        "MAX_BROADCAST_BYTES",
+        "BROADCASTS_PER_SECOND",
+        "MAX_PRESENCE_SUBSCRIPTIONS",
     ]
 
 
@@ -219,8 +224,16 @@ def test_the_send_buffer_must_hold_the_largest_message() -> None:
 
 
 def test_a_call_needs_room_for_two() -> None:
-    with pytest.raises(ConfigError, match=r"\(MAX_PARTICIPANTS\) must be an integer >= 2, got 1"):
+    expected = r"\(MAX_PARTICIPANTS\) must be an integer from 2 to 64, got 1"
+    with pytest.raises(ConfigError, match=expected):
         Config.from_env({"MAX_PARTICIPANTS": "1"})
+
+
+def test_participants_are_bounded_by_what_the_schemas_allow() -> None:
+    with pytest.raises(ConfigError, match="from 2 to 64, got 65"):
+        Config.from_env({"MAX_PARTICIPANTS": "65"})
+    with pytest.raises(ConfigError, match="from 2 to 1000, got 1001"):
+        Config.from_env({"MAX_ROOM_MEMBERS": "1001"})
 
 
 def test_only_hmac_token_algorithms() -> None:
@@ -304,6 +317,11 @@ def test_limits_are_what_welcome_announces() -> None:
         max_calls_per_user=4,
         messages_per_second=50,
         message_burst=20,
+        max_rooms_per_session=16,
+        max_room_members=100,
+        max_broadcast_bytes=16_384,
+        broadcasts_per_second=10,
+        max_presence_subscriptions=256,
     )
 
 

@@ -46,6 +46,8 @@ ENUM_LITERALS = {
     "hangupReason": messages.HangupReason,
     "dropoutReason": messages.DropoutReason,
     "leaveReason": messages.LeaveReason,
+    "presenceStatus": messages.PresenceStatus,
+    "userStatus": messages.UserStatus,
     "endReason": messages.EndReason,
     "errorCode": messages.ErrorCode,
 }

@@ -251,9 +251,10 @@ def _locate(error: ValidationError) -> tuple[list[str | int], str]:
             return [*location, next(name for name in instance if name not in known)], (
                 "unexpected field"
             )
-        case "anyOf" if all(set(branch) == {"required"} for branch in value):
+        case "anyOf" | "oneOf" if all(set(branch) == {"required"} for branch in value):
             names = " or ".join(repr(name) for branch in value for name in branch["required"])
-            return location, f"needs {names}"
+            exactly = "exactly one of " if error.validator == "oneOf" else ""
+            return location, f"needs {exactly}{names}"
     return location, error.message
 
 

@@ -73,6 +73,18 @@ def _int_at_least(minimum: int) -> Check:
     return check
 
 
+def _int_between(minimum: int, maximum: int) -> Check:
+    """Bounded above where a schema bounds what the value shapes (a list's maxItems)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not _is_int(value) or not minimum <= value <= maximum:
+            raise ConfigError(
+                f"{_label(attribute)} must be an integer from {minimum} to {maximum}, got {value!r}"
+            )
+
+    return check
+
+
 def _port(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not _is_int(value) or not 0 <= value <= 65535:
         raise ConfigError(
@@ -298,7 +310,7 @@ class Config:
         8,
         env="MAX_PARTICIPANTS",
         meaning="joined participants per call, caller included",
-        check=_int_at_least(2),
+        check=_int_between(2, 64),
         parse=_parse_int,
     )
     max_calls_per_user: int = _setting(
@@ -326,6 +338,41 @@ class Config:
         200,
         env="MESSAGE_BURST",
         meaning="client messages allowed at once above that rate",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_rooms_per_session: int = _setting(
+        16,
+        env="MAX_ROOMS_PER_SESSION",
+        meaning="rooms one session may be in at once",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_room_members: int = _setting(
+        100,
+        env="MAX_ROOM_MEMBERS",
+        meaning="users in one room",
+        check=_int_between(2, 1000),
+        parse=_parse_int,
+    )
+    max_broadcast_bytes: int = _setting(
+        16 * KIB,
+        env="MAX_BROADCAST_BYTES",
+        meaning="encoded size of a room_broadcast's data, bytes",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    broadcasts_per_second: int = _setting(
+        10,
+        env="BROADCASTS_PER_SECOND",
+        meaning="room broadcasts per second per session (bursts of twice that)",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    max_presence_subscriptions: int = _setting(
+        256,
+        env="MAX_PRESENCE_SUBSCRIPTIONS",
+        meaning="users one session may watch the presence of",
         check=_int_at_least(1),
         parse=_parse_int,
     )
@@ -414,6 +461,11 @@ class Config:
             max_calls_per_user=self.max_calls_per_user,
             messages_per_second=self.messages_per_second,
             message_burst=self.message_burst,
+            max_rooms_per_session=self.max_rooms_per_session,
+            max_room_members=self.max_room_members,
+            max_broadcast_bytes=self.max_broadcast_bytes,
+            broadcasts_per_second=self.broadcasts_per_second,
+            max_presence_subscriptions=self.max_presence_subscriptions,
         )
 
 

@@ -27,6 +27,10 @@ RejectReason = Literal["declined", "busy"]
 HangupReason = Literal["normal", "ice_failed", "media_failed", "error"]
 DropoutReason = Literal["declined", "busy", "offline", "ring_timeout", "call_full"]
 LeaveReason = Literal["hangup", "disconnected"]
+PresenceStatus = Literal["online", "away", "dnd"]
+"""What a device says of itself."""
+UserStatus = Literal["online", "away", "dnd", "in_call", "offline"]
+"""What watchers see of a user: the merge of all the user's devices."""
 EndReason = Literal[
     "hangup",
     "rejected",
@@ -56,6 +60,9 @@ ErrorCode = Literal[
     "rate_limited",
     "message_too_large",
     "session_limit",
+    "not_in_room",
+    "room_full",
+    "limit_reached",
     "internal_error",
 ]
 
@@ -91,6 +98,11 @@ class Limits:
     max_calls_per_user: int
     messages_per_second: int
     message_burst: int
+    max_rooms_per_session: int
+    max_room_members: int
+    max_broadcast_bytes: int
+    broadcasts_per_second: int
+    max_presence_subscriptions: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,10 +135,13 @@ class Bye:
 
 @frozen(kw_only=True)
 class CallInitiate:
+    """Rings the users in `to`, or every other member of `room` (exactly one of the two)."""
+
     TYPE: ClassVar[str] = "call_initiate"
     call_id: str
-    to: list[str]
     media: Media
+    to: list[str] | None = None
+    room: str | None = None
     metadata: JSONObject | None = None
     rid: str | None = None
 
@@ -195,6 +210,50 @@ class IceCandidate:
     to: str
     candidate: IceCandidateInit | None
     """``None`` (JSON ``null``) is end-of-candidates."""
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class RoomJoin:
+    TYPE: ClassVar[str] = "room_join"
+    room: str
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class RoomLeave:
+    TYPE: ClassVar[str] = "room_leave"
+    room: str
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class RoomBroadcast:
+    TYPE: ClassVar[str] = "room_broadcast"
+    room: str
+    data: Any
+    """Any JSON value, relayed verbatim; its encoded size is bounded by `max_broadcast_bytes`."""
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class PresenceSubscribe:
+    TYPE: ClassVar[str] = "presence_subscribe"
+    users: list[str]
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class PresenceUnsubscribe:
+    TYPE: ClassVar[str] = "presence_unsubscribe"
+    users: list[str]
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class PresenceSet:
+    TYPE: ClassVar[str] = "presence_set"
+    status: PresenceStatus
     rid: str | None = None
 
 
@@ -336,6 +395,63 @@ class RelayedIceCandidate:
 
 
 @frozen(kw_only=True)
+class RoomJoined:
+    TYPE: ClassVar[str] = "room_joined"
+    room: str
+    members: list[str]
+    call_id: str | None = None
+    """The room's running call, if any: `call_join` it."""
+    rid: str | None = None
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
+class RoomLeft:
+    """Confirms `room_leave` (an extension of the outline: every request gets an answer)."""
+
+    TYPE: ClassVar[str] = "room_left"
+    room: str
+    rid: str | None = None
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
+class RoomMemberJoined:
+    TYPE: ClassVar[str] = "room_member_joined"
+    room: str
+    user_id: str
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
+class RoomMemberLeft:
+    TYPE: ClassVar[str] = "room_member_left"
+    room: str
+    user_id: str
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
+class RoomMessage:
+    TYPE: ClassVar[str] = "room_message"
+    room: str
+    from_: str = field(metadata={"wire": "from"})
+    data: Any
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
+class Presence:
+    TYPE: ClassVar[str] = "presence"
+    user_id: str
+    status: UserStatus
+    last_seen: int | None
+    """Unix ms: now while online, when the last session ended once offline; None if never seen."""
+    rid: str | None = None
+    seq: int | None = None
+
+
+@frozen(kw_only=True)
 class Error:
     TYPE: ClassVar[str] = "error"
     code: ErrorCode
@@ -358,6 +474,12 @@ ClientMessage = (
     | SdpOffer
     | SdpAnswer
     | IceCandidate
+    | RoomJoin
+    | RoomLeave
+    | RoomBroadcast
+    | PresenceSubscribe
+    | PresenceUnsubscribe
+    | PresenceSet
 )
 ServerMessage = (
     Welcome
@@ -374,6 +496,12 @@ ServerMessage = (
     | RelayedSdpOffer
     | RelayedSdpAnswer
     | RelayedIceCandidate
+    | RoomJoined
+    | RoomLeft
+    | RoomMemberJoined
+    | RoomMemberLeft
+    | RoomMessage
+    | Presence
     | Error
 )
 

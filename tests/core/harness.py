@@ -17,6 +17,7 @@ from callbox.codec import decode_server, encode
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
+    CallTimer,
     CancelTimer,
     Close,
     CloseCall,
@@ -29,6 +30,7 @@ from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
 
 Wire = dict[str, Any]
+CallTimerTypes = CallTimer.__args__
 
 
 class Harness:
@@ -44,10 +46,12 @@ class Harness:
             ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],
             ice_refresh_in=lambda: self.ice_refresh,
             new_token=lambda n: f"t{next(tokens)}",
+            wall_clock=lambda: self.now,
         )
         self.inbox: dict[int, list[Wire]] = {}
         self.closed: dict[int, tuple[int, str]] = {}
         self.timers: dict[TimerKey, float] = {}
+        self._timers_of_call: dict[str, set[TimerKey]] = {}
         self.open_calls: set[str] = set()
         self.calls_ever_opened: list[str] = []
         self.user_of: dict[int, str] = {}
@@ -108,15 +112,14 @@ class Harness:
                 case OpenCall(call_id):
                     self.open_calls.add(call_id)
                     self.calls_ever_opened.append(call_id)
-                case CloseCall(call_id):
+                case CloseCall(call_id):  # the shell cancels the call's nursery, timers and all
                     self.open_calls.remove(call_id)
-                    self.timers = {
-                        k: d
-                        for k, d in self.timers.items()
-                        if getattr(k, "call_id", None) != call_id
-                    }
+                    for key in self._timers_of_call.pop(call_id, set()):
+                        self.timers.pop(key, None)
                 case StartTimer(key, deadline):
                     self.timers[key] = deadline
+                    if isinstance(key, CallTimerTypes):
+                        self._timers_of_call.setdefault(key.call_id, set()).add(key)
                 case CancelTimer(key):
                     self.timers.pop(key, None)
 

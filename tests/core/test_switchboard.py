@@ -492,7 +492,7 @@ def test_state_is_cleaned_up_after_everything_ends(h: Harness) -> None:
     call_between(h, alice, bob)
     h.send(alice, {"type": "bye"})
     h.send(bob, {"type": "bye"})
-    assert h.switchboard.statistics() == {"connections": 0, "sessions": 0, "users": 0, "calls": 0}
+    assert set(h.switchboard.statistics().values()) == {0}
     assert h.timers == {}
 
 

@@ -38,6 +38,8 @@ class Call:
     caller: str
     media: Media
     metadata: JSONObject | None
+    room: str | None = None
+    """The room whose members may `call_join` without being rung."""
     parties: dict[str, Party] = field(factory=dict)
     state: CallState = CallState.RINGING
     ends_at: float | None = None

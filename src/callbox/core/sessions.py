@@ -12,7 +12,7 @@ from collections import deque
 from attrs import define, field
 
 from callbox.core.actions import ConnId, Send
-from callbox.messages import ServerMessage
+from callbox.messages import PresenceStatus, ServerMessage
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
@@ -56,6 +56,11 @@ class Session:
     """Calls ringing on this device."""
     recently_ended: deque[str] = field(factory=lambda: deque(maxlen=RECENTLY_ENDED_CALLS))
     grace_deadline: float | None = None
+    presence: PresenceStatus = "online"
+    rooms: set[str] = field(factory=set)
+    watching: set[str] = field(factory=set)
+    """Users whose presence this session has subscribed to."""
+    broadcast_bucket: TokenBucket | None = None
 
     def deliver(self, message: ServerMessage) -> Send | None:
         """Number `message`, keep it for replay, and say where to send it now (if connected).

@@ -12,9 +12,11 @@ calls or all users.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+import orjson
 from attrs import define, field, frozen
 
 from callbox.auth import AuthError
@@ -37,6 +39,8 @@ from callbox.core.actions import (
     TimerKey,
 )
 from callbox.core.calls import Call, Party
+from callbox.core.presence import LastSeen, merged_status
+from callbox.core.rooms import Room
 from callbox.core.sessions import Link, ReplayOverflow, Session, TokenBucket
 from callbox.core.states import CallEvent, CallState, PartyState
 from callbox.messages import (
@@ -67,12 +71,25 @@ from callbox.messages import (
     ParticipantLeft,
     Ping,
     Pong,
+    Presence,
+    PresenceSet,
+    PresenceSubscribe,
+    PresenceUnsubscribe,
     RelayedIceCandidate,
     RelayedSdpAnswer,
     RelayedSdpOffer,
+    RoomBroadcast,
+    RoomJoin,
+    RoomJoined,
+    RoomLeave,
+    RoomLeft,
+    RoomMemberJoined,
+    RoomMemberLeft,
+    RoomMessage,
     SdpAnswer,
     SdpOffer,
     ServerMessage,
+    UserStatus,
     Welcome,
 )
 
@@ -132,12 +149,20 @@ class Switchboard:
     ice_refresh_in: Callable[[], float | None]
     """Seconds until those credentials should be refreshed, or None if they never expire."""
     new_token: Callable[[int], str] = secrets.token_urlsafe
+    wall_clock: Callable[[], float] = time.time
+    """Unix time, for presence's `last_seen` only; everything else runs on the `now` it is given."""
 
     _links: dict[ConnId, Link] = field(factory=dict, init=False)
     _sessions: dict[str, Session] = field(factory=dict, init=False)
     _by_resume_token: dict[str, Session] = field(factory=dict, init=False)
     _users: dict[str, User] = field(factory=dict, init=False)
     _calls: dict[str, Call] = field(factory=dict, init=False)
+    _rooms: dict[str, Room] = field(factory=dict, init=False)
+    _watchers: dict[str, set[Session]] = field(factory=dict, init=False)
+    """Per watched user, the sessions subscribed to its presence."""
+    _published: dict[str, UserStatus] = field(factory=dict, init=False)
+    """Per watched user, the status its watchers were last told."""
+    _last_seen: LastSeen = field(factory=LastSeen, init=False)
     _out: list[Action] = field(factory=list, init=False)
     _overflowed: list[Session] = field(factory=list, init=False)
 
@@ -205,6 +230,8 @@ class Switchboard:
             "sessions": len(self._sessions),
             "users": len(self._users),
             "calls": len(self._calls),
+            "rooms": len(self._rooms),
+            "watched_users": len(self._watchers),
         }
 
     # -----------------------------------------------------------------------------------------
@@ -274,6 +301,19 @@ class Switchboard:
                     self._hangup(session, message)
                 case SdpOffer() | SdpAnswer() | IceCandidate():
                     self._relay(session, message)
+                case RoomJoin():
+                    self._room_join(session, message)
+                case RoomLeave():
+                    self._room_leave(session, message)
+                case RoomBroadcast():
+                    self._room_broadcast(session, message, now)
+                case PresenceSubscribe():
+                    self._presence_subscribe(session, message)
+                case PresenceUnsubscribe():
+                    self._presence_unsubscribe(session, message)
+                case PresenceSet():
+                    session.presence = message.status
+                    self._refresh_presence(session.user_id)
         except Refused as refusal:
             self._error(link, refusal.code, refusal.message, refusal.path, message.rid)
 
@@ -314,6 +354,9 @@ class Switchboard:
             resume_token=self.new_token(24),
             replay_limit=self.config.replay_buffer_messages,
             conn=link.conn,
+            broadcast_bucket=TokenBucket.full(
+                self.config.broadcasts_per_second, 2 * self.config.broadcasts_per_second, now
+            ),
         )
         self._sessions[session.session_id] = session
         self._by_resume_token[session.resume_token] = session
@@ -321,6 +364,7 @@ class Switchboard:
         link.session = session
         self._welcome(session, resumed=False, rid=hello.rid, now=now)
         self._ring_new_device(session, now)
+        self._refresh_presence(user_id)
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
         assert session.conn is not None
@@ -382,6 +426,13 @@ class Switchboard:
             session.ringing.discard(call_id)
             if not party.ringing_sessions:
                 self._drop_out(call, party, "offline")
+        for room_name in list(session.rooms):
+            self._leave_room(self._rooms[room_name], session)
+        for watched in session.watching:
+            self._unwatch(session, watched)
+        if not user.sessions:
+            self._last_seen.record(session.user_id, self._unix_ms())
+        self._refresh_presence(session.user_id)
         self._forget_user_if_idle(session.user_id)
 
     def _ring_new_device(self, session: Session, now: float) -> None:
@@ -437,8 +488,16 @@ class Switchboard:
     def _initiate(self, session: Session, msg: CallInitiate, now: float) -> None:
         if msg.call_id in self._calls:
             raise Refused("call_exists", f"call {msg.call_id} already exists", "/call_id")
-        if session.user_id in msg.to:
-            index = msg.to.index(session.user_id)
+        room = None if msg.room is None else self._room_of_member(session, msg.room)
+        if room is not None and room.call_id is not None:
+            reason = f"room {room.name} already has call {room.call_id}: call_join it"
+            raise Refused("call_exists", reason, "/room")
+        to = room.members() if room is not None else msg.to or []
+        to = [user_id for user_id in to if room is None or user_id != session.user_id]
+        if room is not None and not to:
+            raise Refused("user_offline", f"nobody else is in room {room.name}", "/room")
+        if session.user_id in to:
+            index = to.index(session.user_id)
             raise Refused("invalid_message", "a user cannot call themself", f"/to/{index}")
         if session.call_id is not None:
             raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
@@ -447,14 +506,20 @@ class Switchboard:
             raise Refused(
                 "user_busy", f"you are already a party of {limit} calls, the most allowed"
             )
-        if 1 + len(msg.to) > self.config.max_participants:
+        if room is None and 1 + len(to) > self.config.max_participants:
             limit = self.config.max_participants
             raise Refused("call_full", f"a call holds at most {limit} participants", "/to")
-        if len(msg.to) == 1 and self._merge_glare(session, msg, now):
+        if room is None and len(to) == 1 and self._merge_glare(session, msg, to[0], now):
             return
         call = Call(
-            call_id=msg.call_id, caller=session.user_id, media=msg.media, metadata=msg.metadata
+            call_id=msg.call_id,
+            caller=session.user_id,
+            media=msg.media,
+            metadata=msg.metadata,
+            room=msg.room,
         )
+        if room is not None:
+            room.call_id = call.call_id
         call.parties[session.user_id] = Party(
             user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
         )
@@ -462,7 +527,8 @@ class Switchboard:
         self._users[session.user_id].calls.add(call.call_id)
         session.call_id = call.call_id
         self._out.append(OpenCall(call.call_id))
-        self._ring(call, msg.to, session, msg.rid, now)
+        self._refresh_presence(session.user_id)
+        self._ring(call, to, session, msg.rid, now)
 
     def _ring(
         self, call: Call, user_ids: Iterable[str], by: Session, rid: str | None, now: float
@@ -515,9 +581,8 @@ class Switchboard:
         )
         self._send(session, incoming)
 
-    def _merge_glare(self, session: Session, msg: CallInitiate, now: float) -> bool:
+    def _merge_glare(self, session: Session, msg: CallInitiate, callee: str, now: float) -> bool:
         """Two users calling each other at once get one call: the lesser `call_id` survives."""
-        callee = msg.to[0]
         for call_id in list(self._users[session.user_id].calls):
             call = self._calls[call_id]
             mine = call.parties.get(session.user_id)
@@ -553,6 +618,8 @@ class Switchboard:
         return False
 
     def _answer(self, session: Session, msg: CallAnswer | CallJoin, now: float) -> None:
+        if isinstance(msg, CallJoin):
+            self._admit_room_member(session, msg.call_id)
         call = self._call_of_invitee(session, msg.call_id)
         party = call.parties[session.user_id]
         if session.call_id is not None:
@@ -562,6 +629,18 @@ class Switchboard:
             limit = self.config.max_participants
             raise Refused("call_full", f"call {call.call_id} already has {limit} participants")
         self._join(call, party, session, Reply(session, msg.rid), now)
+
+    def _admit_room_member(self, session: Session, call_id: str) -> None:
+        """A member of a room may join the room's call without having been rung."""
+        call = self._calls.get(call_id)
+        if call is None or call.room is None or call.room not in session.rooms:
+            return
+        party = call.parties.setdefault(
+            session.user_id, Party(user_id=session.user_id, state=PartyState.GONE)
+        )
+        if party.state is PartyState.GONE:
+            call.apply(CallEvent.INVITE, party)
+            self._users[session.user_id].calls.add(call_id)
 
     def _join(self, call: Call, party: Party, session: Session, reply: Reply, now: float) -> None:
         """`party` joins on `session`; its other devices stop ringing."""
@@ -595,6 +674,7 @@ class Switchboard:
                 self._send_party(
                     member, ParticipantJoined(call_id=call.call_id, user_id=party.user_id)
                 )
+        self._refresh_presence(party.user_id)
 
     def _arm_duration_cap(self, call: Call, now: float) -> None:
         cap = self.config.max_call_duration_ms / 1000
@@ -725,6 +805,9 @@ class Switchboard:
             self._unlink(party.user_id, call.call_id)
         call.state = CallState.ENDED
         del self._calls[call.call_id]
+        room = None if call.room is None else self._rooms.get(call.room)
+        if room is not None and room.call_id == call.call_id:
+            room.call_id = None
         self._out.append(CloseCall(call.call_id))
 
     def _unlink(self, user_id: str, call_id: str) -> None:
@@ -732,12 +815,124 @@ class Switchboard:
         user = self._users.get(user_id)
         if user is not None:
             user.calls.discard(call_id)
+        self._refresh_presence(user_id)
         self._forget_user_if_idle(user_id)
 
     def _forget_user_if_idle(self, user_id: str) -> None:
         user = self._users.get(user_id)
         if user is not None and not user.sessions and not user.calls:
             del self._users[user_id]
+
+    # -----------------------------------------------------------------------------------------
+    # Rooms
+
+    def _room_join(self, session: Session, msg: RoomJoin) -> None:
+        room = self._rooms.get(msg.room)
+        if msg.room not in session.rooms:
+            if len(session.rooms) >= self.config.max_rooms_per_session:
+                limit = self.config.max_rooms_per_session
+                raise Refused(
+                    "limit_reached", f"a session may be in at most {limit} rooms", "/room"
+                )
+            full = room is not None and len(room.devices_per_user) >= self.config.max_room_members
+            if full and room is not None and session.user_id not in room.devices_per_user:
+                limit = self.config.max_room_members
+                raise Refused("room_full", f"room {msg.room} has {limit} members already", "/room")
+            room = self._rooms.setdefault(msg.room, Room(name=msg.room))
+            session.rooms.add(msg.room)
+            if room.add(session):
+                joined = RoomMemberJoined(room=room.name, user_id=session.user_id)
+                for other in room.other_users_sessions(session.user_id):
+                    self._send(other, joined)
+        assert room is not None
+        members = room.members()
+        self._send(
+            session, RoomJoined(room=room.name, members=members, call_id=room.call_id, rid=msg.rid)
+        )
+
+    def _room_leave(self, session: Session, msg: RoomLeave) -> None:
+        self._leave_room(self._room_of_member(session, msg.room), session)
+        self._send(session, RoomLeft(room=msg.room, rid=msg.rid))
+
+    def _leave_room(self, room: Room, session: Session) -> None:
+        session.rooms.discard(room.name)
+        if room.remove(session):
+            left = RoomMemberLeft(room=room.name, user_id=session.user_id)
+            for other in room.sessions.values():
+                self._send(other, left)
+        if not room.sessions:
+            del self._rooms[room.name]
+
+    def _room_broadcast(self, session: Session, msg: RoomBroadcast, now: float) -> None:
+        room = self._room_of_member(session, msg.room)
+        size = len(orjson.dumps(msg.data))
+        if size > self.config.max_broadcast_bytes:
+            limit = self.config.max_broadcast_bytes
+            reason = f"data is {size} bytes encoded, at most {limit} are allowed"
+            raise Refused("message_too_large", reason, "/data")
+        assert session.broadcast_bucket is not None
+        if not session.broadcast_bucket.take(now):
+            rate = self.config.broadcasts_per_second
+            raise Refused("rate_limited", f"at most {rate} broadcasts a second")
+        message = RoomMessage(room=room.name, from_=session.user_id, data=msg.data)
+        for member in room.sessions.values():
+            if member is not session:
+                self._send(member, message)
+
+    def _room_of_member(self, session: Session, name: str) -> Room:
+        room = self._rooms.get(name)
+        if room is None or name not in session.rooms:
+            raise Refused("not_in_room", f"you are not in room {name}: room_join it first", "/room")
+        return room
+
+    # -----------------------------------------------------------------------------------------
+    # Presence
+
+    def _presence_subscribe(self, session: Session, msg: PresenceSubscribe) -> None:
+        new = set(msg.users) - session.watching
+        if len(session.watching) + len(new) > self.config.max_presence_subscriptions:
+            limit = self.config.max_presence_subscriptions
+            raise Refused("limit_reached", f"a session may watch at most {limit} users", "/users")
+        for user_id in dict.fromkeys(msg.users):
+            session.watching.add(user_id)
+            self._watchers.setdefault(user_id, set()).add(session)
+            current = self._presence_of(user_id, rid=msg.rid)
+            self._published[user_id] = current.status
+            self._send(session, current)
+
+    def _presence_unsubscribe(self, session: Session, msg: PresenceUnsubscribe) -> None:
+        for user_id in msg.users:
+            if user_id in session.watching:
+                session.watching.discard(user_id)
+                self._unwatch(session, user_id)
+
+    def _unwatch(self, session: Session, user_id: str) -> None:
+        watchers = self._watchers[user_id]
+        watchers.discard(session)
+        if not watchers:
+            del self._watchers[user_id]
+            del self._published[user_id]
+
+    def _presence_of(self, user_id: str, rid: str | None = None) -> Presence:
+        user = self._users.get(user_id)
+        status = merged_status(() if user is None else user.sessions.values())
+        last_seen = self._last_seen.get(user_id) if status == "offline" else self._unix_ms()
+        return Presence(user_id=user_id, status=status, last_seen=last_seen, rid=rid)
+
+    def _refresh_presence(self, user_id: str) -> None:
+        """Tell `user_id`'s watchers if its merged status changed; O(1) when nobody watches."""
+        watchers = self._watchers.get(user_id)
+        if not watchers:
+            return
+        current = self._presence_of(user_id)
+        if self._published[user_id] == current.status:
+            return
+        self._published[user_id] = current.status
+        for watcher in list(watchers):
+            self._send(watcher, current)
+
+    def _unix_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
 
     # -----------------------------------------------------------------------------------------
     # Lookups that explain themselves when they fail
