@@ -1,16 +1,22 @@
-"""One real WebRTC peer (aiortc) that places or takes a call through callbox's signaling server.
+"""One real WebRTC peer (aiortc) in a call through callbox's signaling server: 1:1 or group (mesh).
 
-A standalone script, run as its own process by the end-to-end test: aiortc is asyncio-based and
+A standalone script, run as its own process by the end-to-end tests: aiortc is asyncio-based and
 does not mix with the trio server in one event loop. It connects over WebSocket, speaks the
-protocol (docs: /work/shared/protocol-outline.md), opens a data channel to the other peer and
-exchanges one greeting each way, then hangs up (the caller) and waits for ``call_ended``.
+protocol (docs: /work/shared/protocol-outline.md) and holds one RTCPeerConnection per other
+participant. Whoever joins offers to everyone already in and creates the data channel; each
+channel carries one greeting each way, each acknowledged. Once every greeting is in and its own
+were acknowledged, the peers leave one at a time, the caller first, then by user id, so that each
+gets exactly one ``call_ended``: the last one gets it when the one before hangs up. Then ``bye``.
 
-stdout gets exactly one JSON line, the outcome, and nothing else: ``{"ok": true, "received": ...,
-"ice": ..., "pair": ...}`` with exit status 0, or ``{"ok": false, "error": ...}`` with status 1.
-A trace of the signaling goes to stderr, for the test to show when it fails.
+stdout gets at most two JSON lines and nothing else: ``{"ready": USER}`` once signed in (the test
+rings a callee only after it is ready), then the outcome: ``{"ok": true, "received": {PEER:
+MESSAGE}, "ice": {PEER: {"state", "pair", "types"}}, ...}`` with exit status 0, or ``{"ok": false,
+"error": ...}`` with status 1. A trace of the signaling goes to stderr, for the test to show when
+it fails.
 
 Usage: aiortc_peer.py --url ws://127.0.0.1:PORT/ws --user NAME --role caller|callee
-       --peer OTHER --call-id ID [--timeout S]
+       --peers OTHER[,OTHER...] --call-id ID [--timeout S]
+``--peers`` names every other participant: the caller rings them all, a callee expects them.
 """
 
 from __future__ import annotations
@@ -34,23 +40,20 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosedOK
 
 CONNECTION_TYPES = frozenset({"welcome", "pong"})
 """Server messages that belong to the connection, not the session: they carry no ``seq``."""
 
 LOOPBACK = "127.0.0.1"
 ACK = "ack"
-"""Sent back on the data channel once the other's greeting arrived: the caller hangs up only
-after the callee acknowledged the caller's greeting, so the relayed ``call_ended`` cannot reach
-the callee before that greeting does."""
-
-RETRY_DELAY_S = 0.2
-"""The two peers start together: the callee may not be connected yet when the caller first calls
-(``offline``); the caller then calls again, with a new call id, until its timeout."""
+"""Sent back on a data channel once the other's greeting arrived. A peer hangs up only after all
+its greetings were acknowledged, so no ``participant_left`` or ``call_ended`` it causes can reach
+another peer before its greeting does."""
 
 
 class PeerError(Exception):
-    """The server or the other peer did something this peer did not expect."""
+    """The server or another peer did something this peer did not expect."""
 
 
 def _patch_host_addresses() -> None:
@@ -75,26 +78,56 @@ def trace(text: str) -> None:
     print(f"{time.monotonic():.3f} {text}", file=sys.stderr, flush=True)
 
 
+class Link:
+    """The peer connection to one other participant, and the greetings exchanged over it."""
+
+    def __init__(self, remote: str) -> None:
+        self.remote = remote
+        self.pc: RTCPeerConnection | None = None
+        loop = asyncio.get_running_loop()
+        self.received: asyncio.Future[str] = loop.create_future()
+        self.acked: asyncio.Future[None] = loop.create_future()
+        self.ice: dict[str, str] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.received.done() and self.acked.done()
+
+    def note_ice(self) -> None:
+        """Reads the ICE state and nominated pair now: the other side's close clears them."""
+        assert self.pc is not None
+        self.ice = {"state": self.pc.iceConnectionState}
+        try:  # aioice internals
+            connection = self.pc.sctp.transport.transport._connection  # type: ignore[union-attr]
+            pair = connection._nominated[1]
+        except (AttributeError, KeyError):
+            return
+        local, remote = pair.local_candidate, pair.remote_candidate
+        self.ice["pair"] = f"{local.host}-{remote.host}"
+        self.ice["types"] = f"{local.type}-{remote.type}"
+
+
 class Peer:
-    """The signaling client and the peer connection of one user, in one call."""
+    """The signaling client of one user in one call, and its links to the other participants."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.url: str = args.url
         self.user: str = args.user
         self.role: str = args.role
-        self.peer: str = args.peer
-        self.base_call_id: str = args.call_id
-        self.call_id: str | None = args.call_id if self.role == "caller" else None
-        self.attempt = 1
+        self.call_id: str = args.call_id
+        self.links = {remote: Link(remote) for remote in args.peers}
+        self.caller: str | None = self.user if self.role == "caller" else None
+        self.joined: list[str] = []
+        """Who is in the call now, as the server said (``call_accepted``, ``participant_*``)."""
+        self.hung_up = False
         self.ws: ClientConnection | None = None
-        self.pc: RTCPeerConnection | None = None
         self.ice_servers: list[RTCIceServer] = []
         self.next_seq = 1
         self.seen: list[str] = []
-        loop = asyncio.get_running_loop()
-        self.received: asyncio.Future[str] = loop.create_future()
-        self.acked: asyncio.Future[None] = loop.create_future()
-        self.ended: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.done = asyncio.gather(
+            *(future for link in self.links.values() for future in (link.received, link.acked))
+        )
+        self.ended: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     # -- signaling ------------------------------------------------------------------------------
 
@@ -134,33 +167,37 @@ class Peer:
             if welcome["type"] != "welcome" or welcome.get("user_id") != self.user:
                 raise PeerError(f"expected welcome for {self.user}, got {welcome}")
             self.ice_servers = [_ice_server(server) for server in welcome.get("ice_servers", [])]
+            print(json.dumps({"ready": self.user}), flush=True)
             if self.role == "caller":
-                await self.initiate()
+                await self.send(
+                    {
+                        "type": "call_initiate",
+                        "call_id": self.call_id,
+                        "to": list(self.links),
+                        "media": {"audio": False, "video": False},
+                    }
+                )
             reader = asyncio.create_task(self.read_loop())
             try:
-                received = await self.until(self.received, reader)
-                # Read now: once the call ends, the other side's close clears the ICE state.
-                ice_state = self.pc.iceConnectionState if self.pc else "none"
-                pair = self.selected_pair()
-                if self.role == "caller":
-                    await self.until(self.acked, reader)
-                    await self.send({"type": "hangup", "call_id": self.call_id})
+                await self.until(self.done, reader)
+                await self.hang_up_if_due()
                 ended = await self.until(self.ended, reader)
+                await self.send({"type": "bye"})
+                await reader  # up to the server's close: anything more about the call fails it
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-        report: dict[str, Any] = {
+                if not reader.done():
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+        return {
             "ok": True,
-            "received": received,
-            "ice": ice_state,
             "call_id": self.call_id,
+            "received": {remote: link.received.result() for remote, link in self.links.items()},
+            "ice": {remote: link.ice for remote, link in self.links.items()},
             "ended": ended.get("reason"),
+            "ended_by": ended.get("by"),
             "server_messages": self.seen,
         }
-        if pair:
-            report["pair"], report["pair_types"] = pair
-        return report
 
     async def until(self, future: asyncio.Future[Any], reader: asyncio.Task[None]) -> Any:
         """Waits for ``future``; a failure of the reader (or the connection) ends the wait."""
@@ -170,114 +207,133 @@ class Peer:
             raise PeerError("the server connection ended early")
         return future.result()
 
-    async def initiate(self) -> None:
-        await self.send(
-            {
-                "type": "call_initiate",
-                "call_id": self.call_id,
-                "to": [self.peer],
-                "media": {"audio": False, "video": False},
-                "rid": f"initiate-{self.attempt}",
-            }
-        )
+    async def hang_up_if_due(self) -> None:
+        """Hangs up once done, if first in line: the caller, then the others by user id.
 
-    async def retry(self, why: str) -> None:
-        """The callee was not connected yet: call again under a fresh call id."""
-        trace(f"{why}; calling again")
-        await asyncio.sleep(RETRY_DELAY_S)
-        self.attempt += 1
-        self.call_id = f"{self.base_call_id}-{self.attempt}"
-        await self.initiate()
+        One at a time, so that the call ends exactly once (for the last two, when the first of
+        them hangs up), and nobody hangs up a call that has already ended for it.
+        """
+        if self.hung_up or self.ended.done() or not self.done.done() or len(self.joined) < 2:
+            return
+        first = min(self.joined, key=lambda user: (user != self.caller, user))
+        if first == self.user:
+            self.hung_up = True
+            await self.send({"type": "hangup", "call_id": self.call_id})
 
     async def read_loop(self) -> None:
         """Handles server messages one at a time, in order (an answer waits for its offer)."""
-        while True:
-            message = await self.receive()
-            await self.handle(message)
+        with contextlib.suppress(ConnectionClosedOK):
+            while True:
+                await self.handle(await self.receive())
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        call_id = message.get("call_id")
         if kind == "error":
-            if message.get("code") == "user_offline" and self.pc is None:
-                await self.retry("error user_offline")
-                return
             raise PeerError(f"server error: {message}")
         if kind in ("ice_servers", "call_expiring"):
             return
-        if call_id is None:
+        if "call_id" not in message:
             trace(f"ignoring {kind}")
             return
-        if kind == "call_incoming" and self.role == "callee" and self.call_id is None:
-            if message.get("from") != self.peer or not call_id.startswith(self.base_call_id):
-                raise PeerError(f"unexpected call_incoming: {message}")
-            self.call_id = call_id
-            await self.send({"type": "call_answer", "call_id": call_id})
-            return
-        if call_id != self.call_id:
-            raise PeerError(f"{kind} for unknown call {call_id!r} (ours: {self.call_id!r})")
-        if kind == "call_ringing":
-            return
-        if kind == "call_accepted":
-            by = message.get("by")
-            if by not in (self.user, self.peer) or self.peer not in message["participants"]:
-                raise PeerError(f"unexpected call_accepted: {message}")
-            if by == self.user:  # the one who answered offers
-                await self.offer()
+        if message["call_id"] != self.call_id:
+            raise PeerError(f"{kind} for unknown call {message['call_id']!r}")
+        if self.ended.done():
+            raise PeerError(f"{kind} after call_ended: {message}")
+        if kind == "call_incoming":
+            await self.on_call_incoming(message)
+        elif kind == "call_ringing":
+            if self.role != "caller" or sorted(message["to"]) != sorted(self.links):
+                raise PeerError(f"unexpected call_ringing: {message}")
+        elif kind == "call_accepted":
+            await self.on_call_accepted(message)
+        elif kind == "participant_joined":
+            user = self.link_of(message["user_id"]).remote
+            if user not in self.joined:
+                self.joined.append(user)
+        elif kind == "participant_left":
+            link = self.link_of(message["user_id"])
+            if not link.received.done() or link.remote not in self.joined:
+                raise PeerError(f"participant_left before its greeting arrived: {message}")
+            self.joined.remove(link.remote)
+            await self.hang_up_if_due()
         elif kind == "call_ended":
-            reason = message.get("reason")
-            if self.role == "caller" and reason == "offline" and self.pc is None:
-                await self.retry("call_ended offline")
-            elif not (self.acked if self.role == "caller" else self.received).done():
-                raise PeerError(f"call ended before the greetings were exchanged: {message}")
-            elif not self.ended.done():
-                self.ended.set_result(message)
+            if not all(link.received.done() for link in self.links.values()):
+                raise PeerError(f"call ended before every greeting arrived: {message}")
+            self.ended.set_result(message)
         elif kind in ("sdp_offer", "sdp_answer", "ice_candidate"):
-            if message.get("from") != self.peer:
-                raise PeerError(f"{kind} not from {self.peer}: {message}")
-            await getattr(self, f"on_{kind}")(message)
+            link = self.link_of(message["from"])
+            await getattr(self, f"on_{kind}")(link, message)
         else:
             trace(f"ignoring {kind}")
 
+    def link_of(self, user: Any) -> Link:
+        if user not in self.links:
+            raise PeerError(f"{user!r} is not one of the expected participants")
+        return self.links[user]
+
+    async def on_call_incoming(self, message: dict[str, Any]) -> None:
+        expected = {self.user, *self.links}
+        if self.role != "callee" or self.caller is not None:
+            raise PeerError(f"unexpected call_incoming: {message}")
+        if set(message["participants"]) != expected or message["from"] not in self.links:
+            raise PeerError(f"call_incoming with other participants than {expected}: {message}")
+        self.caller = message["from"]
+        await self.send({"type": "call_answer", "call_id": self.call_id})
+
+    async def on_call_accepted(self, message: dict[str, Any]) -> None:
+        """Whoever joined offers to everyone already in: two peers never offer to each other."""
+        participants: list[str] = message["participants"]
+        if self.user not in participants:
+            raise PeerError(f"call_accepted without us: {message}")
+        for user in participants:
+            if user != self.user:
+                self.link_of(user)
+        self.joined = list(participants)
+        if message["by"] == self.user:
+            for user in participants:
+                if user != self.user:
+                    await self.offer(self.links[user])
+
     # -- WebRTC ---------------------------------------------------------------------------------
 
-    def new_peer_connection(self) -> RTCPeerConnection:
+    def open_link(self, link: Link) -> RTCPeerConnection:
         """Host candidates only: an explicit empty server list (None would add Google's STUN)."""
-        if self.pc is not None:
-            raise PeerError("a second offer/answer round was not expected")
+        if link.pc is not None:
+            raise PeerError(f"a second offer/answer round with {link.remote} was not expected")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers))
 
         @pc.on("iceconnectionstatechange")
         def on_ice_state() -> None:
-            trace(f"ice {pc.iceConnectionState}")
-            if pc.iceConnectionState == "failed":
-                self.fail(PeerError("ICE failed"))
+            trace(f"ice with {link.remote}: {pc.iceConnectionState}")
+            if pc.iceConnectionState == "failed" and not link.complete:
+                self.fail(PeerError(f"ICE with {link.remote} failed"))
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            self.attach(channel)
+            self.attach(link, channel)
 
-        self.pc = pc
+        link.pc = pc
         return pc
 
-    def attach(self, channel: RTCDataChannel) -> None:
+    def attach(self, link: Link, channel: RTCDataChannel) -> None:
         """Greets on open, then checks the other's greeting and acknowledges it."""
 
         def greet() -> None:
-            trace(f"data channel {channel.label!r} open")
+            trace(f"data channel with {link.remote} open")
             channel.send(f"hello from {self.user}")
 
         @channel.on("message")
         def on_message(data: str | bytes) -> None:
-            trace(f"data channel got {data!r:.80}")
-            if data == ACK:
-                if not self.acked.done():
-                    self.acked.set_result(None)
-            elif data == f"hello from {self.peer}" and not self.received.done():
-                self.received.set_result(data)
-                channel.send(ACK)
+            trace(f"data channel from {link.remote} got {data!r:.80}")
+            if data == ACK and not link.acked.done():
+                link.acked.set_result(None)
+            elif data == f"hello from {link.remote}" and not link.received.done():
+                channel.send(ACK)  # queued before whatever this result wakes up (a hangup)
+                link.received.set_result(data)
             else:
-                self.fail(PeerError(f"unexpected data channel message {data!r:.80}"))
+                self.fail(PeerError(f"unexpected message from {link.remote}: {data!r:.80}"))
+            if link.complete:
+                link.note_ice()
 
         if channel.readyState == "open":
             greet()
@@ -286,60 +342,52 @@ class Peer:
 
     def fail(self, error: Exception) -> None:
         """Ends every wait with ``error`` (for failures seen in aiortc's callbacks)."""
-        for future in (self.received, self.acked, self.ended):
+        futures = [f for link in self.links.values() for f in (link.received, link.acked)]
+        for future in (*futures, self.ended):
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # retrieved: no "never retrieved" noise for unawaited ones
 
-    async def offer(self) -> None:
-        pc = self.new_peer_connection()
-        self.attach(pc.createDataChannel("callbox-e2e"))
+    async def offer(self, link: Link) -> None:
+        pc = self.open_link(link)
+        self.attach(link, pc.createDataChannel("callbox-e2e"))
         await pc.setLocalDescription(await pc.createOffer())
-        await self.relay("sdp_offer", sdp=pc.localDescription.sdp)
-        await self.relay("ice_candidate", candidate=None)
+        await self.relay(link, "sdp_offer", sdp=pc.localDescription.sdp)
+        await self.relay(link, "ice_candidate", candidate=None)
 
-    async def on_sdp_offer(self, message: dict[str, Any]) -> None:
-        pc = self.new_peer_connection()
+    async def on_sdp_offer(self, link: Link, message: dict[str, Any]) -> None:
+        pc = self.open_link(link)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await self.relay("sdp_answer", sdp=pc.localDescription.sdp)
-        await self.relay("ice_candidate", candidate=None)
+        await self.relay(link, "sdp_answer", sdp=pc.localDescription.sdp)
+        await self.relay(link, "ice_candidate", candidate=None)
 
-    async def on_sdp_answer(self, message: dict[str, Any]) -> None:
-        if self.pc is None or self.pc.signalingState != "have-local-offer":
-            raise PeerError("sdp_answer without an offer of ours")
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
+    async def on_sdp_answer(self, link: Link, message: dict[str, Any]) -> None:
+        if link.pc is None or link.pc.signalingState != "have-local-offer":
+            raise PeerError(f"sdp_answer from {link.remote} without an offer of ours")
+        await link.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
 
-    async def on_ice_candidate(self, message: dict[str, Any]) -> None:
+    async def on_ice_candidate(self, link: Link, message: dict[str, Any]) -> None:
         """Candidates are in the SDP already; a relayed one is still applied, as a browser would."""
-        if self.pc is None:
-            raise PeerError("ice_candidate before any description")
+        if link.pc is None:
+            raise PeerError(f"ice_candidate from {link.remote} before any description")
         init = message["candidate"]
         if init is None:
-            await self.pc.addIceCandidate(None)
+            await link.pc.addIceCandidate(None)
             return
         candidate = candidate_from_sdp(init["candidate"].removeprefix("candidate:"))
         candidate.sdpMid = init.get("sdpMid")
         candidate.sdpMLineIndex = init.get("sdpMLineIndex")
-        await self.pc.addIceCandidate(candidate)
+        await link.pc.addIceCandidate(candidate)
 
-    async def relay(self, kind: str, **fields: Any) -> None:
-        await self.send({"type": kind, "call_id": self.call_id, "to": self.peer, **fields})
-
-    def selected_pair(self) -> tuple[str, str] | None:
-        """``local-remote`` addresses and types of the nominated pair (aioice internals)."""
-        try:
-            connection = self.pc.sctp.transport.transport._connection  # type: ignore[union-attr]
-            pair = connection._nominated[1]
-        except (AttributeError, KeyError):
-            return None
-        local, remote = pair.local_candidate, pair.remote_candidate
-        return f"{local.host}-{remote.host}", f"{local.type}-{remote.type}"
+    async def relay(self, link: Link, kind: str, **fields: Any) -> None:
+        await self.send({"type": kind, "call_id": self.call_id, "to": link.remote, **fields})
 
     async def close(self) -> None:
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pc.close(), 5)
+        pcs = [link.pc for link in self.links.values() if link.pc is not None]
+        await asyncio.gather(
+            *(asyncio.wait_for(pc.close(), 5) for pc in pcs), return_exceptions=True
+        )
 
 
 def _ice_server(server: dict[str, Any]) -> RTCIceServer:
@@ -358,10 +406,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--role", required=True, choices=("caller", "callee"))
-    parser.add_argument("--peer", required=True)
+    parser.add_argument("--peers", required=True, type=lambda text: text.split(","))
     parser.add_argument("--call-id", required=True)
     parser.add_argument("--timeout", type=float, default=30.0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "" in args.peers or args.user in args.peers or len(set(args.peers)) != len(args.peers):
+        parser.error("--peers: distinct user ids other than --user, separated by commas")
+    return args
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -372,7 +423,7 @@ async def main(args: argparse.Namespace) -> int:
             report = await peer.run()
     except TimeoutError:
         report = {"ok": False, "error": f"timed out after {args.timeout} s", "seen": peer.seen}
-    except Exception as error:  # every failure becomes the one JSON line
+    except Exception as error:  # every failure becomes the outcome line
         report = {"ok": False, "error": f"{type(error).__name__}: {error}", "seen": peer.seen}
     finally:
         await peer.close()
