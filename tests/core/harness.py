@@ -112,7 +112,7 @@ class Harness:
                 case OpenCall(call_id):
                     self.open_calls.add(call_id)
                     self.calls_ever_opened.append(call_id)
-                case CloseCall(call_id):  # the shell cancels the call's nursery, timers and all
+                case CloseCall(call_id, _reason):  # the shell cancels the nursery, timers and all
                     self.open_calls.remove(call_id)
                     for key in self._timers_of_call.pop(call_id, set()):
                         self.timers.pop(key, None)

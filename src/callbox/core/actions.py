@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from callbox.messages import ServerMessage
+from callbox.messages import EndReason, ServerMessage
 
 ConnId = int
 
@@ -44,6 +44,7 @@ class CloseCall:
     """A call ended: the shell cancels its nursery, and every timer of the call with it."""
 
     call_id: str
+    reason: EndReason
 
 
 @frozen

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -164,6 +165,8 @@ class Switchboard:
     """Per watched user, the status its watchers were last told."""
     _last_seen: LastSeen = field(factory=LastSeen, init=False)
     _out: list[Action] = field(factory=list, init=False)
+    received: Counter[str] = field(factory=Counter, init=False)
+    """Client messages decoded, by type (for metrics)."""
     _overflowed: list[Session] = field(factory=list, init=False)
 
     # -----------------------------------------------------------------------------------------
@@ -186,6 +189,7 @@ class Switchboard:
         except ProtocolError as exc:
             self._error(link, exc.code, exc.message, exc.path, exc.rid)
             return self._end()
+        self.received[message.TYPE] += 1
         if allowed:
             self._dispatch(link, message, now)
         else:
@@ -808,7 +812,7 @@ class Switchboard:
         room = None if call.room is None else self._rooms.get(call.room)
         if room is not None and room.call_id == call.call_id:
             room.call_id = None
-        self._out.append(CloseCall(call.call_id))
+        self._out.append(CloseCall(call.call_id, reason))
 
     def _unlink(self, user_id: str, call_id: str) -> None:
         """`user_id` is no longer a party of `call_id`."""

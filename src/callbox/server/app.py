@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.resources import files
 
 import trio
 from attrs import define, field
@@ -32,7 +33,15 @@ from callbox.core.actions import (
 )
 from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
-from callbox.messages import Hello, IceServer
+from callbox.messages import (
+    Error,
+    Hello,
+    IceServer,
+    RelayedIceCandidate,
+    RelayedSdpAnswer,
+    RelayedSdpOffer,
+)
+from callbox.server.metrics import Metrics
 from callbox.server.transport import (
     Connection,
     HttpResponse,
@@ -41,6 +50,27 @@ from callbox.server.transport import (
 )
 
 log = logging.getLogger("callbox.server")
+
+RELAYED = (RelayedSdpOffer, RelayedSdpAnswer, RelayedIceCandidate)
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+
+
+def load_web_files() -> dict[str, tuple[str, bytes]]:
+    """The demo page and the browser client, by URL path, read once at start-up."""
+    web = files("callbox") / "web"
+    pages: dict[str, tuple[str, bytes]] = {}
+    if web.is_dir():
+        for item in web.iterdir():
+            content_type = CONTENT_TYPES.get("." + item.name.rpartition(".")[2])
+            if item.is_file() and content_type is not None:
+                pages["/" + item.name] = (content_type, item.read_bytes())
+    if "/index.html" in pages:
+        pages["/"] = pages["/index.html"]
+    return pages
 
 
 @define(eq=False)
@@ -62,6 +92,8 @@ class SignalingServer:
         self._connections: dict[int, Connection] = {}
         self._calls: dict[str, CallTasks] = {}
         self._session_timers: dict[TimerKey, trio.CancelScope] = {}
+        self.metrics = Metrics()
+        self._web = load_web_files()
 
     # ConnectionHandler -------------------------------------------------------------------------
 
@@ -71,7 +103,11 @@ class SignalingServer:
         self._carry_out(self.switchboard.connect(conn.id, trio.current_time()))
 
     def on_text(self, conn: Connection, data: bytes) -> None:
-        self._carry_out(self.switchboard.receive(conn.id, data, trio.current_time()))
+        started = time.perf_counter()
+        actions = self.switchboard.receive(conn.id, data, trio.current_time())
+        self._carry_out(actions)
+        if actions and isinstance(actions[0], Send) and isinstance(actions[0].message, RELAYED):
+            self.metrics.relay_seconds.observe(time.perf_counter() - started)
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
@@ -84,9 +120,19 @@ class SignalingServer:
     # HTTP ----------------------------------------------------------------------------------------
 
     def http(self, method: str, path: str) -> HttpResponse | None:
-        if method == "GET" and path == "/healthz":
+        """Health, metrics, and the demo page with its browser client; anything else is 404."""
+        if method != "GET":
+            return None
+        if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
-        return None
+        if path == "/metrics":
+            body = self.metrics.render(self.switchboard.statistics(), self.switchboard.received)
+            return 200, [("Content-Type", "text/plain; version=0.0.4")], body
+        page = self._web.get(path)
+        if page is None:
+            return None
+        content_type, body = page
+        return 200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body
 
     # Actions -------------------------------------------------------------------------------------
 
@@ -94,6 +140,8 @@ class SignalingServer:
         for action in actions:
             match action:
                 case Send(conn, message, seq):
+                    if isinstance(message, Error):
+                        self.metrics.errors[message.code] += 1
                     connection = self._connections.get(conn)
                     if connection is not None:
                         connection.send_text(encode(message, seq=seq))
@@ -105,7 +153,8 @@ class SignalingServer:
                     tasks = CallTasks()
                     self._calls[call_id] = tasks
                     self._nursery.start_soon(self._supervise_call, tasks, name=f"call {call_id}")
-                case CloseCall(call_id):
+                case CloseCall(call_id, reason):
+                    self.metrics.calls_ended[reason] += 1
                     closed = self._calls.pop(call_id, None)
                     if closed is not None:
                         closed.cancel_scope.cancel()
