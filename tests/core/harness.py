@@ -55,6 +55,7 @@ class Harness:
         self.open_calls: set[str] = set()
         self.calls_ever_opened: list[str] = []
         self.user_of: dict[int, str] = {}
+        self.welcome_of: dict[int, Wire] = {}
         self._conns = itertools.count(1)
 
     def _authenticate(self, hello: Hello) -> str:
@@ -77,6 +78,7 @@ class Harness:
         welcome = self.take(conn)
         assert welcome["type"] == "welcome", welcome
         self.user_of[conn] = user_id
+        self.welcome_of[conn] = welcome
         return conn
 
     def send(self, conn: int, message: Wire | bytes) -> None:

@@ -153,10 +153,8 @@ def test_presence_through_a_whole_lifecycle(h: Harness) -> None:
         ("a", "offline", None, "s"),
         ("b", "offline", None, "s"),
     ]
-    a = h.open()
-    h.send(a, {"type": "hello", "user_id": "a"})
-    resume_token = h.take(a)["resume_token"]
-    b = h.login("b")
+    a, b = h.login("a"), h.login("b")
+    resume_token = h.welcome_of[a]["resume_token"]
     assert statuses(h, watcher) == [("a", "online"), ("b", "online")]
     h.send(a, {"type": "presence_set", "status": "away"})
     assert statuses(h, watcher) == [("a", "away")]

@@ -364,10 +364,8 @@ def test_initiate_refusals(h: Harness) -> None:
 
 def test_resume_replays_everything_after_last_seq(h: Harness) -> None:
     alice = h.login("alice")
-    bob_conn = h.open()
-    h.send(bob_conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(bob_conn)["resume_token"]
-    h.user_of[bob_conn] = "bob"
+    bob_conn = h.login("bob")
+    token = h.welcome_of[bob_conn]["resume_token"]
     call_between(h, alice, bob_conn)  # bob's seq 1 (incoming) and 2 (accepted)
     h.drop(bob_conn)
     h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 one"})
@@ -405,10 +403,8 @@ def test_peer_told_disconnected_only_when_grace_ends(h: Harness) -> None:
 def test_resume_refused_when_history_is_gone(h: Harness) -> None:
     h = Harness(replay_buffer_messages=3)
     alice = h.login("alice")
-    conn = h.open()
-    h.send(conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(conn)["resume_token"]
-    h.user_of[conn] = "bob"
+    conn = h.login("bob")
+    token = h.welcome_of[conn]["resume_token"]
     call_between(h, alice, conn)
     h.drop(conn)
     for n in range(2):
@@ -420,9 +416,8 @@ def test_resume_refused_when_history_is_gone(h: Harness) -> None:
 
 
 def test_resume_with_last_seq_ahead_is_a_new_session(h: Harness) -> None:
-    conn = h.open()
-    h.send(conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(conn)["resume_token"]
+    conn = h.login("bob")
+    token = h.welcome_of[conn]["resume_token"]
     h.drop(conn)
     new = h.open()
     h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 7})
@@ -430,9 +425,8 @@ def test_resume_with_last_seq_ahead_is_a_new_session(h: Harness) -> None:
 
 
 def test_resume_never_crosses_users(h: Harness) -> None:
-    conn = h.open()
-    h.send(conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(conn)["resume_token"]
+    conn = h.login("bob")
+    token = h.welcome_of[conn]["resume_token"]
     thief = h.open()
     h.send(thief, {"type": "hello", "user_id": "eve", "resume": token, "last_seq": 0})
     h.expect(thief, "welcome", resumed=False, user_id="eve")
@@ -440,9 +434,8 @@ def test_resume_never_crosses_users(h: Harness) -> None:
 
 
 def test_resume_takes_over_a_connection_still_open(h: Harness) -> None:
-    conn = h.open()
-    h.send(conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(conn)["resume_token"]
+    conn = h.login("bob")
+    token = h.welcome_of[conn]["resume_token"]
     new = h.open()
     h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 0})
     h.expect(new, "welcome", resumed=True)
@@ -451,10 +444,8 @@ def test_resume_takes_over_a_connection_still_open(h: Harness) -> None:
 
 def test_bye_ends_the_session_at_once(h: Harness) -> None:
     alice = h.login("alice")
-    conn = h.open()
-    h.send(conn, {"type": "hello", "user_id": "bob"})
-    token = h.take(conn)["resume_token"]
-    h.user_of[conn] = "bob"
+    conn = h.login("bob")
+    token = h.welcome_of[conn]["resume_token"]
     call_between(h, alice, conn)
     h.send(conn, {"type": "bye"})
     assert h.closed[conn] == (1000, "bye")
