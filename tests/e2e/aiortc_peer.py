@@ -10,13 +10,18 @@ gets exactly one ``call_ended``: the last one gets it when the one before hangs 
 
 stdout gets at most two JSON lines and nothing else: ``{"ready": USER}`` once signed in (the test
 rings a callee only after it is ready), then the outcome: ``{"ok": true, "received": {PEER:
-MESSAGE}, "ice": {PEER: {"state", "pair", "types"}}, ...}`` with exit status 0, or ``{"ok": false,
-"error": ...}`` with status 1. A trace of the signaling goes to stderr, for the test to show when
-it fails.
+MESSAGE}, "ice": {PEER: {"state", "candidates", "pair", "types"}}, ...}`` with exit status 0, or
+``{"ok": false, "error": ..., "ice": ...}`` with status 1. A trace of the signaling goes to
+stderr, for the test to show when it fails.
 
 Usage: aiortc_peer.py --url ws://127.0.0.1:PORT/ws --user NAME --role caller|callee
-       --peers OTHER[,OTHER...] --call-id ID [--timeout S]
+       --peers OTHER[,OTHER...] --call-id ID [--timeout S] [--relay-only]
 ``--peers`` names every other participant: the caller rings them all, a callee expects them.
+``--relay-only`` gathers nothing but relay candidates from the TURN servers in ``welcome`` (ICE
+transport policy "relay"), for the tests that prove the TURN credentials the server issues work.
+``candidates`` lists the types of the candidates this peer offered, ``types`` those of the
+nominated pair. A failure reports ``ice`` too: with bad TURN credentials aiortc fails silently, and
+only the state and the candidates (none) tell that ICE, not signaling, is what failed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -87,7 +93,7 @@ class Link:
         loop = asyncio.get_running_loop()
         self.received: asyncio.Future[str] = loop.create_future()
         self.acked: asyncio.Future[None] = loop.create_future()
-        self.ice: dict[str, str] = {}
+        self.ice: dict[str, Any] = {}
 
     @property
     def complete(self) -> bool:
@@ -96,7 +102,7 @@ class Link:
     def note_ice(self) -> None:
         """Reads the ICE state and nominated pair now: the other side's close clears them."""
         assert self.pc is not None
-        self.ice = {"state": self.pc.iceConnectionState}
+        self.ice = {"state": self.pc.iceConnectionState, "candidates": _candidate_types(self.pc)}
         try:  # aioice internals
             connection = self.pc.sctp.transport.transport._connection  # type: ignore[union-attr]
             pair = connection._nominated[1]
@@ -122,6 +128,9 @@ class Peer:
         self.hung_up = False
         self.ws: ClientConnection | None = None
         self.ice_servers: list[RTCIceServer] = []
+        self.ice_policy = (
+            RTCIceTransportPolicy.RELAY if args.relay_only else RTCIceTransportPolicy.ALL
+        )
         self.next_seq = 1
         self.seen: list[str] = []
         self.done = asyncio.gather(
@@ -297,10 +306,17 @@ class Peer:
     # -- WebRTC ---------------------------------------------------------------------------------
 
     def open_link(self, link: Link) -> RTCPeerConnection:
-        """Host candidates only: an explicit empty server list (None would add Google's STUN)."""
+        """A connection using ``welcome``'s ICE servers, and nothing else.
+
+        The list is explicit even when empty (None would add Google's STUN): without TURN
+        servers, only host candidates are used.
+        """
         if link.pc is not None:
             raise PeerError(f"a second offer/answer round with {link.remote} was not expected")
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers))
+        configuration = RTCConfiguration(
+            iceServers=self.ice_servers, iceTransportPolicy=self.ice_policy
+        )
+        pc = RTCPeerConnection(configuration)
 
         @pc.on("iceconnectionstatechange")
         def on_ice_state() -> None:
@@ -383,6 +399,14 @@ class Peer:
     async def relay(self, link: Link, kind: str, **fields: Any) -> None:
         await self.send({"type": kind, "call_id": self.call_id, "to": link.remote, **fields})
 
+    def failure(self, error: str) -> dict[str, Any]:
+        """The outcome of a failed call, with each opened link's ICE state as it is now."""
+        for link in self.links.values():
+            if link.pc is not None and not link.complete:
+                link.note_ice()
+        ice = {remote: link.ice for remote, link in self.links.items()}
+        return {"ok": False, "error": error, "seen": self.seen, "ice": ice}
+
     async def close(self) -> None:
         pcs = [link.pc for link in self.links.values() if link.pc is not None]
         await asyncio.gather(
@@ -394,6 +418,19 @@ def _ice_server(server: dict[str, Any]) -> RTCIceServer:
     return RTCIceServer(
         urls=server["urls"], username=server.get("username"), credential=server.get("credential")
     )
+
+
+def _candidate_types(pc: RTCPeerConnection) -> list[str]:
+    """The types of the candidates in our description, as the other side was offered them."""
+    if pc.localDescription is None:
+        return []
+    lines = pc.localDescription.sdp.splitlines()
+    prefix = "a=candidate:"
+    return [
+        candidate_from_sdp(line.removeprefix(prefix)).type
+        for line in lines
+        if line.startswith(prefix)
+    ]
 
 
 def _brief(message: dict[str, Any]) -> str:
@@ -409,6 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peers", required=True, type=lambda text: text.split(","))
     parser.add_argument("--call-id", required=True)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--relay-only", action="store_true")
     args = parser.parse_args(argv)
     if "" in args.peers or args.user in args.peers or len(set(args.peers)) != len(args.peers):
         parser.error("--peers: distinct user ids other than --user, separated by commas")
@@ -422,9 +460,9 @@ async def main(args: argparse.Namespace) -> int:
         async with asyncio.timeout(args.timeout):
             report = await peer.run()
     except TimeoutError:
-        report = {"ok": False, "error": f"timed out after {args.timeout} s", "seen": peer.seen}
+        report = peer.failure(f"timed out after {args.timeout} s")
     except Exception as error:  # every failure becomes the outcome line
-        report = {"ok": False, "error": f"{type(error).__name__}: {error}", "seen": peer.seen}
+        report = peer.failure(f"{type(error).__name__}: {error}")
     finally:
         await peer.close()
     print(json.dumps(report), flush=True)
