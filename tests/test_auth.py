@@ -6,7 +6,7 @@ from typing import Any
 import jwt
 import pytest
 
-from callbox.auth import AuthError, authenticate
+from callbox.auth import AuthError, authenticate, is_valid_user_id
 from callbox.config import Config
 from callbox.messages import Hello
 
@@ -170,3 +170,9 @@ def test_a_malformed_token_is_refused(garbage: str) -> None:
 def test_other_claim_problems_are_reported_without_the_secret() -> None:
     hello = Hello(token=token(valid_claims(aud="some-other-service")))
     assert refused(hello).startswith("token invalid: ")
+
+
+def test_a_token_subject_must_be_a_user_id_the_protocol_can_carry() -> None:
+    assert not is_valid_user_id("ali\x01ce")
+    assert not is_valid_user_id("bob\ufeff")
+    assert is_valid_user_id("alice@example.org")

@@ -6,6 +6,7 @@ PyJWT's own time checks read the wall clock, so they are turned off and done her
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jwt
@@ -21,12 +22,16 @@ class AuthError(Exception):
     """``hello`` does not prove who it speaks for; the message is safe to send to the client."""
 
 
+USER_ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\ufeff]+")
+"""The schemas' `userId` pattern: a token's `sub` must be a user id the protocol carries."""
+
+
 def is_valid_user_id(value: object) -> bool:
-    """1-64 characters, no whitespace."""
+    """1-64 characters, none of them whitespace or control characters (as the schema says)."""
     return (
         isinstance(value, str)
         and 1 <= len(value) <= USER_ID_MAX_CHARS
-        and not any(c.isspace() for c in value)
+        and USER_ID.fullmatch(value) is not None
     )
 
 

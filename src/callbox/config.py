@@ -281,7 +281,7 @@ class Config:
     heartbeat_ms: int = _setting(
         15 * SECONDS_MS,
         env="HEARTBEAT_MS",
-        meaning="heartbeat interval announced in welcome, ms",
+        meaning="WebSocket ping interval; a client silent for twice this is dropped, ms",
         check=_int_at_least(1),
         parse=_parse_int,
     )

@@ -63,7 +63,6 @@ ErrorCode = Literal[
     "not_in_room",
     "room_full",
     "limit_reached",
-    "internal_error",
 ]
 
 
