@@ -1,4 +1,4 @@
-"""Command line: ``callbox serve | schemas | version``.
+"""Command line: ``callbox serve | schemas | version | conformance``.
 
 `main` returns the exit status rather than exiting, so tests call it without a subprocess;
 argparse itself still exits for ``--help`` (0) and malformed flags (2).
@@ -19,6 +19,7 @@ import trio
 
 from callbox import __version__
 from callbox.config import Config, ConfigError, env_warnings, environment_variables
+from callbox.conformance.cli import add_parser as add_conformance_parser
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(command=_version)
+
+    add_conformance_parser(commands)
     return parser
 
 

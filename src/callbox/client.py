@@ -1,0 +1,539 @@
+"""A typed trio client for callbox servers, on trio-websocket.
+
+Every message is checked against `schemas/` both ways: an outbound one before it is sent (a bad
+one raises `ProtocolError` and never reaches the wire), an inbound one as it is read (a bad one
+raises `ProtocolViolation`), and a session's messages must be numbered 1, 2, 3… without a gap.
+So a program built on this client cannot speak the protocol wrongly without noticing, and a
+server that does is caught at the first bad message: the conformance suite relies on that.
+
+    async with connect("ws://127.0.0.1:8765/ws", user_id="alice") as alice:
+        call_id = await alice.initiate(["bob"])
+        await alice.expect(CallRinging, call_id=call_id)
+
+The request helpers (`initiate`, `answer`, …) only send: whatever the server answers arrives
+through `receive`, `expect` or `async for`, in order, so every message is seen exactly once.
+A closed connection surfaces as trio-websocket's `ConnectionClosed`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from attrs import define, field
+from trio_websocket import (
+    ConnectionClosed,
+    DisconnectionTimeout,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from callbox.codec import ProtocolError, decode_client, decode_server, encode
+from callbox.messages import (
+    Bye,
+    CallAnswer,
+    CallInitiate,
+    CallInvite,
+    CallJoin,
+    CallReject,
+    ClientMessage,
+    Error,
+    Hangup,
+    HangupReason,
+    Hello,
+    IceCandidate,
+    IceCandidateInit,
+    JSONObject,
+    Limits,
+    Media,
+    Ping,
+    Pong,
+    PresenceSet,
+    PresenceStatus,
+    PresenceSubscribe,
+    PresenceUnsubscribe,
+    RejectReason,
+    RoomBroadcast,
+    RoomJoin,
+    RoomLeave,
+    SdpAnswer,
+    SdpOffer,
+    ServerMessage,
+    Welcome,
+)
+
+__all__ = [
+    "DEFAULT_MEDIA",
+    "Client",
+    "Connection",
+    "ConnectionClosed",
+    "HelloRefused",
+    "ProtocolViolation",
+    "Traffic",
+    "connect",
+]
+
+M = TypeVar("M", bound=ServerMessage)
+
+DEFAULT_MEDIA = Media(audio=True, video=True)
+CLOSE_TIMEOUT_S = 2.0
+"""How long closing waits for the server's side of the closing handshake."""
+SHOWN_FRAME_CHARS = 400
+"""How much of an offending frame an error message quotes."""
+
+
+class ProtocolViolation(Exception):
+    """The server broke the protocol: an invalid or unexpected message, or a gap in `seq`."""
+
+
+class HelloRefused(Exception):
+    """The server answered `hello` with an `error` (`auth_failed`, `session_limit`…)."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"hello refused: {error.code}: {error.message}")
+        self.error = error
+
+
+@define
+class Traffic:
+    """Messages by type, both ways, over every connection sharing it: what a run exercised."""
+
+    sent: Counter[str] = field(factory=Counter)
+    received: Counter[str] = field(factory=Counter)
+    """Server messages that were valid against the schemas."""
+    invalid: int = 0
+    """Server frames that were not."""
+
+
+class Connection:
+    """One WebSocket to a callbox server, before or after `hello`, messages typed and checked.
+
+    Use it directly for what comes before a session (a refused `hello`, a message sent before
+    it); everything else goes through `Client`.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        nursery: trio.Nursery,
+        url: str,
+        traffic: Traffic,
+        release: trio.Event,
+        released: trio.Event,
+    ) -> None:
+        self.ws = ws
+        """The WebSocket itself, for what the protocol does not cover."""
+        self.url = url
+        self.traffic = traffic
+        self.name = "client"
+        """Who this is in error messages: the user (and device) once welcomed."""
+        self.awaiting: str | None = None
+        """What `expect` or `wait_closed` is waiting for, so a timeout can say it."""
+        self._nursery = nursery
+        self._release, self._released = release, released
+
+    @classmethod
+    async def open(
+        cls, nursery: trio.Nursery, url: str, *, traffic: Traffic | None = None
+    ) -> Connection:
+        """Connects; the connection lives in a task of `nursery` until `aclose`."""
+        release, released = trio.Event(), trio.Event()
+        ws = await nursery.start(_hold_open, url, release, released)
+        return cls(
+            ws,
+            nursery=nursery,
+            url=url,
+            traffic=traffic or Traffic(),
+            release=release,
+            released=released,
+        )
+
+    async def reopen(self) -> Connection:
+        """A new connection to the same server, sharing this one's nursery and traffic."""
+        return await Connection.open(self._nursery, self.url, traffic=self.traffic)
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed (by either side), else None."""
+        return None if self.ws.closed is None else self.ws.closed.code
+
+    async def send(self, message: ClientMessage) -> None:
+        """Sends `message` after checking it against its schema (`ProtocolError` if invalid)."""
+        data = encode(message)
+        decode_client(data)
+        await self.ws.send_message(data.decode())
+        self.traffic.sent[message.TYPE] += 1
+
+    async def send_frame(self, data: str | bytes) -> None:
+        """Sends a frame as it is, unchecked: for testing how a server handles bad input."""
+        await self.ws.send_message(data)
+
+    async def receive(self) -> ServerMessage:
+        """The next message, checked against its schema."""
+        frame = await self.ws.get_message()
+        if isinstance(frame, bytes):
+            self.traffic.invalid += 1
+            raise ProtocolViolation(f"{self.name} got a binary frame: the server sends text only")
+        try:
+            message = decode_server(frame)
+        except ProtocolError as error:
+            self.traffic.invalid += 1
+            shown = frame[:SHOWN_FRAME_CHARS]
+            raise ProtocolViolation(
+                f"{self.name} got an invalid message ({error.message}): {shown}"
+            ) from None
+        self.traffic.received[message.TYPE] += 1
+        return message
+
+    async def expect(self, kind: type[M], **fields: object) -> M:
+        """The next message, which must be a `kind` with these field values."""
+        return await _expect(self, self.receive, kind, fields)
+
+    async def wait_closed(self) -> int:
+        """Reads (and checks) what the server still sends until it closes; its close code."""
+        with _awaiting(self, "the server to close the connection"), suppress(ConnectionClosed):
+            while True:
+                await self.receive()
+        assert self.ws.closed is not None
+        return self.ws.closed.code
+
+    async def aclose(self) -> None:
+        """Closes the connection, closing handshake and all (idempotent); bounded and shielded,
+        so it also runs when the caller is being cancelled."""
+        self._release.set()
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            await self._released.wait()
+
+
+async def _hold_open(
+    url: str,
+    release: trio.Event,
+    released: trio.Event,
+    *,
+    task_status: trio.TaskStatus[WebSocketConnection] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keeps a connection open until `release`. Closing through trio-websocket's own context
+    manager lets its reader finish the closing handshake: cancelling the reader instead can
+    leave the server waiting for a close frame that never comes."""
+    try:
+        async with open_websocket_url(url, disconnect_timeout=CLOSE_TIMEOUT_S) as ws:
+            task_status.started(ws)
+            await release.wait()
+    except DisconnectionTimeout:
+        pass  # the server did not finish closing: the connection is dropped all the same
+    finally:
+        released.set()
+
+
+class Client:
+    """A session on a callbox server: `hello` done, `welcome` received, `seq` tracked."""
+
+    def __init__(self, connection: Connection, hello: Hello, welcome: Welcome) -> None:
+        self.connection = connection
+        """The current connection; `resume` replaces it."""
+        _name(connection, hello, welcome)
+        self.welcome = welcome
+        """The latest `welcome`: its `resume_token` is the one to resume with."""
+        self.last_seq = 0
+        """The `seq` of the last session message received."""
+        self._hello = hello
+        self._retired: list[Connection] = []
+
+    @classmethod
+    async def open(
+        cls,
+        nursery: trio.Nursery,
+        url: str,
+        *,
+        user_id: str | None = None,
+        token: str | None = None,
+        device_id: str | None = None,
+        traffic: Traffic | None = None,
+    ) -> Client:
+        """Connects and says `hello`; the connection's background task runs in `nursery`.
+
+        Raises `HelloRefused` if the server answers with an `error` instead of `welcome`.
+        """
+        connection = await Connection.open(nursery, url, traffic=traffic)
+        hello = Hello(user_id=user_id, token=token, device_id=device_id)
+        return cls(connection, hello, await _handshake(connection, hello))
+
+    @property
+    def user_id(self) -> str:
+        return self.welcome.user_id
+
+    @property
+    def limits(self) -> Limits:
+        return self.welcome.limits
+
+    # Receiving ------------------------------------------------------------------------------
+
+    async def receive(self) -> ServerMessage:
+        """The next message; a session message must carry the next `seq`."""
+        message = await self.connection.receive()
+        if isinstance(message, Welcome):
+            raise ProtocolViolation(f"{self.connection.name} got a welcome without a hello")
+        if isinstance(message, Pong):
+            return message
+        if message.seq != self.last_seq + 1:
+            raise ProtocolViolation(
+                f"{self.connection.name} expected seq {self.last_seq + 1}, got {_wire(message)}"
+            )
+        self.last_seq = message.seq
+        return message
+
+    def __aiter__(self) -> AsyncIterator[ServerMessage]:
+        """Every message until the connection closes."""
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[ServerMessage]:
+        while True:
+            try:
+                message = await self.receive()
+            except ConnectionClosed:
+                return
+            yield message
+
+    async def expect(self, kind: type[M], **fields: object) -> M:
+        """The next message, which must be a `kind` with these field values (by attribute
+        name: `from_` for the wire's `from`), else `ProtocolViolation` saying what came."""
+        return await _expect(self.connection, self.receive, kind, fields)
+
+    # The session ------------------------------------------------------------------------------
+
+    async def send(self, message: ClientMessage) -> None:
+        """Sends `message` after checking it against its schema (`ProtocolError` if invalid)."""
+        await self.connection.send(message)
+
+    async def resume(self, *, last_seq: int | None = None) -> Welcome:
+        """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
+
+        `last_seq` defaults to the last one received. If `resumed`, the server replays what
+        followed it through `receive`; if not, a new session started and numbering restarts.
+        The previous connection is left alone: a server still holding it closes it with 4002.
+        """
+        claimed = self.last_seq if last_seq is None else last_seq
+        connection = await self.connection.reopen()
+        hello = attrs.evolve(self._hello, resume=self.welcome.resume_token, last_seq=claimed)
+        self.welcome = await _handshake(connection, hello)
+        _name(connection, hello, self.welcome)
+        self._retired.append(self.connection)
+        self.connection = connection
+        self.last_seq = claimed if self.welcome.resumed else 0
+        return self.welcome
+
+    async def drop(self) -> None:
+        """Closes the connection without `bye`, as a lost network would: the session stays
+        resumable for `limits.reconnect_grace_ms`."""
+        await self.connection.aclose()
+
+    async def bye(self, *, rid: str | None = None) -> int:
+        """Ends the session (no resume); reads what the server still sends, returns its close
+        code (1000 from a conformant server)."""
+        await self.send(Bye(rid=rid))
+        async for _ in self:
+            pass
+        assert self.connection.close_code is not None
+        return self.connection.close_code
+
+    async def ping(self, ts: float | None = None, *, rid: str | None = None) -> Pong:
+        """Pings and returns the pong, which must be the next message: so this also proves that
+        nothing the server sent before answering is left unread."""
+        await self.send(Ping(ts=ts, rid=rid))
+        return await self.expect(Pong, ts=ts, rid=rid)
+
+    async def aclose(self) -> None:
+        """Leaves: `bye` if still connected, so no session lingers, then closes every connection
+        this client opened. Bounded and shielded, so it also runs during cancellation."""
+        if self.connection.close_code is None:
+            with (
+                trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
+                suppress(ConnectionClosed, ProtocolViolation),
+            ):
+                await self.bye()
+        for connection in (*self._retired, self.connection):
+            await connection.aclose()
+
+    # Requests: each sends one message; the server's answers arrive through receive ------------
+
+    async def initiate(
+        self,
+        to: list[str] | None = None,
+        *,
+        room: str | None = None,
+        media: Media = DEFAULT_MEDIA,
+        call_id: str | None = None,
+        metadata: JSONObject | None = None,
+        rid: str | None = None,
+    ) -> str:
+        """Calls the users `to` (or every other member of `room`); returns the call id, a new
+        random one unless given."""
+        call_id = call_id or f"c-{secrets.token_hex(8)}"
+        await self.send(
+            CallInitiate(call_id=call_id, to=to, room=room, media=media, metadata=metadata, rid=rid)
+        )
+        return call_id
+
+    async def answer(
+        self, call_id: str, *, media: Media | None = None, rid: str | None = None
+    ) -> None:
+        await self.send(CallAnswer(call_id=call_id, media=media, rid=rid))
+
+    async def reject(
+        self, call_id: str, reason: RejectReason = "declined", *, rid: str | None = None
+    ) -> None:
+        await self.send(CallReject(call_id=call_id, reason=reason, rid=rid))
+
+    async def hangup(
+        self, call_id: str, reason: HangupReason | None = None, *, rid: str | None = None
+    ) -> None:
+        await self.send(Hangup(call_id=call_id, reason=reason, rid=rid))
+
+    async def invite(self, call_id: str, to: list[str], *, rid: str | None = None) -> None:
+        await self.send(CallInvite(call_id=call_id, to=to, rid=rid))
+
+    async def join(self, call_id: str, *, rid: str | None = None) -> None:
+        await self.send(CallJoin(call_id=call_id, rid=rid))
+
+    async def offer(self, call_id: str, to: str, sdp: str, *, rid: str | None = None) -> None:
+        await self.send(SdpOffer(call_id=call_id, to=to, sdp=sdp, rid=rid))
+
+    async def answer_sdp(self, call_id: str, to: str, sdp: str, *, rid: str | None = None) -> None:
+        await self.send(SdpAnswer(call_id=call_id, to=to, sdp=sdp, rid=rid))
+
+    async def candidate(
+        self, call_id: str, to: str, candidate: IceCandidateInit | None, *, rid: str | None = None
+    ) -> None:
+        """Trickles an ICE candidate; `None` is end-of-candidates."""
+        await self.send(IceCandidate(call_id=call_id, to=to, candidate=candidate, rid=rid))
+
+    async def room_join(self, room: str, *, rid: str | None = None) -> None:
+        await self.send(RoomJoin(room=room, rid=rid))
+
+    async def room_leave(self, room: str, *, rid: str | None = None) -> None:
+        await self.send(RoomLeave(room=room, rid=rid))
+
+    async def room_broadcast(self, room: str, data: Any, *, rid: str | None = None) -> None:
+        await self.send(RoomBroadcast(room=room, data=data, rid=rid))
+
+    async def presence_subscribe(self, users: list[str], *, rid: str | None = None) -> None:
+        await self.send(PresenceSubscribe(users=users, rid=rid))
+
+    async def presence_unsubscribe(self, users: list[str], *, rid: str | None = None) -> None:
+        await self.send(PresenceUnsubscribe(users=users, rid=rid))
+
+    async def presence_set(self, status: PresenceStatus, *, rid: str | None = None) -> None:
+        await self.send(PresenceSet(status=status, rid=rid))
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    user_id: str | None = None,
+    token: str | None = None,
+    device_id: str | None = None,
+    traffic: Traffic | None = None,
+) -> AsyncIterator[Client]:
+    """A session for the duration of the block; leaving it says `bye` and closes.
+
+    `token` is the JWT a server with a secret requires; `user_id` is for development mode.
+    An exception raised in the block comes out as itself, not wrapped in an ExceptionGroup.
+    """
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            client = await Client.open(
+                nursery, url, user_id=user_id, token=token, device_id=device_id, traffic=traffic
+            )
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Only the block can raise (the connections' reader tasks do not): unwrap its error.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+    if error is not None:
+        raise error
+
+
+async def _handshake(connection: Connection, hello: Hello) -> Welcome:
+    """Sends `hello` and reads the `welcome`; closes the connection if there is none."""
+    try:
+        return await _welcome(connection, hello)
+    except BaseException:
+        await connection.aclose()
+        raise
+
+
+def _name(connection: Connection, hello: Hello, welcome: Welcome) -> None:
+    """Names a welcomed connection after its user and device, for error messages."""
+    device = f"/{hello.device_id}" if hello.device_id else ""
+    connection.name = f"{welcome.user_id}{device}"
+
+
+async def _welcome(connection: Connection, hello: Hello) -> Welcome:
+    await connection.send(hello)
+    message = await connection.receive()
+    if isinstance(message, Error):
+        raise HelloRefused(message)
+    fields = {"rid": hello.rid}
+    return _check(connection.name, message, Welcome, fields, _describe(Welcome, fields))
+
+
+async def _expect(
+    connection: Connection,
+    receive: Callable[[], Awaitable[ServerMessage]],
+    kind: type[M],
+    fields: Mapping[str, object],
+) -> M:
+    """`receive` the next message and `_check` it; what is awaited is shown meanwhile."""
+    what = _describe(kind, fields)
+    with _awaiting(connection, what):
+        message = await receive()
+    return _check(connection.name, message, kind, fields, what)
+
+
+@contextmanager
+def _awaiting(connection: Connection, what: str) -> Iterator[None]:
+    connection.awaiting = what
+    try:
+        yield
+    finally:
+        connection.awaiting = None
+
+
+def _check(
+    who: str, message: ServerMessage, kind: type[M], fields: Mapping[str, object], what: str
+) -> M:
+    if isinstance(message, kind) and all(getattr(message, k) == v for k, v in fields.items()):
+        return message
+    raise ProtocolViolation(f"{who} expected {what}, got {_wire(message)}")
+
+
+def _describe(kind: type[M], fields: Mapping[str, object]) -> str:
+    """`call_ended {reason: 'hangup', from: 'bob'}`: what is expected, in wire names.
+
+    A field `kind` does not have is a mistake of the caller's: `TypeError`, before any wait.
+    """
+    names = attrs.fields_dict(kind)
+    unknown = [name for name in fields if name not in names]
+    if unknown:
+        raise TypeError(f"{kind.__name__} has no field {', '.join(unknown)}")
+    shown = ", ".join(
+        f"{names[name].metadata.get('wire', name)}: {value!r}" for name, value in fields.items()
+    )
+    return f"{kind.TYPE} {{{shown}}}" if shown else kind.TYPE
+
+
+def _wire(message: ServerMessage) -> str:
+    return encode(message).decode()[:SHOWN_FRAME_CHARS]

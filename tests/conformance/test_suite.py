@@ -1,0 +1,103 @@
+"""The conformance suite passes against our server, and covers the whole protocol."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+from callbox import messages
+from callbox.config import Config
+from callbox.conformance.cases.negative import generate, mutants
+from callbox.conformance.cases.states import UNREACHABLE
+from callbox.conformance.registry import CASES, SECTIONS
+from callbox.conformance.runner import Options, run_suite, select
+from callbox.server.app import serve
+
+from ..server.wsclient import server_url
+
+REPO = Path(__file__).resolve().parents[2]
+SHORT_LIMITS = {
+    "ring_timeout_ms": 1000,
+    "max_call_duration_ms": 3000,
+    "call_expiring_warning_ms": 1000,
+    "reconnect_grace_ms": 500,
+    "max_room_members": 4,
+    "replay_buffer_messages": 64,
+}
+"""Timers short enough for every case to run in seconds, limits small enough to be reached."""
+SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {"calls.end.error"}
+"""What the suite skips against our server: rows no event sequence reaches, and the end reason
+only a failing server sends."""
+
+
+async def start(nursery: trio.Nursery, **settings: Any) -> str:
+    config = Config(port=0).with_overrides(**{**SHORT_LIMITS, **settings})
+    return server_url(await nursery.start(serve, config))
+
+
+def yaml_rows() -> set[str]:
+    """`state.event` or `state.event.occupancy` for every transition of call-states.yaml."""
+    spec = yaml.safe_load((REPO / "protocol" / "call-states.yaml").read_text())
+    rows = set()
+    for state, events in spec["call"]["transitions"].items():
+        for event, outcome in events.items():
+            if isinstance(outcome, dict):
+                rows |= {f"{state}.{event}.{occupancy}" for occupancy in outcome}
+            else:
+                rows.add(f"{state}.{event}")
+    return rows
+
+
+async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> None:
+    url = await start(nursery)
+    report = await run_suite(url, Options())
+    failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
+    assert failed == []
+    assert {r.case.id for r in report.results if r.status == "skip"} == SKIPPED
+    assert len(report.results) == len(CASES)
+    assert report.traffic.invalid == 0
+    assert set(report.traffic.sent) == set(messages.CLIENT_MESSAGES)
+    assert set(messages.SERVER_MESSAGES) - set(report.traffic.received) == {"ice_servers"}
+    assert report.seconds < 30
+
+
+def test_every_row_of_the_state_table_has_a_case() -> None:
+    rows = {case.id.removeprefix("call.") for case in CASES if case.id.startswith("call.")}
+    assert rows == yaml_rows()
+
+
+def test_every_error_code_and_end_reason_is_covered() -> None:
+    covered = set().union(*(case.covers for case in CASES))
+    codes = {f"error:{code}" for code in typing.get_args(messages.ErrorCode)}
+    reasons = {f"end:{reason}" for reason in typing.get_args(messages.EndReason)}
+    assert codes | reasons <= covered
+    assert covered <= codes | reasons  # no typo in a case's `covers`
+
+
+def test_cases_are_named_documented_and_in_known_sections() -> None:
+    assert len({case.id for case in CASES}) == len(CASES)
+    for case in CASES:
+        assert case.section in SECTIONS and case.doc, case.id
+    assert {case.section for case in CASES} == set(SECTIONS)
+
+
+def test_only_and_skip_select_sections() -> None:
+    only = select(Options(only=frozenset({"relay", "glare"})))
+    assert {case.section for case in only} == {"relay", "glare"}
+    assert [case.section for case in only] == sorted(
+        (case.section for case in only), key=SECTIONS.index
+    )
+    rest = select(Options(skip=frozenset({"timeouts", "negative"})))
+    assert {case.section for case in rest} == set(SECTIONS) - {"timeouts", "negative"}
+
+
+def test_generated_negative_messages_are_reproducible_and_all_invalid() -> None:
+    first, again = generate("call_initiate", 5, seed=7), generate("call_initiate", 5, seed=7)
+    assert first == again and len(first) == 5
+    spoilt = list(mutants("call_initiate", first))
+    assert {m.how.split()[0] for m in spoilt} >= {"drop", "add"}
+    assert all(m.path.startswith("/") and m.wire["rid"] for m in spoilt)
