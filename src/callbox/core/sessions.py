@@ -11,11 +11,14 @@ from collections import deque
 
 from attrs import define, field
 
+from callbox.codec import positional_constructor
 from callbox.core.actions import ConnId, Send
 from callbox.messages import PresenceStatus, ServerMessage
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
+
+_NEW_SEND = positional_constructor(Send)  # Send(conn, message, seq), once per message sent
 
 
 @define
@@ -49,12 +52,16 @@ class Session:
     replay_limit: int
     conn: ConnId | None = None
     next_seq: int = 1
-    replay: deque[tuple[int, ServerMessage]] = field(factory=deque)
+    replay: deque[ServerMessage] | None = None
+    """The last messages sent, oldest first, from the first one on (a deque takes ~600 bytes:
+    idle sessions are most sessions). Their `seq`s are consecutive and end at `next_seq - 1`,
+    so they are not stored: no tuple per message for the allocator and the collector."""
     call_id: str | None = None
     """The call this device has joined; a device is in at most one call."""
     ringing: set[str] = field(factory=set)
     """Calls ringing on this device."""
-    recently_ended: deque[str] = field(factory=lambda: deque(maxlen=RECENTLY_ENDED_CALLS))
+    recently_ended: deque[str] | tuple[()] = ()
+    """The last `RECENTLY_ENDED_CALLS` calls this device was in, from its first one on."""
     grace_deadline: float | None = None
     presence: PresenceStatus = "online"
     rooms: set[str] = field(factory=set)
@@ -69,28 +76,39 @@ class Session:
         full: the session must end rather than lose a message its client would never know about.
         """
         seq = self.next_seq
-        self.next_seq += 1
-        self.replay.append((seq, message))
-        if len(self.replay) > self.replay_limit:
+        self.next_seq = seq + 1
+        replay = self.replay
+        if replay is None:
+            replay = self.replay = deque()
+        replay.append(message)
+        if len(replay) > self.replay_limit:
             if self.conn is None:
                 raise ReplayOverflow(self.session_id)
-            self.replay.popleft()
-        return None if self.conn is None else Send(self.conn, message, seq)
+            replay.popleft()
+        return None if self.conn is None else _NEW_SEND(self.conn, message, seq)
 
     def can_replay_after(self, last_seq: int) -> bool:
         """Whether every message after `last_seq` is still held (or there are none)."""
-        first_held = self.replay[0][0] if self.replay else self.next_seq
+        first_held = self.next_seq - len(self.replay or ())
         return first_held - 1 <= last_seq <= self.next_seq - 1
 
     def replay_after(self, last_seq: int) -> list[Send]:
         assert self.conn is not None
-        return [Send(self.conn, message, seq) for seq, message in self.replay if seq > last_seq]
+        replay = self.replay or ()
+        first_held = self.next_seq - len(replay)
+        return [
+            Send(self.conn, message, seq)
+            for seq, message in enumerate(replay, first_held)
+            if seq > last_seq
+        ]
 
     def forget_call(self, call_id: str) -> None:
         """The call is over for this device; remember it as recently ended."""
         if self.call_id == call_id:
             self.call_id = None
         self.ringing.discard(call_id)
+        if not isinstance(self.recently_ended, deque):
+            self.recently_ended = deque(maxlen=RECENTLY_ENDED_CALLS)
         self.recently_ended.append(call_id)
 
 

@@ -21,7 +21,7 @@ import orjson
 from attrs import define, field, frozen
 
 from callbox.auth import AuthError
-from callbox.codec import ProtocolError, decode_client
+from callbox.codec import ProtocolError, decode_client, positional_constructor
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
@@ -107,6 +107,10 @@ END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
     "call_full": "call_full",
 }
 LeaveReason = Literal["hangup", "disconnected"]
+
+_NEW_RELAYED_ICE_CANDIDATE = positional_constructor(RelayedIceCandidate)
+_NEW_RELAYED_SDP_OFFER = positional_constructor(RelayedSdpOffer)
+_NEW_RELAYED_SDP_ANSWER = positional_constructor(RelayedSdpAnswer)
 
 
 class Refused(Exception):
@@ -283,6 +287,9 @@ class Switchboard:
                 self._error(link, "not_authenticated", "send hello first", "/type", message.rid)
             return
         try:
+            if isinstance(message, (IceCandidate, SdpOffer, SdpAnswer)):
+                self._relay(session, message)  # most of the traffic: spare it the match below
+                return
             match message:
                 case Hello():
                     reason = "already authenticated: hello is sent once"
@@ -718,15 +725,13 @@ class Switchboard:
         if target is None or target.state is not PartyState.JOINED or msg.to == session.user_id:
             raise Refused("not_in_call", f"{msg.to} is not another participant of this call", "/to")
         relayed: ServerMessage
-        match msg:
-            case SdpOffer():
-                relayed = RelayedSdpOffer(call_id=msg.call_id, from_=session.user_id, sdp=msg.sdp)
-            case SdpAnswer():
-                relayed = RelayedSdpAnswer(call_id=msg.call_id, from_=session.user_id, sdp=msg.sdp)
-            case IceCandidate():
-                relayed = RelayedIceCandidate(
-                    call_id=msg.call_id, from_=session.user_id, candidate=msg.candidate
-                )
+        # Positionally, every field (call_id, from_, payload, seq): see positional_constructor.
+        if isinstance(msg, IceCandidate):  # the most frequent first
+            relayed = _NEW_RELAYED_ICE_CANDIDATE(msg.call_id, session.user_id, msg.candidate, None)
+        elif isinstance(msg, SdpOffer):
+            relayed = _NEW_RELAYED_SDP_OFFER(msg.call_id, session.user_id, msg.sdp, None)
+        else:
+            relayed = _NEW_RELAYED_SDP_ANSWER(msg.call_id, session.user_id, msg.sdp, None)
         self._send_party(target, relayed)
 
     # -----------------------------------------------------------------------------------------

@@ -10,15 +10,17 @@ any reason one `cancel()` stops all of them: nothing has to remember to disarm a
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from importlib.resources import files
+from time import perf_counter
 
 import trio
 from attrs import define, field
 
 from callbox.auth import authenticate
-from callbox.codec import encode
+from callbox.codec import encode, with_seq
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
@@ -40,6 +42,7 @@ from callbox.messages import (
     RelayedIceCandidate,
     RelayedSdpAnswer,
     RelayedSdpOffer,
+    ServerMessage,
 )
 from callbox.server.metrics import Metrics
 from callbox.server.transport import (
@@ -52,6 +55,18 @@ from callbox.server.transport import (
 log = logging.getLogger("callbox.server")
 
 RELAYED = (RelayedSdpOffer, RelayedSdpAnswer, RelayedIceCandidate)
+GC_THRESHOLDS = (1_000, 10, 1_000)
+"""The cyclic collector's thresholds while serving (CPython's defaults are 700, 10, 10).
+
+Every relayed message stays in its recipient's replay buffer for a few hundred messages, so it
+outlives the young generations and is promoted into the old one. With the defaults, full
+collections then come every few seconds under load and traverse every message held: ~10% of
+the CPU at 1,000 calls, in pauses of ~100 ms. Considering a full collection 100 times less often
+makes it rare (minutes apart under load, and CPython still waits until a quarter of the old
+generation is new); young collections stay small, so their pauses stay under a millisecond.
+Garbage cycles (trio's, on closed connections) wait longer for collection, which costs memory,
+not correctness. Measured in docs/benchmarks.md.
+"""
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -103,11 +118,21 @@ class SignalingServer:
         self._carry_out(self.switchboard.connect(conn.id, trio.current_time()))
 
     def on_text(self, conn: Connection, data: bytes) -> None:
-        started = time.perf_counter()
-        actions = self.switchboard.receive(conn.id, data, trio.current_time())
+        started = perf_counter()
+        # The time the data was read: the transport has just taken it, so no clock read here.
+        actions = self.switchboard.receive(conn.id, data, conn.last_received)
+        if len(actions) == 1:
+            action = actions[0]
+            if isinstance(action, Send) and isinstance(action.message, RELAYED):
+                # A relayed message, most of the traffic: straight to its one recipient.
+                connection = self._connections.get(action.conn)
+                if connection is not None:
+                    connection.send_text(encode(action.message, seq=action.seq))
+                self.metrics.relay_seconds.observe(perf_counter() - started)
+                return
         self._carry_out(actions)
         if actions and isinstance(actions[0], Send) and isinstance(actions[0].message, RELAYED):
-            self.metrics.relay_seconds.observe(time.perf_counter() - started)
+            self.metrics.relay_seconds.observe(perf_counter() - started)
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
@@ -137,14 +162,26 @@ class SignalingServer:
     # Actions -------------------------------------------------------------------------------------
 
     def _carry_out(self, actions: list[Action]) -> None:
+        # One message sent to many sessions in a row (a room broadcast, `call_ended`) is encoded
+        # once without `seq`, from its second recipient on; each recipient's `seq` is spliced in.
+        last: ServerMessage | None = None
+        unsequenced: bytes | None = None
         for action in actions:
             match action:
                 case Send(conn, message, seq):
                     if isinstance(message, Error):
                         self.metrics.errors[message.code] += 1
                     connection = self._connections.get(conn)
-                    if connection is not None:
+                    if connection is None:
+                        continue
+                    stamped = getattr(message, "seq", None) is not None
+                    if message is not last or seq is None or stamped:
+                        last, unsequenced = message, None
                         connection.send_text(encode(message, seq=seq))
+                    else:
+                        if unsequenced is None:
+                            unsequenced = encode(message)
+                        connection.send_text(with_seq(unsequenced, seq))
                 case Close(conn, code, reason):
                     connection = self._connections.get(conn)
                     if connection is not None:
@@ -258,6 +295,7 @@ async def serve(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the signaling server until cancelled; reports its listeners once it is accepting."""
+    gc.set_threshold(*GC_THRESHOLDS)
     async with trio.open_nursery() as nursery:
         server = SignalingServer(build_switchboard(config), nursery)
         listeners: list[trio.SocketListener] = await nursery.start(

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from functools import cache
 from typing import Any
 
-import jsonschema_rs
 import orjson
 import trio
 from attrs import frozen
 
-from callbox.codec import FAST, REFERENCE, REGISTRY
+from callbox.codec import FAST
 from callbox.conformance.context import Context
+from callbox.conformance.generation import generator_schema, json_safe
 from callbox.conformance.registry import Case, CaseFunction, Skip, add
 from callbox.conformance.steps import Pacer, check
 from callbox.messages import CLIENT_MESSAGES, Error, ErrorCode
@@ -31,7 +30,6 @@ UNKNOWN_KEY = "unexpected_field"
 OTHER_VALUES: tuple[Any, ...] = (12345, "x", True, None, [], {})
 """Replacements for a value, one of each JSON type; the first of another type that makes the
 instance invalid is used."""
-MAX_SAFE_INTEGER = 2**53 - 1
 _HYPOTHESIS = threading.Lock()
 """Hypothesis runs in a worker thread (it would block the event loop), one at a time."""
 
@@ -47,37 +45,6 @@ class Mutant:
 
 
 # Generating ---------------------------------------------------------------------------------------
-
-
-@cache
-def _registry() -> jsonschema_rs.Registry:
-    return jsonschema_rs.Registry([(uri, REGISTRY.contents(uri)) for uri in REGISTRY])
-
-
-def generator_schema(tag: str) -> dict[str, Any]:
-    """The client message schema in the draft-07 form hypothesis-jsonschema understands:
-    references inlined, `dependentRequired` as the equivalent `dependencies`."""
-    source = REFERENCE["client"][tag].schema
-    assert isinstance(source, dict)
-    schema: dict[str, Any] = jsonschema_rs.dereference(dict(source), registry=_registry())
-    schema.pop("$schema", None)
-    if "dependentRequired" in schema:
-        schema["dependencies"] = schema.pop("dependentRequired")
-    return schema
-
-
-def _json_safe(value: Any) -> Any:
-    """Integers clamped to the JavaScript safe range: a field the schema leaves free
-    (`room_broadcast.data`) gets integers orjson cannot encode."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return max(-MAX_SAFE_INTEGER, min(MAX_SAFE_INTEGER, value))
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    return value
 
 
 def generate(tag: str, count: int, seed: int) -> list[dict[str, Any]]:
@@ -96,7 +63,7 @@ def generate(tag: str, count: int, seed: int) -> list[dict[str, Any]]:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(from_schema(generator_schema(tag)).map(_json_safe))
+    @given(from_schema(generator_schema("client", tag)).map(json_safe))
     def collect(instance: dict[str, Any]) -> None:
         found.append(instance)
 
@@ -108,7 +75,7 @@ def generate(tag: str, count: int, seed: int) -> list[dict[str, Any]]:
 def mutants(tag: str, instances: list[dict[str, Any]]) -> Iterator[Mutant]:
     """Each instance spoilt four ways (the key spoilt rotates with the instance); only those
     that the schema refuses."""
-    schema = generator_schema(tag)
+    schema = generator_schema("client", tag)
     for index, instance in enumerate(instances):
         for mutant in _spoil(schema, index, {**instance, "rid": f"n{index}"}):
             if not FAST["client"][tag].is_valid(mutant.wire):
