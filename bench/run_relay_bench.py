@@ -1,5 +1,7 @@
 """One command for the relay-throughput numbers behind docs/decisions/0001-transport.md.
 
+(The full benchmark, against PeerJS too, is bench/run_bench.py; it reuses this file's machinery.)
+
 For each target (the two bare relays of bench/bare_relays.py and the real ``callbox serve``)
 and each pair count, REPS times with the targets alternating (so drift hits them alike): start
 the server pinned to core 0, run bench/relay_load.py pinned to core 1, read the server's CPU
@@ -160,7 +162,7 @@ def run_once(target: Target, pairs: int, args: argparse.Namespace, log_dir: Path
     return Run(
         target.name,
         pairs,
-        result["msgs_per_s"],
+        result["per_s"],
         server_cpu_pct,
         result["generator_cpu_pct"],
         cores_pct - server_cpu_pct - result["generator_cpu_pct"],
@@ -176,6 +178,7 @@ def drive(
         sys.executable, str(BENCH / "relay_load.py"), target.protocol,
         "--port", str(port), "--pairs", str(pairs), "--procs", str(args.procs),
         "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+        "--phase", f"relay:{args.size}",
     ]  # fmt: skip
     deadline = time.monotonic() + args.warmup + args.seconds + GENERATOR_SLACK_S
     marks: dict[str, tuple[float, float, float]] = {}
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=1, help="generator processes")
+    parser.add_argument("--size", type=int, default=256, help="bytes per client message")
     args = parser.parse_args()
 
     # 1000 pairs are 2000 sockets in the server and in the generator; children inherit this.
