@@ -381,12 +381,15 @@ def verdict(ratio: float | None, target: str | None) -> str:
 def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
     targets = [t for t in args.targets]
     header = ["figure", *(TARGETS[t].label for t in targets)]
-    has_peerjs, has_bare = "peerjs" in targets, "bare" in targets
+    with_callbox = "callbox" in targets  # the ratios are callbox's: without it, there are none
+    has_peerjs = with_callbox and "peerjs" in targets
+    has_bare = with_callbox and "bare" in targets
     if has_peerjs:
         header.append("callbox / PeerJS")
     if has_bare:
         header.append("callbox / bare")
-    header.append("target (callbox's ratio)")
+    if with_callbox:
+        header.append("target (callbox's ratio)")
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 2) + "|---|"]
     cpu_lines = [
         "| figure | target | server CPU % | generator CPU % | others CPU % | clean runs |",
@@ -425,7 +428,8 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
             if target is not None:
                 label = "PeerJS" if other == "peerjs" else "bare"
                 verdicts.append(f"vs {label} {verdict(ratio, target)}")
-        cells.append("; ".join(verdicts))
+        if with_callbox:
+            cells.append("; ".join(verdicts))
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     return [*lines, "", *cpu_lines]
 

@@ -111,8 +111,9 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("JWT_SECRET is not set: development mode, clients say who they are")
 
     # Imported here so that --help, schemas and version work without the server's dependencies.
-    from callbox.server.app import serve  # noqa: PLC0415
+    from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
 
+    tune_garbage_collector()
     try:
         trio.run(_serve_until_signalled, serve, config)
     except* KeyboardInterrupt:

@@ -128,6 +128,7 @@ FAST: Mapping[Direction, Mapping[str, jsonschema_rs.Validator]] = {
 }
 """jsonschema-rs validators by direction and ``type``: they decide what is accepted."""
 
+
 def python_pattern(ecma: str) -> str:
     """An ECMA-262 ``pattern`` written so Python's ``re`` reads it the same: ``$`` becomes ``\\Z``.
 

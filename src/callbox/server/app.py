@@ -67,6 +67,13 @@ generation is new); young collections stay small, so their pauses stay under a m
 Garbage cycles (trio's, on closed connections) wait longer for collection, which costs memory,
 not correctness. Measured in docs/benchmarks.md.
 """
+
+
+def tune_garbage_collector() -> None:
+    """Sets `GC_THRESHOLDS` for the process (see there why)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -294,8 +301,11 @@ async def serve(
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the signaling server until cancelled; reports its listeners once it is accepting."""
-    gc.set_threshold(*GC_THRESHOLDS)
+    """Run the signaling server until cancelled; reports its listeners once it is accepting.
+
+    A process that is only this server should also `tune_garbage_collector()`; `callbox serve`
+    does. It is not done here because the collector's settings belong to the whole process.
+    """
     async with trio.open_nursery() as nursery:
         server = SignalingServer(build_switchboard(config), nursery)
         listeners: list[trio.SocketListener] = await nursery.start(
