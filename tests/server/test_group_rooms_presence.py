@@ -32,6 +32,16 @@ async def answer(client: Client, call_id: str, *already_in: Client) -> dict[str,
     return accepted
 
 
+async def b_answers_a_call_to_b_and_c(stack: AsyncExitStack, url: str) -> list[Client]:
+    """a rings b and c; b answers, c is still ringing. Returns [a, b, c]."""
+    a, b, c = await everyone(stack, url, "a", "b", "c")
+    call = {"type": "call_initiate", "call_id": "mesh-0001", "to": ["b", "c"], "media": MEDIA}
+    await a.send(call)
+    await a.expect("call_ringing")
+    await answer(b, "mesh-0001", a)
+    return [a, b, c]
+
+
 async def test_four_party_call_with_a_leave_and_a_late_join(nursery: trio.Nursery) -> None:
     url = await start(nursery)
     async with AsyncExitStack() as stack:
@@ -64,12 +74,7 @@ async def test_one_invitee_times_out_alone(
 ) -> None:
     url = await start(nursery)
     async with AsyncExitStack() as stack:
-        a, b, c = await everyone(stack, url, "a", "b", "c")
-        await a.send(
-            {"type": "call_initiate", "call_id": "mesh-0001", "to": ["b", "c"], "media": MEDIA}
-        )
-        await a.expect("call_ringing")
-        await answer(b, "mesh-0001", a)
+        a, b, c = await b_answers_a_call_to_b_and_c(stack, url)
         await c.expect("call_incoming")
         await c.expect("call_ended", reason="ring_timeout")
         await a.expect("call_rejected", by="c", reason="ring_timeout")
@@ -99,12 +104,7 @@ async def test_the_cap_ends_a_group_call(
 ) -> None:
     url = await start(nursery)
     async with AsyncExitStack() as stack:
-        a, b, c = await everyone(stack, url, "a", "b", "c")
-        await a.send(
-            {"type": "call_initiate", "call_id": "mesh-0001", "to": ["b", "c"], "media": MEDIA}
-        )
-        await a.expect("call_ringing")
-        await answer(b, "mesh-0001", a)
+        a, b, c = await b_answers_a_call_to_b_and_c(stack, url)
         started = trio.current_time()
         await answer(c, "mesh-0001", a, b)
         for client in (a, b, c):
