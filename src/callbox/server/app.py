@@ -128,18 +128,20 @@ class SignalingServer:
         started = perf_counter()
         # The time the data was read: the transport has just taken it, so no clock read here.
         actions = self.switchboard.receive(conn.id, data, conn.last_received)
-        if len(actions) == 1:
-            action = actions[0]
-            if isinstance(action, Send) and isinstance(action.message, RELAYED):
-                # A relayed message, most of the traffic: straight to its one recipient.
-                connection = self._connections.get(action.conn)
-                if connection is not None:
-                    connection.send_text(encode(action.message, seq=action.seq))
-                self.metrics.relay_seconds.observe(perf_counter() - started)
-                return
-        self._carry_out(actions)
-        if actions and isinstance(actions[0], Send) and isinstance(actions[0].message, RELAYED):
-            self.metrics.relay_seconds.observe(perf_counter() - started)
+        first = actions[0] if actions else None
+        if not (isinstance(first, Send) and isinstance(first.message, RELAYED)):
+            self._carry_out(actions)
+            return
+        if len(actions) == 1:  # a relay, most of the traffic: straight to its one recipient
+            self._write(first.conn, encode(first.message, seq=first.seq))
+        else:
+            self._carry_out(actions)
+        self.metrics.relay_seconds.observe(perf_counter() - started)
+
+    def _write(self, conn: int, data: bytes) -> None:
+        connection = self._connections.get(conn)
+        if connection is not None:
+            connection.send_text(data)
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
@@ -178,17 +180,14 @@ class SignalingServer:
                 case Send(conn, message, seq):
                     if isinstance(message, Error):
                         self.metrics.errors[message.code] += 1
-                    connection = self._connections.get(conn)
-                    if connection is None:
-                        continue
                     stamped = getattr(message, "seq", None) is not None
                     if message is not last or seq is None or stamped:
                         last, unsequenced = message, None
-                        connection.send_text(encode(message, seq=seq))
+                        self._write(conn, encode(message, seq=seq))
                     else:
                         if unsequenced is None:
                             unsequenced = encode(message)
-                        connection.send_text(with_seq(unsequenced, seq))
+                        self._write(conn, with_seq(unsequenced, seq))
                 case Close(conn, code, reason):
                     connection = self._connections.get(conn)
                     if connection is not None:
