@@ -16,8 +16,8 @@ from callbox.auth import AuthError
 from callbox.codec import decode_server, encode
 from callbox.config import Config
 from callbox.core.actions import (
+    CALL_TIMERS,
     Action,
-    CallTimer,
     CancelTimer,
     Close,
     CloseCall,
@@ -30,7 +30,6 @@ from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
 
 Wire = dict[str, Any]
-CallTimerTypes = CallTimer.__args__
 
 
 class Harness:
@@ -120,7 +119,7 @@ class Harness:
                         self.timers.pop(key, None)
                 case StartTimer(key, deadline):
                     self.timers[key] = deadline
-                    if isinstance(key, CallTimerTypes):
+                    if isinstance(key, CALL_TIMERS):
                         self._timers_of_call.setdefault(key.call_id, set()).add(key)
                 case CancelTimer(key):
                     self.timers.pop(key, None)

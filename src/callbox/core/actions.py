@@ -80,6 +80,8 @@ class IceRefreshTimer:
 
 
 CallTimer = RingTimer | ExpiryWarningTimer | DurationCapTimer
+CALL_TIMERS = (RingTimer, ExpiryWarningTimer, DurationCapTimer)
+"""The classes of `CallTimer`, for `isinstance`: these timers belong to a call's nursery."""
 SessionTimer = GraceTimer | IceRefreshTimer
 TimerKey = CallTimer | SessionTimer
 

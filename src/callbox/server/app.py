@@ -13,8 +13,10 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from time import perf_counter
+from typing import Any
 
 import trio
 from attrs import define, field
@@ -23,8 +25,8 @@ from callbox.auth import authenticate
 from callbox.codec import encode, with_seq
 from callbox.config import Config
 from callbox.core.actions import (
+    CALL_TIMERS,
     Action,
-    CallTimer,
     CancelTimer,
     Close,
     CloseCall,
@@ -101,8 +103,15 @@ class CallTasks:
 
     cancel_scope: trio.CancelScope = field(factory=trio.CancelScope)
     nursery: trio.Nursery | None = None
-    pending: list[tuple[CallTimer, float, trio.CancelScope]] = field(factory=list)
+    pending: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = field(factory=list)
+    """Tasks asked for before the call's task has opened its nursery."""
     timers: dict[TimerKey, trio.CancelScope] = field(factory=dict)
+
+    def start_soon(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self.nursery is None:
+            self.pending.append((task, args))
+        else:
+            self.nursery.start_soon(task, *args)
 
 
 class SignalingServer:
@@ -209,37 +218,34 @@ class SignalingServer:
                         scope.cancel()
 
     def _timers_of(self, key: TimerKey) -> dict[TimerKey, trio.CancelScope]:
-        if isinstance(key, CallTimerTypes):
+        if isinstance(key, CALL_TIMERS):
             tasks = self._calls.get(key.call_id)
             return {} if tasks is None else tasks.timers
         return self._session_timers
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
-        timers = self._timers_of(key)
+        """Runs the timer in its call's nursery, or the server's for a session's timer."""
+        start_soon: Callable[..., None]
+        if isinstance(key, CALL_TIMERS):
+            tasks = self._calls.get(key.call_id)
+            if tasks is None:  # the call has already ended
+                return
+            timers, start_soon = tasks.timers, tasks.start_soon
+        else:
+            timers, start_soon = self._session_timers, self._nursery.start_soon
         previous = timers.pop(key, None)
         if previous is not None:
             previous.cancel()
-        scope = trio.CancelScope()
-        if isinstance(key, CallTimerTypes):
-            tasks = self._calls.get(key.call_id)
-            if tasks is None:
-                return
-            tasks.timers[key] = scope
-            if tasks.nursery is None:
-                tasks.pending.append((key, deadline, scope))
-            else:
-                tasks.nursery.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
-        else:
-            self._session_timers[key] = scope
-            self._nursery.start_soon(self._run_timer, key, deadline, scope, self._session_timers)
+        scope = timers[key] = trio.CancelScope()
+        start_soon(self._run_timer, key, deadline, scope, timers)
 
     async def _supervise_call(self, tasks: CallTasks) -> None:
         """The call's nursery: lives until the call ends, and takes its timers with it."""
         with tasks.cancel_scope:
             async with trio.open_nursery() as nursery:
                 tasks.nursery = nursery
-                for key, deadline, scope in tasks.pending:
-                    nursery.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
+                for task, args in tasks.pending:
+                    nursery.start_soon(task, *args)
                 tasks.pending.clear()
                 await trio.sleep_forever()
 
@@ -257,9 +263,6 @@ class SignalingServer:
         if owner.get(key) is scope:
             del owner[key]
         self._carry_out(self.switchboard.timer_fired(key, trio.current_time()))
-
-
-CallTimerTypes = CallTimer.__args__
 
 
 def build_switchboard(config: Config) -> Switchboard:
