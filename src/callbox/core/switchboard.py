@@ -335,11 +335,8 @@ class Switchboard:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
-            self._out.append(
-                Send(link.conn, Error(code="auth_failed", message=str(exc), rid=hello.rid))
-            )
-            self._out.append(Close(link.conn, CLOSE_AUTH_FAILED, "authentication failed"))
-            del self._links[link.conn]
+            failed = Error(code="auth_failed", message=str(exc), rid=hello.rid)
+            self._turn_away(link, failed, CLOSE_AUTH_FAILED, "authentication failed")
             return
         if hello.resume is not None and hello.last_seq is not None:
             old = self._by_resume_token.get(hello.resume)
@@ -352,11 +349,8 @@ class Switchboard:
         if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
             limit = self.config.max_sessions_per_user
             message = f"user {user_id} already has {limit} sessions, the most allowed"
-            self._out.append(
-                Send(link.conn, Error(code="session_limit", message=message, rid=hello.rid))
-            )
-            self._out.append(Close(link.conn, CLOSE_POLICY, "too many sessions"))
-            del self._links[link.conn]
+            refused = Error(code="session_limit", message=message, rid=hello.rid)
+            self._turn_away(link, refused, CLOSE_POLICY, "too many sessions")
             return
         session = Session(
             session_id=self.new_token(12),
@@ -376,6 +370,12 @@ class Switchboard:
         self._welcome(session, resumed=False, rid=hello.rid, now=now)
         self._ring_new_device(session, now)
         self._refresh_presence(user_id)
+
+    def _turn_away(self, link: Link, error: Error, code: int, reason: str) -> None:
+        """Refuse a `hello`: say why, close the connection, and forget it."""
+        self._out.append(Send(link.conn, error))
+        self._out.append(Close(link.conn, code, reason))
+        del self._links[link.conn]
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
         assert session.conn is not None
