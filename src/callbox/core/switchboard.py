@@ -799,7 +799,8 @@ class Switchboard:
     def _end_call(
         self, call: Call, reason: EndReason, by: str | None, detail: HangupReason | None = None
     ) -> None:
-        """The call is over: every session still involved gets its one `call_ended`."""
+        """The call is over (the table has moved it to `ended`): every session still involved
+        gets its one `call_ended`."""
         ended = CallEnded(call_id=call.call_id, reason=reason, by=by, detail=detail)
         for party in call.parties.values():
             devices = set(party.ringing_sessions)
@@ -812,7 +813,7 @@ class Switchboard:
             party.ringing_sessions.clear()
             party.session_id = None
             self._unlink(party.user_id, call.call_id)
-        call.state = CallState.ENDED
+        assert call.state is CallState.ENDED, "only a transition of the table ends a call"
         del self._calls[call.call_id]
         room = None if call.room is None else self._rooms.get(call.room)
         if room is not None and room.call_id == call.call_id:
