@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import resource
-import select
 import shutil
 import statistics
 import subprocess
@@ -49,12 +48,12 @@ from run_relay_bench import (
     CONTENDED_OTHERS_PCT,
     GENERATOR_CORE,
     SERVER_CORE,
-    cores_busy_seconds,
-    cpu_seconds,
     free_port,
+    generator_lines,
     machine_facts,
     stop,
     wait_listening,
+    window_mark,
 )
 
 PEERJS_VERSION = "1.0.2"
@@ -177,19 +176,9 @@ class Bench:
         ) as generator:
             assert generator.stdout is not None and generator.stdin is not None
             try:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if (
-                        remaining <= 0
-                        or not select.select([generator.stdout], [], [], remaining)[0]
-                    ):
-                        raise RuntimeError("generator timed out")
-                    line = generator.stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"generator exited with {generator.wait()}")
-                    word, _, rest = line.strip().partition(" ")
+                for word, rest in generator_lines(generator, deadline):
                     if word in ("window-start", "window-end"):
-                        marks[word] = (time.monotonic(), cpu_seconds(pid), cores_busy_seconds())
+                        marks[word] = window_mark(pid)
                     elif word == "result":
                         result = orjson.loads(rest)
                         (t0, s0, c0), (t1, s1, c1) = marks["window-start"], marks["window-end"]

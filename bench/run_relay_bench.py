@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,29 +185,38 @@ def drive(
     marks: dict[str, tuple[float, float, float]] = {}
     result: dict[str, Any] | None = None
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as generator:
-        assert generator.stdout is not None
         try:
-            while result is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([generator.stdout], [], [], remaining)[0]:
-                    raise RuntimeError("generator timed out")
-                line = generator.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"generator exited with {generator.wait()}")
-                word, _, rest = line.strip().partition(" ")
+            for word, rest in generator_lines(generator, deadline):
                 if word in ("window-start", "window-end"):
-                    marks[word] = (
-                        time.monotonic(),
-                        cpu_seconds(server_pid),
-                        cores_busy_seconds(),
-                    )
+                    marks[word] = window_mark(server_pid)
                 elif word == "result":
                     result = orjson.loads(rest)
+                    break
         finally:
             if generator.poll() is None:
                 generator.wait(10)
+    assert result is not None  # generator_lines only ends by raising, so the loop broke on it
     (t0, server0, cores0), (t1, server1, cores1) = marks["window-start"], marks["window-end"]
     return result, 100 * (server1 - server0) / (t1 - t0), 100 * (cores1 - cores0) / (t1 - t0)
+
+
+def generator_lines(generator: subprocess.Popen[str], deadline: float) -> Iterator[tuple[str, str]]:
+    """The generator's report lines as (first word, rest); fails on exit or past `deadline`."""
+    assert generator.stdout is not None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([generator.stdout], [], [], remaining)[0]:
+            raise RuntimeError("generator timed out")
+        line = generator.stdout.readline()
+        if not line:
+            raise RuntimeError(f"generator exited with {generator.wait()}")
+        word, _, rest = line.strip().partition(" ")
+        yield word, rest
+
+
+def window_mark(server_pid: int) -> tuple[float, float, float]:
+    """When, and how much CPU the server and both cores had used, at a window's edge."""
+    return time.monotonic(), cpu_seconds(server_pid), cores_busy_seconds()
 
 
 def machine_facts() -> list[str]:
