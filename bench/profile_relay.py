@@ -147,7 +147,8 @@ def breakdown(
     sends = sb.receive(conns[0].id, data, trio.current_time())
     send = sends[0]
     assert isinstance(send, Send), sends
-    assert kind == send.message.TYPE, send
+    relayed = codec.decode_server(send.frame)
+    assert kind == relayed.TYPE, send
     stages = [
         ("on_text (whole shell path, no socket)", whole),
         ("  Switchboard.receive", receive),
@@ -155,9 +156,9 @@ def breakdown(
         ("    fast validator is_valid", lambda: fast.is_valid(obj)),
         ("    structure (per-type)", lambda: structure(obj)),
         ("    decode_client (all three)", lambda: codec.decode_client(data)),
-        ("  encode(relayed, seq)", lambda: codec.encode(send.message, seq=send.seq)),
+        ("    encode(relayed, seq)", lambda: codec.encode(relayed, seq=1)),
     ]
-    print(f"\n{kind}, {len(data)} bytes in, {len(codec.encode(send.message, seq=1))} out:")
+    print(f"\n{kind}, {len(data)} bytes in, {len(send.frame)} out:")
     for label, fn in stages:
         per_call(fn, n // 10)  # warm
         print(f"  {label:<42} {min(per_call(fn, n // 5) for _ in range(9)):6.2f} us")

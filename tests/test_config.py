@@ -28,7 +28,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.heartbeat_ms == 15_000
     assert config.max_message_bytes == 262_144
     assert config.send_buffer_bytes == MIB == 1_048_576
-    assert config.replay_buffer_messages == 256
+    assert (config.replay_buffer_messages, config.replay_buffer_bytes) == (256, 65_536)
     assert (config.max_participants, config.max_calls_per_user) == (8, 4)
     assert config.max_sessions_per_user == 8
     assert (config.messages_per_second, config.message_burst) == (50, 200)
@@ -54,6 +54,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "MAX_MESSAGE_BYTES",
         "SEND_BUFFER_BYTES",
         "REPLAY_BUFFER_MESSAGES",
+        "REPLAY_BUFFER_BYTES",
         "MAX_PARTICIPANTS",
         "MAX_CALLS_PER_USER",
         "MAX_SESSIONS_PER_USER",

@@ -318,7 +318,8 @@ and close 4001. Without `JWT_SECRET` (development mode) `hello` says `user_id` a
 A session outlives its connection. Any loss of the connection other than `bye` (a clean close
 included) starts a grace period of `limits.reconnect_grace_ms`, during which the session still
 counts as connected: it is rung, it stays in its calls and rooms, and what is sent to it is kept
-(at most `REPLAY_BUFFER_MESSAGES` messages; one more ends the session at once).
+(at most `REPLAY_BUFFER_MESSAGES` messages and `REPLAY_BUFFER_BYTES` bytes; one more ends the
+session at once).
 
 To resume, open a new connection and send `hello` with the credentials again (resuming never
 bypasses authentication) plus `resume` (the `resume_token` of the **latest** `welcome`) and

@@ -306,6 +306,13 @@ class Config:
         check=_int_at_least(1),
         parse=_parse_int,
     )
+    replay_buffer_bytes: int = _setting(
+        64 * KIB,
+        env="REPLAY_BUFFER_BYTES",
+        meaning="bytes of server messages kept per session for resume",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
     max_participants: int = _setting(
         8,
         env="MAX_PARTICIPANTS",

@@ -164,9 +164,9 @@ async def test_a_server_sending_invalid_messages_fails(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The relayed offer loses its `from`: every message is checked against the schemas."""
-    from callbox.server import app  # noqa: PLC0415
+    from callbox.core import switchboard  # noqa: PLC0415
 
-    encode = app.encode
+    encode = switchboard.encode
 
     def without_from(message: ServerMessage, *, seq: int | None = None) -> bytes:
         wire = orjson.loads(encode(message, seq=seq))
@@ -174,7 +174,7 @@ async def test_a_server_sending_invalid_messages_fails(
             del wire["from"]
         return orjson.dumps(wire)
 
-    monkeypatch.setattr(app, "encode", without_from)
+    monkeypatch.setattr(switchboard, "encode", without_from)
     url = await start(nursery)
     assert await conformance(url, "--only", "relay") == 1
     out = capsys.readouterr().out

@@ -1,8 +1,7 @@
 """Drive a Switchboard without sockets or a real clock, the way h11's tests wire machines together.
 
-Every message the switchboard sends is encoded exactly as the shell would encode it, decoded again
-with schema validation, and kept per connection as its wire dict, so each test also proves that what
-it saw is valid against `schemas/`.
+Every frame the switchboard sends is decoded with schema validation and kept per connection as its
+wire dict, so each test also proves that what it saw is valid against `schemas/`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 
 from callbox.auth import AuthError
-from callbox.codec import decode_server, encode
+from callbox.codec import decode_server
 from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
@@ -103,11 +102,10 @@ class Harness:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             match action:
-                case Send(conn, message, seq):
-                    assert conn not in self.closed, f"sent {message} to closed connection {conn}"
-                    wire = orjson.loads(encode(message, seq=seq))
-                    decode_server(orjson.dumps(wire))  # raises if not valid against schemas/
-                    self.inbox[conn].append(wire)
+                case Send(conn, frame):
+                    assert conn not in self.closed, f"sent {frame!r} to closed connection {conn}"
+                    decode_server(frame)  # raises if not valid against schemas/
+                    self.inbox[conn].append(orjson.loads(frame))
                 case Close(conn, code, reason):
                     self.closed[conn] = (code, reason)
                 case OpenCall(call_id):

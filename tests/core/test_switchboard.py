@@ -415,6 +415,72 @@ def test_resume_refused_when_history_is_gone(h: Harness) -> None:
     h.expect(new, "welcome", resumed=False)
 
 
+def offer(sdp: str) -> dict[str, str]:
+    return {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": sdp}
+
+
+def test_replay_bytes_bound_a_connected_session_oldest_first() -> None:
+    h = Harness(replay_buffer_bytes=3000)
+    alice = h.login("alice")
+    bob = h.login("bob")
+    token = h.welcome_of[bob]["resume_token"]
+    call_between(h, alice, bob)  # bob's seq 1 and 2: small
+    for n in range(3):  # seq 3, 4, 5: ~1,060 bytes each, so 5 pushes out 1, 2 and 3
+        h.send(alice, offer(f"v=0 {n} " + "a" * 1000))
+    assert [m["seq"] for m in h.take_all(bob)] == [3, 4, 5]
+    h.drop(bob)
+    stale = h.open()
+    h.send(stale, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    h.expect(stale, "welcome", resumed=False)  # seq 3 is no longer held
+
+
+def test_replay_bytes_keep_what_fits_for_a_resume() -> None:
+    h = Harness(replay_buffer_bytes=3000)
+    alice = h.login("alice")
+    bob = h.login("bob")
+    token = h.welcome_of[bob]["resume_token"]
+    call_between(h, alice, bob)
+    for n in range(3):
+        h.send(alice, offer(f"v=0 {n} " + "a" * 1000))
+    h.drop(bob)
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 3})
+    h.expect(new, "welcome", resumed=True)
+    assert [(m["seq"], m["sdp"][:5]) for m in h.take_all(new)] == [(4, "v=0 1"), (5, "v=0 2")]
+
+
+def test_one_frame_over_the_replay_bytes_is_kept_alone_while_connected() -> None:
+    h = Harness(replay_buffer_bytes=500)
+    alice = h.login("alice")
+    bob = h.login("bob")
+    token = h.welcome_of[bob]["resume_token"]
+    call_between(h, alice, bob)
+    h.send(alice, offer("v=0 " + "a" * 1000))
+    h.expect(bob, "sdp_offer", seq=3)
+    h.drop(bob)
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    h.expect(new, "welcome", resumed=True)
+    h.expect(new, "sdp_offer", seq=3)
+
+
+def test_replay_bytes_passed_while_away_end_the_session() -> None:
+    h = Harness(replay_buffer_bytes=3000)
+    alice = h.login("alice")
+    bob = h.login("bob")
+    token = h.welcome_of[bob]["resume_token"]
+    call_between(h, alice, bob)
+    h.drop(bob)
+    h.send(alice, offer("v=0 " + "a" * 1000))
+    h.send(alice, offer("v=0 " + "b" * 1000))
+    h.quiet(alice)  # two fit
+    h.send(alice, offer("v=0 " + "c" * 1000))
+    h.expect(alice, "call_ended", reason="disconnected")  # the third ended bob's session
+    new = h.open()
+    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    h.expect(new, "welcome", resumed=False)
+
+
 def test_resume_with_last_seq_ahead_is_a_new_session(h: Harness) -> None:
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from attrs import frozen
 
-from callbox.messages import EndReason, ServerMessage
+from callbox.messages import EndReason
 
 ConnId = int
 
 
 @frozen
 class Send:
-    """Write `message` to connection `conn`, stamped with `seq` when it is a session message."""
+    """Write `frame` to connection `conn`: one server message, encoded (and numbered) by the core.
+
+    The core encodes, as h11 returns bytes: what a session may have to replay is then bytes the
+    allocator sizes exactly and the garbage collector never traverses, and a message sent to many
+    sessions is serialized once.
+    """
 
     conn: ConnId
-    message: ServerMessage
-    seq: int | None = None
+    frame: bytes
 
 
 @frozen

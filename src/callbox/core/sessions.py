@@ -13,12 +13,12 @@ from attrs import define, field
 
 from callbox.codec import positional_constructor
 from callbox.core.actions import ConnId, Send
-from callbox.messages import PresenceStatus, ServerMessage
+from callbox.messages import PresenceStatus
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
 
-_NEW_SEND = positional_constructor(Send)  # Send(conn, message, seq), once per message sent
+_NEW_SEND = positional_constructor(Send)  # Send(conn, frame), once per message sent
 
 
 @define
@@ -49,13 +49,17 @@ class Session:
     user_id: str
     device_id: str | None
     resume_token: str
-    replay_limit: int
+    replay_messages: int
+    """At most this many frames are kept for replay..."""
+    replay_bytes: int
+    """...and at most this many bytes of them (one frame larger than that is kept alone)."""
     conn: ConnId | None = None
     next_seq: int = 1
-    replay: deque[ServerMessage] | None = None
-    """The last messages sent, oldest first, from the first one on (a deque takes ~600 bytes:
-    idle sessions are most sessions). Their `seq`s are consecutive and end at `next_seq - 1`,
-    so they are not stored: no tuple per message for the allocator and the collector."""
+    replay: deque[bytes] | None = None
+    """The last frames sent, oldest first, from the first one on (a deque takes ~600 bytes:
+    idle sessions are most sessions). Their `seq`s are consecutive and end at `next_seq - 1`."""
+    replay_held: int = 0
+    """Bytes in `replay`."""
     call_id: str | None = None
     """The call this device has joined; a device is in at most one call."""
     ringing: set[str] = field(factory=set)
@@ -69,23 +73,28 @@ class Session:
     """Users whose presence this session has subscribed to."""
     broadcast_bucket: TokenBucket | None = None
 
-    def deliver(self, message: ServerMessage) -> Send | None:
-        """Number `message`, keep it for replay, and say where to send it now (if connected).
+    def deliver(self, frame: bytes) -> Send | None:
+        """Keep `frame`, the message numbered `next_seq`, for replay, and say where to send it
+        now (if connected). The oldest frames make room when a replay limit is passed.
 
-        Raises `ReplayOverflow` when the session is in its grace period and its replay buffer is
-        full: the session must end rather than lose a message its client would never know about.
+        Raises `ReplayOverflow` when the session is in its grace period and a limit is passed:
+        the session must end rather than lose a message its client would never know about.
         """
-        seq = self.next_seq
-        self.next_seq = seq + 1
+        self.next_seq += 1
         replay = self.replay
         if replay is None:
             replay = self.replay = deque()
-        replay.append(message)
-        if len(replay) > self.replay_limit:
+        replay.append(frame)
+        held = self.replay_held + len(frame)
+        if held > self.replay_bytes or len(replay) > self.replay_messages:
             if self.conn is None:
                 raise ReplayOverflow(self.session_id)
-            replay.popleft()
-        return None if self.conn is None else _NEW_SEND(self.conn, message, seq)
+            while len(replay) > 1 and (
+                held > self.replay_bytes or len(replay) > self.replay_messages
+            ):
+                held -= len(replay.popleft())
+        self.replay_held = held
+        return None if self.conn is None else _NEW_SEND(self.conn, frame)
 
     def can_replay_after(self, last_seq: int) -> bool:
         """Whether every message after `last_seq` is still held (or there are none)."""
@@ -97,9 +106,7 @@ class Session:
         replay = self.replay or ()
         first_held = self.next_seq - len(replay)
         return [
-            Send(self.conn, message, seq)
-            for seq, message in enumerate(replay, first_held)
-            if seq > last_seq
+            Send(self.conn, frame) for seq, frame in enumerate(replay, first_held) if seq > last_seq
         ]
 
     def forget_call(self, call_id: str) -> None:

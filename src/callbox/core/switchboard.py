@@ -21,7 +21,7 @@ import orjson
 from attrs import define, field, frozen
 
 from callbox.auth import AuthError
-from callbox.codec import ProtocolError, decode_client, positional_constructor
+from callbox.codec import ProtocolError, decode_client, encode, positional_constructor, with_seq
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
@@ -171,6 +171,11 @@ class Switchboard:
     _out: list[Action] = field(factory=list, init=False)
     received: Counter[str] = field(factory=Counter, init=False)
     """Client messages decoded, by type (for metrics)."""
+    errors: Counter[str] = field(factory=Counter, init=False)
+    """`error` messages sent, by code (for metrics)."""
+    _encoded: ServerMessage | None = field(default=None, init=False)
+    _unnumbered: bytes = field(default=b"", init=False)
+    """`_encoded`, encoded without `seq`: each session's frame splices its own `seq` in."""
     _overflowed: list[Session] = field(factory=list, init=False)
 
     # -----------------------------------------------------------------------------------------
@@ -247,6 +252,7 @@ class Switchboard:
 
     def _begin(self) -> None:
         self._out = []
+        self._encoded, self._unnumbered = None, b""
 
     def _end(self) -> list[Action]:
         """The actions of the event just handled.
@@ -261,8 +267,11 @@ class Switchboard:
         return self._out
 
     def _send(self, session: Session, message: ServerMessage) -> None:
+        """Number `message` in `session`'s sequence and send it (or keep it, if it is away)."""
+        if message is not self._encoded:  # else the same to another session: a room broadcast
+            self._encoded, self._unnumbered = message, encode(message)
         try:
-            send = session.deliver(message)
+            send = session.deliver(with_seq(self._unnumbered, session.next_seq))
         except ReplayOverflow:
             self._overflowed.append(session)
             return
@@ -273,10 +282,16 @@ class Switchboard:
         self, link: Link, code: ErrorCode, message: str, path: str | None, rid: str | None
     ) -> None:
         error = Error(code=code, message=message, path=path, rid=rid)
+        self.errors[code] += 1
         if link.session is None:
-            self._out.append(Send(link.conn, error))
+            self._send_unnumbered(link.conn, error)
         else:
             self._send(link.session, error)
+
+    def _send_unnumbered(self, conn: ConnId, message: ServerMessage) -> None:
+        """Send outside the session's sequence: not replayed (`welcome`, `pong`, `error`s
+        before `hello`)."""
+        self._out.append(Send(conn, encode(message)))
 
     def _dispatch(self, link: Link, message: ClientMessage, now: float) -> None:
         session = link.session
@@ -295,7 +310,7 @@ class Switchboard:
                     reason = "already authenticated: hello is sent once"
                     self._error(link, "invalid_state", reason, "/type", message.rid)
                 case Ping():
-                    self._out.append(Send(link.conn, Pong(ts=message.ts, rid=message.rid)))
+                    self._send_unnumbered(link.conn, Pong(ts=message.ts, rid=message.rid))
                 case Bye():
                     self._end_session(session)
                     self._links.pop(link.conn, None)
@@ -335,8 +350,8 @@ class Switchboard:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
-            failed = Error(code="auth_failed", message=str(exc), rid=hello.rid)
-            self._turn_away(link, failed, CLOSE_AUTH_FAILED, "authentication failed")
+            closing = (CLOSE_AUTH_FAILED, "authentication failed")
+            self._turn_away(link, "auth_failed", str(exc), hello.rid, closing)
             return
         if hello.resume is not None and hello.last_seq is not None:
             old = self._by_resume_token.get(hello.resume)
@@ -349,15 +364,16 @@ class Switchboard:
         if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
             limit = self.config.max_sessions_per_user
             message = f"user {user_id} already has {limit} sessions, the most allowed"
-            refused = Error(code="session_limit", message=message, rid=hello.rid)
-            self._turn_away(link, refused, CLOSE_POLICY, "too many sessions")
+            closing = (CLOSE_POLICY, "too many sessions")
+            self._turn_away(link, "session_limit", message, hello.rid, closing)
             return
         session = Session(
             session_id=self.new_token(12),
             user_id=user_id,
             device_id=hello.device_id,
             resume_token=self.new_token(24),
-            replay_limit=self.config.replay_buffer_messages,
+            replay_messages=self.config.replay_buffer_messages,
+            replay_bytes=self.config.replay_buffer_bytes,
             conn=link.conn,
             broadcast_bucket=TokenBucket.full(
                 self.config.broadcasts_per_second, 2 * self.config.broadcasts_per_second, now
@@ -371,10 +387,13 @@ class Switchboard:
         self._ring_new_device(session, now)
         self._refresh_presence(user_id)
 
-    def _turn_away(self, link: Link, error: Error, code: int, reason: str) -> None:
-        """Refuse a `hello`: say why, close the connection, and forget it."""
-        self._out.append(Send(link.conn, error))
-        self._out.append(Close(link.conn, code, reason))
+    def _turn_away(
+        self, link: Link, code: ErrorCode, message: str, rid: str | None, closing: tuple[int, str]
+    ) -> None:
+        """Refuse a `hello`: say why (an `error`), close the connection with `closing`'s code and
+        reason, and forget it."""
+        self._error(link, code, message, None, rid)
+        self._out.append(Close(link.conn, *closing))
         del self._links[link.conn]
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
@@ -389,7 +408,7 @@ class Switchboard:
             limits=self.config.limits(),
             rid=rid,
         )
-        self._out.append(Send(session.conn, welcome))
+        self._send_unnumbered(session.conn, welcome)
         self._arm_ice_refresh(session, now)
 
     def _arm_ice_refresh(self, session: Session, now: float) -> None:

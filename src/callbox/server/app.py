@@ -22,7 +22,6 @@ import trio
 from attrs import define, field
 
 from callbox.auth import authenticate
-from callbox.codec import encode, with_seq
 from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
@@ -37,15 +36,7 @@ from callbox.core.actions import (
 )
 from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
-from callbox.messages import (
-    Error,
-    Hello,
-    IceServer,
-    RelayedIceCandidate,
-    RelayedSdpAnswer,
-    RelayedSdpOffer,
-    ServerMessage,
-)
+from callbox.messages import Hello, IceServer
 from callbox.server.metrics import Metrics
 from callbox.server.transport import (
     Connection,
@@ -56,7 +47,6 @@ from callbox.server.transport import (
 
 log = logging.getLogger("callbox.server")
 
-RELAYED = (RelayedSdpOffer, RelayedSdpAnswer, RelayedIceCandidate)
 GC_THRESHOLDS = (1_000, 10, 1_000)
 """The cyclic collector's thresholds while serving (CPython's defaults are 700, 10, 10).
 
@@ -137,20 +127,16 @@ class SignalingServer:
         started = perf_counter()
         # The time the data was read: the transport has just taken it, so no clock read here.
         actions = self.switchboard.receive(conn.id, data, conn.last_received)
-        first = actions[0] if actions else None
-        if not (isinstance(first, Send) and isinstance(first.message, RELAYED)):
-            self._carry_out(actions)
-            return
-        if len(actions) == 1:  # a relay, most of the traffic: straight to its one recipient
-            self._write(first.conn, encode(first.message, seq=first.seq))
+        if len(actions) == 1 and actions[0].__class__ is Send:  # a relay, most of the traffic
+            self._write(actions[0])
         else:
             self._carry_out(actions)
-        self.metrics.relay_seconds.observe(perf_counter() - started)
+        self.metrics.message_seconds.observe(perf_counter() - started)
 
-    def _write(self, conn: int, data: bytes) -> None:
-        connection = self._connections.get(conn)
+    def _write(self, send: Send) -> None:
+        connection = self._connections.get(send.conn)
         if connection is not None:
-            connection.send_text(data)
+            connection.send_text(send.frame)
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
@@ -169,7 +155,8 @@ class SignalingServer:
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
-            body = self.metrics.render(self.switchboard.statistics(), self.switchboard.received)
+            board = self.switchboard
+            body = self.metrics.render(board.statistics(), board.received, board.errors)
             return 200, [("Content-Type", "text/plain; version=0.0.4")], body
         page = self._web.get(path)
         if page is None:
@@ -180,23 +167,10 @@ class SignalingServer:
     # Actions -------------------------------------------------------------------------------------
 
     def _carry_out(self, actions: list[Action]) -> None:
-        # One message sent to many sessions in a row (a room broadcast, `call_ended`) is encoded
-        # once without `seq`, from its second recipient on; each recipient's `seq` is spliced in.
-        last: ServerMessage | None = None
-        unsequenced: bytes | None = None
         for action in actions:
             match action:
-                case Send(conn, message, seq):
-                    if isinstance(message, Error):
-                        self.metrics.errors[message.code] += 1
-                    stamped = getattr(message, "seq", None) is not None
-                    if message is not last or seq is None or stamped:
-                        last, unsequenced = message, None
-                        self._write(conn, encode(message, seq=seq))
-                    else:
-                        if unsequenced is None:
-                            unsequenced = encode(message)
-                        self._write(conn, with_seq(unsequenced, seq))
+                case Send():
+                    self._write(action)
                 case Close(conn, code, reason):
                     connection = self._connections.get(conn)
                     if connection is not None:

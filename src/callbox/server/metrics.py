@@ -11,7 +11,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-RELAY_BUCKETS_S: tuple[float, ...] = (
+MESSAGE_BUCKETS_S: tuple[float, ...] = (
     0.000_025,
     0.000_05,
     0.000_1,
@@ -25,7 +25,7 @@ RELAY_BUCKETS_S: tuple[float, ...] = (
     0.05,
     0.1,
 )
-"""Upper bounds of the relay latency histogram, s: a relay takes tens of microseconds here."""
+"""Upper bounds of the message handling histogram, s: a relay takes microseconds here."""
 
 
 class Histogram:
@@ -54,18 +54,19 @@ class Metrics:
 
     def __init__(self) -> None:
         self.calls_ended: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.relay_seconds = Histogram(RELAY_BUCKETS_S)
+        self.message_seconds = Histogram(MESSAGE_BUCKETS_S)
 
-    def render(self, gauges: Mapping[str, int], received: Mapping[str, int]) -> bytes:
+    def render(
+        self, gauges: Mapping[str, int], received: Mapping[str, int], errors: Mapping[str, int]
+    ) -> bytes:
         lines: list[str] = []
         for name, value in gauges.items():
             lines += [f"# TYPE callbox_{name} gauge", f"callbox_{name} {value}"]
         lines += _counter("callbox_messages_received_total", "type", received)
         lines += _counter("callbox_calls_ended_total", "reason", self.calls_ended)
-        lines += _counter("callbox_errors_total", "code", self.errors)
-        lines.append("# TYPE callbox_relay_seconds histogram")
-        lines += self.relay_seconds.lines("callbox_relay_seconds")
+        lines += _counter("callbox_errors_total", "code", errors)
+        lines.append("# TYPE callbox_message_seconds histogram")
+        lines += self.message_seconds.lines("callbox_message_seconds")
         return ("\n".join(lines) + "\n").encode()
 
 
