@@ -370,10 +370,10 @@ def with_seq(unsequenced: bytes, seq: int) -> bytes:
 
     ``encode`` writes ``seq`` as the last key, so this is a splice, not a re-encoding: one message
     sent to many sessions (a room broadcast, ``call_ended``) is serialized once. The result is
-    also the one copy made, sized exactly: orjson's output keeps the capacity it grew to (4 KiB
+    also sized exactly: orjson's output keeps the capacity it grew to (4 KiB
     for a 300-byte frame), so a frame kept for replay must not be orjson's own.
     """
-    return b'%b,"seq":%d}' % (memoryview(unsequenced)[:-1], seq)
+    return b'%b,"seq":%d}' % (unsequenced[:-1], seq)
 
 
 def _decode(data: bytes | str, direction: Direction) -> Any:
