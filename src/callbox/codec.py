@@ -345,15 +345,24 @@ ENCODE_BY_CLASS: Mapping[type, Callable[[Any, int | None], bytes]] = {
 """The encoder of each message class: cattrs' unstructuring, or a specialisation of it."""
 
 
+_STEPS: Mapping[Direction, Mapping[str, tuple[Callable[[Any], bool], Callable[[Any], Any]]]] = {
+    direction: {
+        tag: (FAST[direction][tag].is_valid, STRUCTURE_BY_TYPE[direction][tag]) for tag in classes
+    }
+    for direction, classes in _CLASSES.items()
+}
+"""Per direction and ``type``: the fast validator's check and the structuring, found together."""
+
+
 def decode_client(data: bytes | str) -> ClientMessage:
     """Parse, validate and type a frame received from a client; raise `ProtocolError` if bad."""
-    message: ClientMessage = _decode(data, "client")
+    message: ClientMessage = _decode(data, "client", _STEPS["client"])
     return message
 
 
 def decode_server(data: bytes | str) -> ServerMessage:
     """Parse, validate and type a frame received from the server; raise `ProtocolError` if bad."""
-    message: ServerMessage = _decode(data, "server")
+    message: ServerMessage = _decode(data, "server", _STEPS["server"])
     return message
 
 
@@ -376,7 +385,11 @@ def with_seq(unsequenced: bytes, seq: int) -> bytes:
     return b'%b,"seq":%d}' % (unsequenced[:-1], seq)
 
 
-def _decode(data: bytes | str, direction: Direction) -> Any:
+def _decode(
+    data: bytes | str,
+    direction: Direction,
+    steps: Mapping[str, tuple[Callable[[Any], bool], Callable[[Any], Any]]],
+) -> Any:
     """Cheapest checks first; the schema picked by ``type``, never the whole ``oneOf``."""
     try:
         obj = orjson.loads(data)
@@ -394,18 +407,19 @@ def _decode(data: bytes | str, direction: Direction) -> Any:
         raise ProtocolError(
             "invalid_message", "/type: a message needs a string `type`", path="/type", rid=rid
         )
-    fast = FAST[direction].get(tag)
-    if fast is None:
+    found = steps.get(tag)
+    if found is None:
         raise ProtocolError(
             "unknown_type", f"/type: no {direction} message has type {tag!r}", path="/type", rid=rid
         )
-    if not fast.is_valid(obj):
+    is_valid, structure = found
+    if not is_valid(obj):
         location, text = _explain(direction, tag, obj)
         path = _pointer(location)
         raise ProtocolError(
             "invalid_message", f"{path}: {text}" if path else text, path=path, rid=rid
         )
-    return STRUCTURE_BY_TYPE[direction][tag](obj)
+    return structure(obj)
 
 
 def _explain(direction: Direction, tag: str, obj: dict[str, Any]) -> tuple[list[str | int], str]:

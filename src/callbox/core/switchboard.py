@@ -174,6 +174,8 @@ class Switchboard:
     errors: Counter[str] = field(factory=Counter, init=False)
     """`error` messages sent, by code (for metrics)."""
     _encoded: ServerMessage | None = field(default=None, init=False)
+    """The message last sent: it is immutable, so it is sent to the next session (a broadcast,
+    `call_ended` to every party) without being encoded again."""
     _unnumbered: bytes = field(default=b"", init=False)
     """`_encoded`, encoded without `seq`: each session's frame splices its own `seq` in."""
     _overflowed: list[Session] = field(factory=list, init=False)
@@ -191,7 +193,7 @@ class Switchboard:
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
-        self._begin()
+        self._out = []
         allowed = link.bucket.take(now)
         try:
             message = decode_client(data)
@@ -204,7 +206,7 @@ class Switchboard:
         else:
             limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
             self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
-        return self._end()
+        return self._end() if self._overflowed else self._out
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
         link = self._links.get(conn)
@@ -252,7 +254,6 @@ class Switchboard:
 
     def _begin(self) -> None:
         self._out = []
-        self._encoded, self._unnumbered = None, b""
 
     def _end(self) -> list[Action]:
         """The actions of the event just handled.
@@ -737,7 +738,9 @@ class Switchboard:
         self._leave(call, session, "hangup", detail=msg.reason, rid=msg.rid)
 
     def _relay(self, session: Session, msg: SdpOffer | SdpAnswer | IceCandidate) -> None:
-        call = self._call_of_member(session, msg.call_id)
+        call = self._calls.get(msg.call_id)  # _call_of_member, inlined: most of the traffic
+        if call is None or session.call_id != msg.call_id:
+            raise self._not_member(session, msg.call_id, call)
         if call.state is not CallState.ACTIVE:
             raise Refused("invalid_state", f"call {call.call_id} has not been accepted yet")
         target = call.parties.get(msg.to)
@@ -751,7 +754,8 @@ class Switchboard:
             relayed = _NEW_RELAYED_SDP_OFFER(msg.call_id, session.user_id, msg.sdp, None)
         else:
             relayed = _NEW_RELAYED_SDP_ANSWER(msg.call_id, session.user_id, msg.sdp, None)
-        self._send_party(target, relayed)
+        assert target.session_id is not None  # a joined party is in the call on one device
+        self._send(self._sessions[target.session_id], relayed)
 
     # -----------------------------------------------------------------------------------------
     # Leaving and ending
