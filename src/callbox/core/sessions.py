@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from attrs import define, field
+from attrs import define
 
 from callbox.codec import positional_constructor
 from callbox.core.actions import ConnId, Send
@@ -17,6 +17,24 @@ from callbox.messages import PresenceStatus
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
+
+NOTHING: frozenset[str] = frozenset()
+"""A session's `ringing`, `rooms` and `watching`, and a user's `calls`, until their first item:
+most sessions never ring, join a room or watch anyone, and an empty set takes 216 bytes."""
+
+
+def add_to(items: set[str] | frozenset[str], item: str) -> set[str]:
+    """`items` with `item` added: in place, once `items` is a set of its own (not `NOTHING`)."""
+    if isinstance(items, frozenset):
+        return {*items, item}
+    items.add(item)
+    return items
+
+
+def discard_from(items: set[str] | frozenset[str], item: str) -> None:
+    if isinstance(items, set):
+        items.discard(item)
+
 
 _NEW_SEND = positional_constructor(Send)  # Send(conn, frame), once per message sent
 
@@ -62,16 +80,17 @@ class Session:
     """Bytes in `replay`."""
     call_id: str | None = None
     """The call this device has joined; a device is in at most one call."""
-    ringing: set[str] = field(factory=set)
+    ringing: set[str] | frozenset[str] = NOTHING
     """Calls ringing on this device."""
     recently_ended: deque[str] | tuple[()] = ()
     """The last `RECENTLY_ENDED_CALLS` calls this device was in, from its first one on."""
     grace_deadline: float | None = None
     presence: PresenceStatus = "online"
-    rooms: set[str] = field(factory=set)
-    watching: set[str] = field(factory=set)
+    rooms: set[str] | frozenset[str] = NOTHING
+    watching: set[str] | frozenset[str] = NOTHING
     """Users whose presence this session has subscribed to."""
     broadcast_bucket: TokenBucket | None = None
+    """Made at the first `room_broadcast`: most sessions never send one."""
 
     def deliver(self, frame: bytes) -> Send | None:
         """Keep `frame`, the message numbered `next_seq`, for replay, and say where to send it
@@ -113,7 +132,7 @@ class Session:
         """The call is over for this device; remember it as recently ended."""
         if self.call_id == call_id:
             self.call_id = None
-        self.ringing.discard(call_id)
+        discard_from(self.ringing, call_id)
         if not isinstance(self.recently_ended, deque):
             self.recently_ended = deque(maxlen=RECENTLY_ENDED_CALLS)
         self.recently_ended.append(call_id)

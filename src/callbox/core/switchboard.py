@@ -42,7 +42,15 @@ from callbox.core.actions import (
 from callbox.core.calls import Call, Party
 from callbox.core.presence import LastSeen, merged_status
 from callbox.core.rooms import Room
-from callbox.core.sessions import Link, ReplayOverflow, Session, TokenBucket
+from callbox.core.sessions import (
+    NOTHING,
+    Link,
+    ReplayOverflow,
+    Session,
+    TokenBucket,
+    add_to,
+    discard_from,
+)
 from callbox.core.states import CallEvent, CallState, PartyState
 from callbox.messages import (
     Bye,
@@ -139,7 +147,7 @@ class User:
     """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
 
     sessions: dict[str, Session] = field(factory=dict)
-    calls: set[str] = field(factory=set)
+    calls: set[str] | frozenset[str] = NOTHING
 
 
 @define(eq=False)
@@ -376,9 +384,6 @@ class Switchboard:
             replay_messages=self.config.replay_buffer_messages,
             replay_bytes=self.config.replay_buffer_bytes,
             conn=link.conn,
-            broadcast_bucket=TokenBucket.full(
-                self.config.broadcasts_per_second, 2 * self.config.broadcasts_per_second, now
-            ),
         )
         self._sessions[session.session_id] = session
         self._by_resume_token[session.resume_token] = session
@@ -454,7 +459,7 @@ class Switchboard:
             call = self._calls[call_id]
             party = call.parties[session.user_id]
             party.ringing_sessions.discard(session.session_id)
-            session.ringing.discard(call_id)
+            discard_from(session.ringing, call_id)
             if not party.ringing_sessions:
                 self._drop_out(call, party, "offline")
         for room_name in list(session.rooms):
@@ -555,7 +560,7 @@ class Switchboard:
             user_id=session.user_id, state=PartyState.JOINED, session_id=session.session_id
         )
         self._calls[call.call_id] = call
-        self._users[session.user_id].calls.add(call.call_id)
+        self._add_call(session.user_id, call.call_id)
         session.call_id = call.call_id
         self._out.append(OpenCall(call.call_id))
         self._refresh_presence(session.user_id)
@@ -570,7 +575,7 @@ class Switchboard:
         for user_id in user_ids:
             party = call.parties.setdefault(user_id, Party(user_id=user_id, state=PartyState.GONE))
             call.apply(CallEvent.INVITE, party)
-            self._users.setdefault(user_id, User()).calls.add(call.call_id)
+            self._add_call(user_id, call.call_id)
             reason = self._unavailable(user_id, call.call_id)
             if reason is None:
                 available.append(party)
@@ -601,7 +606,7 @@ class Switchboard:
 
     def _ring_device(self, call: Call, party: Party, session: Session, now: float) -> None:
         party.ringing_sessions.add(session.session_id)
-        session.ringing.add(call.call_id)
+        session.ringing = add_to(session.ringing, call.call_id)
         incoming = CallIncoming(
             call_id=call.call_id,
             from_=call.caller,
@@ -640,8 +645,8 @@ class Switchboard:
             )
             merged.parties[callee] = Party(user_id=callee, state=PartyState.RINGING)
             self._calls[merged.call_id] = merged
-            self._users[session.user_id].calls.add(merged.call_id)
-            self._users[callee].calls.add(merged.call_id)
+            self._add_call(session.user_id, merged.call_id)
+            self._add_call(callee, merged.call_id)
             session.call_id = merged.call_id
             self._out.append(OpenCall(merged.call_id))
             self._join(merged, merged.parties[callee], their_session, Reply(session, msg.rid), now)
@@ -671,7 +676,7 @@ class Switchboard:
         )
         if party.state is PartyState.GONE:
             call.apply(CallEvent.INVITE, party)
-            self._users[session.user_id].calls.add(call_id)
+            self._add_call(session.user_id, call_id)
 
     def _join(self, call: Call, party: Party, session: Session, reply: Reply, now: float) -> None:
         """`party` joins on `session`; its other devices stop ringing."""
@@ -689,7 +694,7 @@ class Switchboard:
                 CallEnded(call_id=call.call_id, reason="answered_elsewhere", by=party.user_id),
             )
         party.ringing_sessions.clear()
-        session.ringing.discard(call.call_id)
+        discard_from(session.ringing, call.call_id)
         if call.ends_at is None:
             self._arm_duration_cap(call, now)
         participants = call.joined_user_ids()
@@ -843,11 +848,16 @@ class Switchboard:
             room.call_id = None
         self._out.append(CloseCall(call.call_id, reason))
 
+    def _add_call(self, user_id: str, call_id: str) -> None:
+        """`user_id` is now a party of `call_id` (a user rung while offline is indexed too)."""
+        user = self._users.setdefault(user_id, User())
+        user.calls = add_to(user.calls, call_id)
+
     def _unlink(self, user_id: str, call_id: str) -> None:
         """`user_id` is no longer a party of `call_id`."""
         user = self._users.get(user_id)
         if user is not None:
-            user.calls.discard(call_id)
+            discard_from(user.calls, call_id)
         self._refresh_presence(user_id)
         self._forget_user_if_idle(user_id)
 
@@ -872,7 +882,7 @@ class Switchboard:
                 limit = self.config.max_room_members
                 raise Refused("room_full", f"room {msg.room} has {limit} members already", "/room")
             room = self._rooms.setdefault(msg.room, Room(name=msg.room))
-            session.rooms.add(msg.room)
+            session.rooms = add_to(session.rooms, msg.room)
             if room.add(session):
                 joined = RoomMemberJoined(room=room.name, user_id=session.user_id)
                 for other in room.other_users_sessions(session.user_id):
@@ -888,7 +898,7 @@ class Switchboard:
         self._send(session, RoomLeft(room=msg.room, rid=msg.rid))
 
     def _leave_room(self, room: Room, session: Session) -> None:
-        session.rooms.discard(room.name)
+        discard_from(session.rooms, room.name)
         if room.remove(session):
             left = RoomMemberLeft(room=room.name, user_id=session.user_id)
             for other in room.sessions.values():
@@ -903,9 +913,10 @@ class Switchboard:
             limit = self.config.max_broadcast_bytes
             reason = f"data is {size} bytes encoded, at most {limit} are allowed"
             raise Refused("message_too_large", reason, "/data")
-        assert session.broadcast_bucket is not None
+        rate = self.config.broadcasts_per_second
+        if session.broadcast_bucket is None:  # full, as it would be had it been made at hello
+            session.broadcast_bucket = TokenBucket.full(rate, 2 * rate, now)
         if not session.broadcast_bucket.take(now):
-            rate = self.config.broadcasts_per_second
             raise Refused("rate_limited", f"at most {rate} broadcasts a second")
         message = RoomMessage(room=room.name, from_=session.user_id, data=msg.data)
         for member in room.sessions.values():
@@ -927,7 +938,7 @@ class Switchboard:
             limit = self.config.max_presence_subscriptions
             raise Refused("limit_reached", f"a session may watch at most {limit} users", "/users")
         for user_id in dict.fromkeys(msg.users):
-            session.watching.add(user_id)
+            session.watching = add_to(session.watching, user_id)
             self._watchers.setdefault(user_id, set()).add(session)
             current = self._presence_of(user_id, rid=msg.rid)
             self._published[user_id] = current.status
@@ -936,7 +947,7 @@ class Switchboard:
     def _presence_unsubscribe(self, session: Session, msg: PresenceUnsubscribe) -> None:
         for user_id in msg.users:
             if user_id in session.watching:
-                session.watching.discard(user_id)
+                discard_from(session.watching, user_id)
                 self._unwatch(session, user_id)
 
     def _unwatch(self, session: Session, user_id: str) -> None:
