@@ -356,13 +356,13 @@ _STEPS: Mapping[Direction, Mapping[str, tuple[Callable[[Any], bool], Callable[[A
 
 def decode_client(data: bytes | str) -> ClientMessage:
     """Parse, validate and type a frame received from a client; raise `ProtocolError` if bad."""
-    message: ClientMessage = _decode(data, "client", _STEPS["client"])
+    message: ClientMessage = _decode(data, "client")
     return message
 
 
 def decode_server(data: bytes | str) -> ServerMessage:
     """Parse, validate and type a frame received from the server; raise `ProtocolError` if bad."""
-    message: ServerMessage = _decode(data, "server", _STEPS["server"])
+    message: ServerMessage = _decode(data, "server")
     return message
 
 
@@ -385,11 +385,7 @@ def with_seq(unsequenced: bytes, seq: int) -> bytes:
     return b'%b,"seq":%d}' % (unsequenced[:-1], seq)
 
 
-def _decode(
-    data: bytes | str,
-    direction: Direction,
-    steps: Mapping[str, tuple[Callable[[Any], bool], Callable[[Any], Any]]],
-) -> Any:
+def _decode(data: bytes | str, direction: Direction) -> Any:
     """Cheapest checks first; the schema picked by ``type``, never the whole ``oneOf``."""
     try:
         obj = orjson.loads(data)
@@ -407,7 +403,7 @@ def _decode(
         raise ProtocolError(
             "invalid_message", "/type: a message needs a string `type`", path="/type", rid=rid
         )
-    found = steps.get(tag)
+    found = _STEPS[direction].get(tag)
     if found is None:
         raise ProtocolError(
             "unknown_type", f"/type: no {direction} message has type {tag!r}", path="/type", rid=rid

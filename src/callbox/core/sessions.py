@@ -105,13 +105,12 @@ class Session:
             replay = self.replay = deque()
         replay.append(frame)
         held = self.replay_held + len(frame)
-        if held > self.replay_bytes or len(replay) > self.replay_messages:
+        while held > self.replay_bytes or len(replay) > self.replay_messages:
             if self.conn is None:
                 raise ReplayOverflow(self.session_id)
-            while len(replay) > 1 and (
-                held > self.replay_bytes or len(replay) > self.replay_messages
-            ):
-                held -= len(replay.popleft())
+            if len(replay) == 1:  # one frame over the budget on its own: kept alone
+                break
+            held -= len(replay.popleft())
         self.replay_held = held
         return None if self.conn is None else _NEW_SEND(self.conn, frame)
 

@@ -201,7 +201,7 @@ class Switchboard:
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
-        self._out = []
+        self._begin()
         allowed = link.bucket.take(now)
         try:
             message = decode_client(data)
@@ -214,7 +214,7 @@ class Switchboard:
         else:
             limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
             self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
-        return self._end() if self._overflowed else self._out
+        return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
         link = self._links.get(conn)
@@ -743,9 +743,7 @@ class Switchboard:
         self._leave(call, session, "hangup", detail=msg.reason, rid=msg.rid)
 
     def _relay(self, session: Session, msg: SdpOffer | SdpAnswer | IceCandidate) -> None:
-        call = self._calls.get(msg.call_id)  # _call_of_member, inlined: most of the traffic
-        if call is None or session.call_id != msg.call_id:
-            raise self._not_member(session, msg.call_id, call)
+        call = self._call_of_member(session, msg.call_id)
         if call.state is not CallState.ACTIVE:
             raise Refused("invalid_state", f"call {call.call_id} has not been accepted yet")
         target = call.parties.get(msg.to)
@@ -759,8 +757,7 @@ class Switchboard:
             relayed = _NEW_RELAYED_SDP_OFFER(msg.call_id, session.user_id, msg.sdp, None)
         else:
             relayed = _NEW_RELAYED_SDP_ANSWER(msg.call_id, session.user_id, msg.sdp, None)
-        assert target.session_id is not None  # a joined party is in the call on one device
-        self._send(self._sessions[target.session_id], relayed)
+        self._send_party(target, relayed)
 
     # -----------------------------------------------------------------------------------------
     # Leaving and ending
