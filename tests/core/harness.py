@@ -79,6 +79,13 @@ class Harness:
         self.welcome_of[conn] = welcome
         return conn
 
+    def resume(self, user_id: str, token: str, last_seq: int) -> int:
+        """Open a connection and ask to resume a session; the `welcome` is left to the test."""
+        conn = self.open()
+        hello = {"type": "hello", "user_id": user_id, "resume": token, "last_seq": last_seq}
+        self.send(conn, hello)
+        return conn
+
     def send(self, conn: int, message: Wire | bytes) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message)
         self._apply(self.switchboard.receive(conn, data, self.now))

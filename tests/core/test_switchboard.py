@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -372,8 +374,7 @@ def test_resume_replays_everything_after_last_seq(h: Harness) -> None:
     h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 two"})
     h.quiet(alice)
     h.advance(9)
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 1})
+    new = h.resume("bob", token, 1)
     welcome = h.expect(new, "welcome", resumed=True)
     assert welcome["resume_token"] != token
     replayed = h.take_all(new)
@@ -410,9 +411,17 @@ def test_resume_refused_when_history_is_gone(h: Harness) -> None:
     for n in range(2):
         h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": f"v=0 {n}"})
     h.expect(alice, "call_ended", reason="disconnected")  # overflow ended bob's session
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    new = h.resume("bob", token, 2)
     h.expect(new, "welcome", resumed=False)
+
+
+def in_a_call(**config: Any) -> tuple[Harness, int, int, str]:
+    """alice and bob in an accepted call; bob's resume token."""
+    h = Harness(**config)
+    alice = h.login("alice")
+    bob = h.login("bob")
+    call_between(h, alice, bob)
+    return h, alice, bob, h.welcome_of[bob]["resume_token"]
 
 
 def offer(sdp: str) -> dict[str, str]:
@@ -420,64 +429,44 @@ def offer(sdp: str) -> dict[str, str]:
 
 
 def test_replay_bytes_bound_a_connected_session_oldest_first() -> None:
-    h = Harness(replay_buffer_bytes=3000)
-    alice = h.login("alice")
-    bob = h.login("bob")
-    token = h.welcome_of[bob]["resume_token"]
-    call_between(h, alice, bob)  # bob's seq 1 and 2: small
+    h, alice, bob, token = in_a_call(replay_buffer_bytes=3000)  # bob's seq 1 and 2: small
     for n in range(3):  # seq 3, 4, 5: ~1,060 bytes each, so 5 pushes out 1, 2 and 3
         h.send(alice, offer(f"v=0 {n} " + "a" * 1000))
     assert [m["seq"] for m in h.take_all(bob)] == [3, 4, 5]
     h.drop(bob)
-    stale = h.open()
-    h.send(stale, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    stale = h.resume("bob", token, 2)
     h.expect(stale, "welcome", resumed=False)  # seq 3 is no longer held
 
 
 def test_replay_bytes_keep_what_fits_for_a_resume() -> None:
-    h = Harness(replay_buffer_bytes=3000)
-    alice = h.login("alice")
-    bob = h.login("bob")
-    token = h.welcome_of[bob]["resume_token"]
-    call_between(h, alice, bob)
+    h, alice, bob, token = in_a_call(replay_buffer_bytes=3000)
     for n in range(3):
         h.send(alice, offer(f"v=0 {n} " + "a" * 1000))
     h.drop(bob)
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 3})
+    new = h.resume("bob", token, 3)
     h.expect(new, "welcome", resumed=True)
     assert [(m["seq"], m["sdp"][:5]) for m in h.take_all(new)] == [(4, "v=0 1"), (5, "v=0 2")]
 
 
 def test_one_frame_over_the_replay_bytes_is_kept_alone_while_connected() -> None:
-    h = Harness(replay_buffer_bytes=500)
-    alice = h.login("alice")
-    bob = h.login("bob")
-    token = h.welcome_of[bob]["resume_token"]
-    call_between(h, alice, bob)
+    h, alice, bob, token = in_a_call(replay_buffer_bytes=500)
     h.send(alice, offer("v=0 " + "a" * 1000))
     h.expect(bob, "sdp_offer", seq=3)
     h.drop(bob)
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    new = h.resume("bob", token, 2)
     h.expect(new, "welcome", resumed=True)
     h.expect(new, "sdp_offer", seq=3)
 
 
 def test_replay_bytes_passed_while_away_end_the_session() -> None:
-    h = Harness(replay_buffer_bytes=3000)
-    alice = h.login("alice")
-    bob = h.login("bob")
-    token = h.welcome_of[bob]["resume_token"]
-    call_between(h, alice, bob)
+    h, alice, bob, token = in_a_call(replay_buffer_bytes=3000)
     h.drop(bob)
     h.send(alice, offer("v=0 " + "a" * 1000))
     h.send(alice, offer("v=0 " + "b" * 1000))
     h.quiet(alice)  # two fit
     h.send(alice, offer("v=0 " + "c" * 1000))
     h.expect(alice, "call_ended", reason="disconnected")  # the third ended bob's session
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    new = h.resume("bob", token, 2)
     h.expect(new, "welcome", resumed=False)
 
 
@@ -485,16 +474,14 @@ def test_resume_with_last_seq_ahead_is_a_new_session(h: Harness) -> None:
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]
     h.drop(conn)
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 7})
+    new = h.resume("bob", token, 7)
     h.expect(new, "welcome", resumed=False)
 
 
 def test_resume_never_crosses_users(h: Harness) -> None:
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]
-    thief = h.open()
-    h.send(thief, {"type": "hello", "user_id": "eve", "resume": token, "last_seq": 0})
+    thief = h.resume("eve", token, 0)
     h.expect(thief, "welcome", resumed=False, user_id="eve")
     assert conn not in h.closed
 
@@ -502,8 +489,7 @@ def test_resume_never_crosses_users(h: Harness) -> None:
 def test_resume_takes_over_a_connection_still_open(h: Harness) -> None:
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 0})
+    new = h.resume("bob", token, 0)
     h.expect(new, "welcome", resumed=True)
     assert h.closed[conn] == (4002, "session taken over")
 
@@ -516,8 +502,7 @@ def test_bye_ends_the_session_at_once(h: Harness) -> None:
     h.send(conn, {"type": "bye"})
     assert h.closed[conn] == (1000, "bye")
     h.expect(alice, "call_ended", reason="disconnected", by="bob")
-    new = h.open()
-    h.send(new, {"type": "hello", "user_id": "bob", "resume": token, "last_seq": 2})
+    new = h.resume("bob", token, 2)
     h.expect(new, "welcome", resumed=False)
 
 
