@@ -4,6 +4,7 @@ hand-rolled websockets ClientProtocol client over memory streams for timer tests
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -208,6 +209,53 @@ async def test_many_messages_arrive_in_order() -> None:
     assert stats.bytes_in > 0
     assert stats.bytes_out > 0
     assert stats.buffered_bytes == 0
+
+
+def has_input(client: RawClient) -> bool:
+    """Whether the server's bytes have reached this client's socket (nothing is read)."""
+    assert isinstance(client.stream, trio.SocketStream)
+    readable, _, _ = select.select([client.stream.socket.fileno()], [], [], 0)
+    return bool(readable)
+
+
+class BurstHandler(EchoHandler):
+    """On ``burst``, sends three messages to every other client, noting after each send
+    whether anything has reached that client yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: list[RawClient] = []  # in the order their connections opened
+        self.arrived_during_burst: list[bool] = []
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        if data != b"burst":
+            return super().on_text(conn, data)
+        for other, client in zip(self.connections.values(), self.clients, strict=True):
+            if other is not conn:
+                for part in range(3):
+                    other.send_text(b"part %d" % part)
+                    self.arrived_during_burst.append(has_input(client))
+        return None
+
+
+async def test_output_of_a_read_is_held_until_the_read_is_handled() -> None:
+    handler = BurstHandler()
+    async with running_server(handler) as port:
+        for _ in range(2):
+            handler.clients.append(await RawClient.connect(port))
+            await wait_for(lambda: len(handler.opened) == len(handler.clients))
+        sender, receiver = handler.clients
+        sender.proto.send_text(b"burst")
+        await sender.flush()
+        with trio.fail_after(HANG_GUARD):
+            frames = await receiver.receive()
+        # Held while the read was handled, then sent at once: they arrive in one read.
+        assert handler.arrived_during_burst == [False, False, False]
+        assert [bytes(f.data) for f in frames] == [b"part 0", b"part 1", b"part 2"]
+        # Output from anything but a read (here the test's own task) is not held.
+        handler.connections[handler.opened[1]].send_text(b"now")
+        assert has_input(receiver)
+        assert [bytes(f.data) for f in await receiver.receive()] == [b"now"]
 
 
 async def test_fragmented_message_is_reassembled() -> None:

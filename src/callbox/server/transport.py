@@ -3,8 +3,9 @@
 Why not trio-websocket: per message it hops reader task -> channel -> handler, takes a lock
 and awaits the send, which caps a relay at ~13k msgs/s on one core. Here the connection task
 reads a large chunk, feeds `ServerProtocol`, and calls the application synchronously; the
-application's `send_text` writes straight to the non-blocking socket and only spills into a
-bounded buffer (drained by a short-lived writer task) when the kernel will not take more.
+application's `send_text` writes to the non-blocking socket (what one read's messages produce
+for a connection goes in one `send` once they are handled: `_OutputBatch`) and only spills into
+a bounded buffer (drained by a short-lived writer task) when the kernel will not take more.
 
 The send buffer never exceeds `send_buffer_bytes`: data, pings and pongs may fill it up to
 `send_buffer_bytes - CLOSE_FRAME_RESERVE_BYTES`; one that does not fit is dropped and the
@@ -114,6 +115,8 @@ class Connection:
 
     # Slots: an idle connection is mostly this object, and a server holds thousands of them.
     __slots__ = (
+        "_batch",
+        "_batched",
         "_broken",
         "_bytes_in",
         "_bytes_out",
@@ -176,6 +179,8 @@ class Connection:
         self._eof_pending = False  # protocol asked for a half-close; nothing may follow it
         self._eof_sent = False
         self._writer_running = False
+        self._batch = _output_batch()
+        self._batched = False  # in `_batch.pending`: has output held until the batch ends
         self._nursery: trio.Nursery | None = None
         self._read_scope = trio.CancelScope()
         self._close_deadline = math.inf
@@ -305,11 +310,16 @@ class Connection:
         self._last_received = trio.current_time()
         proto.receive_data(data)  # type: ignore[arg-type]  # it copies any buffer: `+=`
         events = proto.events_received()
-        self._flush()  # pongs, close echo
-        for event in events:
-            if self._discard_input:
-                break
-            self._dispatch(event)
+        batch = self._batch
+        batch.holding = True
+        try:
+            self._flush()  # pongs, close echo
+            for event in events:
+                if self._discard_input:
+                    break
+                self._dispatch(event)
+        finally:
+            batch.release()
         if proto.close_expected():
             self._start_close_timer()
         return proto.state is CLOSED or (
@@ -501,6 +511,12 @@ class Connection:
             self._overflow()
             return
         sock = self._sock
+        if sock is not None and self._batch.holding:
+            out += chunk
+            if not self._batched:
+                self._batched = True
+                self._batch.pending.append(self)
+            return
         if sock is not None and not out:
             try:
                 sent = sock.send(chunk)
@@ -516,6 +532,27 @@ class Connection:
         else:
             out += chunk
         self._start_writer()
+
+    def _send_batched(self) -> None:
+        """Called when the batch this connection's output waited in ends: one send for all."""
+        self._batched = False
+        out = self._out
+        if not out or self._broken:
+            return
+        assert self._sock is not None
+        try:
+            sent = self._sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._abort(exc)
+            return
+        self._bytes_out += sent
+        if sent == len(out):
+            out.clear()
+        else:
+            del out[:sent]
+            self._start_writer()
 
     def _overflow(self) -> None:
         # Already closing: the close frame is queued and the close timer runs; just drop.
@@ -643,6 +680,43 @@ class Heartbeats:
                 if again is not None:
                     heapq.heappush(heap, (again, conn.id, conn))
             await trio.lowlevel.checkpoint()  # let a busy second of pings not starve others
+
+
+class _OutputBatch:
+    """Output held back while one read's messages are handled, then sent with one call each.
+
+    A read often brings several messages for the same peer (a client sends its ICE candidates
+    in a burst; a relay under load reads many frames at once). Sent one by one they cost a
+    `send` system call each, the biggest part of a small message's relay; held until the read
+    is handled, they go in one. What a connection holds counts against its send buffer bound
+    as before. Output from anything but a read (timers, heartbeats) is not held.
+    """
+
+    __slots__ = ("holding", "pending")
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: list[Connection] = []
+
+    def release(self) -> None:
+        self.holding = False
+        pending = self.pending
+        for conn in pending:
+            conn._send_batched()
+        pending.clear()
+
+
+_OUTPUT_BATCH: trio.lowlevel.RunVar[_OutputBatch] = trio.lowlevel.RunVar("callbox_output_batch")
+
+
+def _output_batch() -> _OutputBatch:
+    """The batch shared by the connections of this trio run (one task handles a read at once)."""
+    try:
+        return _OUTPUT_BATCH.get()
+    except LookupError:
+        batch = _OutputBatch()
+        _OUTPUT_BATCH.set(batch)
+        return batch
 
 
 _READ_BUFFER: trio.lowlevel.RunVar[memoryview] = trio.lowlevel.RunVar("callbox_read_buffer")
