@@ -3,6 +3,7 @@ hand-rolled websockets ClientProtocol client over memory streams for timer tests
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -21,9 +22,12 @@ from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import parse_uri
 
 from callbox.server.transport import (
+    ACCEPT_RETRY_SECONDS,
     Connection,
     HttpResponse,
+    SharedServices,
     TransportConfig,
+    _accept,
     handle_stream,
     serve_websockets,
 )
@@ -609,6 +613,54 @@ async def test_memory_stream_echo_uses_buffered_writer() -> None:
         await client.flush()
         await client.frames_until_eof()
     assert handler.closed == [(handler.opened[0], 1000, "")]
+
+
+class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
+    """Its `accept` raises `errors` first, then hands out `stream`, then waits forever."""
+
+    def __init__(self, errors: list[OSError], stream: trio.abc.Stream | None) -> None:
+        self.errors = errors
+        self.stream = stream
+        self.closed = False
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        if self.errors:
+            raise self.errors.pop(0)
+        if self.stream is None:
+            await trio.sleep_forever()
+        stream, self.stream = self.stream, None
+        return stream
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_accept_waits_and_retries_when_out_of_descriptors(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = EchoHandler()
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    listener = FlakyListener([OSError(errno.EMFILE, "Too many open files")], server_stream)
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(_accept, listener, handler, CONFIG, None, SharedServices(nursery))
+        client = RawClient(client_stream)
+        await client.handshake()
+        assert trio.current_time() - start >= ACCEPT_RETRY_SECONDS
+        assert len(handler.opened) == 1
+        nursery.cancel_scope.cancel()
+    assert "accept failed" in caplog.text
+    assert listener.closed
+
+
+async def test_accept_gives_up_on_other_errors() -> None:
+    listener = FlakyListener([OSError(errno.EBADF, "Bad file descriptor")], None)
+    with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="Bad file")):
+        async with trio.open_nursery() as nursery:
+            shared = SharedServices(nursery)
+            await _accept(listener, EchoHandler(), CONFIG, None, shared)
+    assert listener.closed
 
 
 @pytest.fixture(autouse=True)

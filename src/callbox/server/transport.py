@@ -19,13 +19,13 @@ flushes what it can and reads (discarding) until the peer's close frame or EOF, 
 
 from __future__ import annotations
 
-import functools
+import errno
 import heapq
 import itertools
 import logging
 import math
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Protocol, TypeAlias
 
@@ -44,6 +44,7 @@ __all__ = [
     "Heartbeats",
     "HttpHandler",
     "HttpResponse",
+    "SharedServices",
     "TransportConfig",
     "handle_stream",
     "serve_websockets",
@@ -126,27 +127,27 @@ class Connection:
         "_discard_input",
         "_eof_pending",
         "_eof_sent",
+        "_finishing",
         "_fragments",
         "_fragments_are_text",
         "_going_away",
         "_handler",
-        "_heartbeats",
         "_http_handler",
         "_in_flight",
         "_last_received",
         "_messages_in",
         "_messages_out",
         "_next_ping",
-        "_nursery",
         "_opened",
         "_out",
         "_peer_eof",
         "_protocol",
         "_read_scope",
         "_responded",
+        "_shared",
         "_sock",
         "_stream",
-        "_writer_running",
+        "_writer",
         "id",
         "remote",
     )
@@ -157,7 +158,7 @@ class Connection:
         handler: ConnectionHandler,
         config: TransportConfig,
         http_handler: HttpHandler | None,
-        heartbeats: Heartbeats | None = None,
+        shared: SharedServices,
     ) -> None:
         self.id: int = next(_connection_ids)
         self.remote: str = _remote_address(stream)
@@ -178,10 +179,11 @@ class Connection:
         self._in_flight = 0  # bytes handed to stream.send_all but not yet returned
         self._eof_pending = False  # protocol asked for a half-close; nothing may follow it
         self._eof_sent = False
-        self._writer_running = False
+        self._shared = shared
+        self._writer: tuple[trio.CancelScope, trio.Event] | None = None
+        self._finishing = False  # no more writer tasks: `_finish` drains inline
         self._batch = _output_batch()
         self._batched = False  # in `_batch.pending`: has output held until the batch ends
-        self._nursery: trio.Nursery | None = None
         self._read_scope = trio.CancelScope()
         self._close_deadline = math.inf
         self._last_received = trio.current_time()
@@ -197,7 +199,6 @@ class Connection:
         self._messages_out = 0
         self._bytes_in = 0
         self._bytes_out = 0
-        self._heartbeats = heartbeats  # None: this connection runs its own
         self._next_ping = math.inf
 
     def __repr__(self) -> str:
@@ -247,29 +248,34 @@ class Connection:
 
     # -- connection task -------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _serve(self) -> None:
+        """The connection's task, from the handshake to the closed stream; never raises except
+        for cancellation, so one connection's fault cannot reach the listener or the others.
+
+        What an idle connection keeps is most of a server's memory, so this is the task's only
+        frame above the read loop, and it has no nursery: a writer task, while one is needed,
+        runs in the shared nursery.
+        """
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._heartbeats is None:  # not served by `serve_websockets`
-                    self._heartbeats = Heartbeats()
-                    nursery.start_soon(self._heartbeats.run)
-                try:
-                    with self._read_scope:
-                        self._read_scope.deadline = (
-                            trio.current_time() + self._config.handshake_timeout
-                        )
-                        await self._receive_loop()
-                except trio.Cancelled:
-                    self._going_away = True  # the server is shutting down
-                    raise
-                except Exception:
-                    logger.exception("%r: failed; closing it", self)
-                finally:
-                    self._nursery = None  # from here on, _finish drains inline
-                    nursery.cancel_scope.cancel()
+            try:
+                with self._read_scope:
+                    self._read_scope.deadline = trio.current_time() + self._config.handshake_timeout
+                    await self._receive_loop()
+            except trio.Cancelled:
+                self._going_away = True  # the server is shutting down
+                raise
+            except Exception:
+                logger.exception("%r: failed; closing it", self)
+            finally:
+                await self._finish()
+        except Exception:
+            logger.exception("%r: unexpected transport failure", self)
         finally:
-            await self._finish()
+            self._release_socket()
+            try:
+                await trio.aclose_forcefully(self._stream)  # raises Cancelled again at shutdown
+            finally:
+                self._notify_closed()
 
     async def _receive_loop(self) -> None:
         """Read, feed the protocol, call the handler; until EOF or the closing handshake is
@@ -277,16 +283,25 @@ class Connection:
         for its EOF - trio-websocket clients, for one, never close TCP themselves)."""
         proto = self._protocol
         read_size = self._config.read_size
-        if self._sock is not None:
+        sock = self._sock
+        if sock is not None:
             read_buffer = _shared_read_buffer(read_size)
         while True:
             try:
-                if self._sock is None:
+                if sock is None:
                     data: bytes | bytearray | memoryview = await self._stream.receive_some(
                         read_size
                     )
                 else:
-                    data = read_buffer[: await self._receive_into(read_buffer)]
+                    # `SocketStream.receive_some` on the raw socket, with fewer layers: less
+                    # CPU per read, and a smaller stack kept by every idle connection waiting
+                    # here. Cancelled before reading, never after; unlike `receive_some` it
+                    # returns without the checkpoint that lets other tasks run, because the
+                    # buffer is shared by every connection: the data is handled first.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    while (received := _receive_into(sock, read_buffer)) is None:
+                        await trio.lowlevel.wait_readable(sock)
+                    data = read_buffer[:received]
             except _TRANSPORT_ERRORS as exc:
                 self._abort(exc)
                 return
@@ -299,7 +314,8 @@ class Connection:
                 return
             if self._received(data):
                 return
-            if self._sock is not None:  # done with the shared buffer: now let others run
+            if sock is not None:  # done with the shared buffer: now let others run
+                del data  # (and an idle connection must not keep a view of it)
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _received(self, data: bytes | bytearray | memoryview) -> bool:
@@ -325,24 +341,6 @@ class Connection:
         return proto.state is CLOSED or (
             proto.close_rcvd is not None and proto.close_sent is not None
         )
-
-    async def _receive_into(self, buffer: memoryview) -> int:
-        """`SocketStream.receive_some` on the raw socket into `buffer`, with fewer layers: less
-        CPU per read, and a smaller stack kept by every idle connection waiting here.
-
-        Cancelled before reading, never after; unlike `receive_some` it returns without the
-        checkpoint that lets other tasks run, because `buffer` is shared by every connection:
-        the caller handles the data first, then checkpoints.
-        """
-        sock = self._sock
-        assert sock is not None
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                return sock.recv_into(buffer)
-            except BlockingIOError:
-                pass  # wait outside the handler: it would keep the exception alive meanwhile
-            await trio.lowlevel.wait_readable(sock)
 
     def _dispatch(self, event: Event) -> None:
         if not isinstance(event, Frame):
@@ -396,8 +394,7 @@ class Connection:
             self._read_scope.deadline = math.inf  # liveness is the heartbeat's job now
             self._opened = True
             self._next_ping = trio.current_time() + self._config.heartbeat_interval
-            assert self._heartbeats is not None
-            self._heartbeats.add(self, self._next_heartbeat())
+            self._shared.heartbeats.add(self, self._next_heartbeat())
             self._handler.on_open(self)
 
     def _http_response(self, method: str, path: str) -> Response:
@@ -443,6 +440,12 @@ class Connection:
         a socket with unread input sends RST, which can destroy the close frame or HTTP
         response the peer has not read yet.
         """
+        self._finishing = True
+        if self._writer is not None:  # stop it first: one task at a time sends on a socket
+            scope, exited = self._writer
+            scope.cancel()
+            with trio.CancelScope(shield=True):
+                await exited.wait()
         if self._broken:
             return
         if self._protocol.state is OPEN:  # server shutdown or a failure in this connection
@@ -568,16 +571,22 @@ class Connection:
             self._start_writer()
 
     def _start_writer(self) -> None:
-        if not self._writer_running and self._nursery is not None:
-            self._writer_running = True
-            self._nursery.start_soon(self._writer)
+        if self._writer is None and not self._finishing:
+            self._writer = trio.CancelScope(), trio.Event()
+            self._shared.nursery.start_soon(self._write_out, *self._writer)
 
-    async def _writer(self) -> None:
-        """Lives only while there is buffered output, so idle connections cost no task."""
+    async def _write_out(self, scope: trio.CancelScope, exited: trio.Event) -> None:
+        """The writer task: lives only while there is buffered output, so idle connections
+        cost no task. It runs in the shared nursery, so it must not raise."""
         try:
-            await self._drain()
+            with scope:
+                await self._drain()
+        except Exception:
+            logger.exception("%r: writer failed; closing it", self)
+            self._read_scope.cancel()
         finally:
-            self._writer_running = False
+            self._writer = None
+            exited.set()
 
     async def _drain(self) -> None:
         try:
@@ -640,6 +649,26 @@ class Connection:
     def _release_socket(self) -> None:
         if self._sock is not None:
             self._sock.detach()
+
+
+def _receive_into(sock: socket.socket, buffer: memoryview) -> int | None:
+    """`sock.recv_into(buffer)`, or None when nothing has arrived: the caller then waits outside
+    any exception handler (waiting inside one would keep the exception alive meanwhile)."""
+    try:
+        return sock.recv_into(buffer)
+    except BlockingIOError:
+        return None
+
+
+class SharedServices:
+    """What the connections of one server share, so that an idle one costs neither a task nor a
+    nursery: the heartbeat task, and the nursery that a connection's writer runs in while its
+    client is slow to read."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.heartbeats = Heartbeats()
+        nursery.start_soon(self.heartbeats.run)
 
 
 class Heartbeats:
@@ -754,33 +783,40 @@ def _remote_address(stream: trio.abc.Stream) -> str:
     return "unknown"
 
 
+def _accepted(
+    stream: trio.abc.Stream,
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    http_handler: HttpHandler | None,
+    shared: SharedServices,
+) -> Coroutine[None, None, None]:
+    """The task serving a new stream: the connection's own `_serve`, with no frame around it."""
+    try:
+        conn = Connection(stream, handler, config, http_handler, shared)
+    except Exception:
+        logger.exception("could not set up a connection; dropping it")
+        return trio.aclose_forcefully(stream)
+    return conn._serve()
+
+
 async def handle_stream(
     stream: trio.abc.Stream,
     handler: ConnectionHandler,
     config: TransportConfig,
     http_handler: HttpHandler | None = None,
-    heartbeats: Heartbeats | None = None,
+    shared: SharedServices | None = None,
 ) -> None:
-    """Serve one client on any trio Stream; never raises except for cancellation, so one
-    connection's fault cannot reach the listener or other connections.
+    """Serve one client on any trio Stream; never raises except for cancellation.
 
-    `heartbeats`, when given, must be running (`Heartbeats.run`) for as long as the stream is
-    served; without, the connection runs its own.
+    `shared`, when given, must stay open for as long as the stream is served; without, the
+    connection gets services of its own.
     """
-    conn: Connection | None = None
-    try:
-        conn = Connection(stream, handler, config, http_handler, heartbeats)
-        await conn._run()
-    except* Exception:  # except*: even mixed with Cancelled, bugs stay in this connection
-        logger.exception("%r: unexpected transport failure", conn)
-    finally:
-        if conn is not None:
-            conn._release_socket()
-        try:
-            await trio.aclose_forcefully(stream)  # raises Cancelled again during shutdown
-        finally:
-            if conn is not None:
-                conn._notify_closed()
+    if shared is None:
+        async with trio.open_nursery() as nursery:
+            await _accepted(stream, handler, config, http_handler, SharedServices(nursery))
+            nursery.cancel_scope.cancel()
+    else:
+        await _accepted(stream, handler, config, http_handler, shared)
 
 
 async def serve_websockets(
@@ -793,18 +829,39 @@ async def serve_websockets(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
-    heartbeats = Heartbeats()
-    # A partial, not a wrapping coroutine: one frame less kept by every connection.
-    serve_one = functools.partial(
-        handle_stream,
-        handler=handler,
-        config=config,
-        http_handler=http_handler,
-        heartbeats=heartbeats,
-    )
+    listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(heartbeats.run)
-        listeners: list[trio.SocketListener] = await nursery.start(
-            lambda task_status: trio.serve_tcp(serve_one, port, host=host, task_status=task_status)
-        )
+        shared = SharedServices(nursery)
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler, config, http_handler, shared)
         task_status.started(listeners)
+
+
+ACCEPT_RETRY_SECONDS = 0.1
+"""How long to wait before accepting again when the process is out of descriptors or memory."""
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    http_handler: HttpHandler | None,
+    shared: SharedServices,
+) -> None:
+    """`trio.serve_listeners`' loop, without the wrapping task it gives each connection (whose
+    frame every idle connection would keep): the task is the connection's own."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.exception("accept failed; retrying in %g s", ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+            else:
+                # A constant name: trio would otherwise build a string for every connection.
+                shared.nursery.start_soon(
+                    _accepted, stream, handler, config, http_handler, shared, name="connection"
+                )
