@@ -521,15 +521,8 @@ class Connection:
                 self._batch.pending.append(self)
             return
         if sock is not None and not out:
-            try:
-                sent = sock.send(chunk)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._abort(exc)
-                return
-            self._bytes_out += sent
-            if sent == len(chunk):
+            sent = self._send_now(chunk)
+            if sent is None or sent == len(chunk):
                 return
             out += memoryview(chunk)[sent:]
         else:
@@ -542,20 +535,28 @@ class Connection:
         out = self._out
         if not out or self._broken:
             return
-        assert self._sock is not None
-        try:
-            sent = self._sock.send(out)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._abort(exc)
+        sent = self._send_now(out)
+        if sent is None:
             return
-        self._bytes_out += sent
         if sent == len(out):
             out.clear()
         else:
             del out[:sent]
             self._start_writer()
+
+    def _send_now(self, data: bytes | bytearray) -> int | None:
+        """Write what the kernel takes now: how much, or None if the socket is dead (the
+        connection is then aborted)."""
+        assert self._sock is not None
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._abort(exc)
+            return None
+        self._bytes_out += sent
+        return sent
 
     def _overflow(self) -> None:
         # Already closing: the close frame is queued and the close timer runs; just drop.
