@@ -468,6 +468,40 @@ async def test_shutdown_sends_1001_to_every_client() -> None:
     assert sorted(handler.closed) == [(i, 1001, "server shutting down") for i in handler.opened]
 
 
+class FillHandler(EchoHandler):
+    """On ``fill``, sends 16 MiB: more than a client that does not read lets the kernel take,
+    so the rest waits for the connection's writer task."""
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        if data != b"fill":
+            return super().on_text(conn, data)
+        self.texts.append(data)
+        for _ in range(1024):
+            conn.send_text(b"x" * 16 * 1024)
+        return None
+
+
+async def test_connection_ending_while_its_writer_runs_stops_the_writer_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = FillHandler()
+    config = TransportConfig(close_timeout=0.5, send_buffer_bytes=64 * 1024 * 1024)
+    async with running_server(handler, config) as port:
+        client = await RawClient.connect(port)  # from here on it reads nothing
+        client.proto.send_text(b"fill")
+        await client.flush()
+        await wait_for(lambda: handler.texts == [b"fill"])
+        [conn] = handler.connections.values()
+        assert conn.statistics().buffered_bytes > 0  # what the writer is still sending
+        # The client's close ends the connection: the server's answer is queued behind the
+        # buffered data, which the writer was sending; the connection task must take over.
+        client.proto.send_close(1000)
+        await client.flush()
+        await wait_for(lambda: bool(handler.closed))
+    assert handler.closed == [(conn.id, 1000, "")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def test_one_connection_failing_mid_close_does_not_affect_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
