@@ -38,6 +38,10 @@ SPECIALISED = [
     ("server", "sdp_answer"),
     ("server", "ice_candidate"),
 ]
+ON_SPECIALISED = pytest.mark.parametrize(
+    ("direction", "tag"), SPECIALISED, ids=[f"{d}/{t}" for d, t in SPECIALISED]
+)
+"""The relayed messages: structured and encoded by hand, and built by `positional_constructor`."""
 
 
 def reference_structure(direction: Direction, obj: dict[str, Any]) -> Any:
@@ -77,9 +81,7 @@ def test_fast_structure_and_encode_match_cattrs(
     check(direction, tag, data.draw(instances(direction, tag)), seq)
 
 
-@pytest.mark.parametrize(
-    ("direction", "tag"), SPECIALISED, ids=[f"{d}/{t}" for d, t in SPECIALISED]
-)
+@ON_SPECIALISED
 @settings(EXAMPLES, max_examples=200)
 @given(data=st.data(), seq=SEQS)
 def test_hand_specialised_paths_match_cattrs(
@@ -108,17 +110,7 @@ def test_a_decoded_relay_message_is_the_cattrs_one() -> None:
     assert decode_client(data) == reference_structure("client", orjson.loads(data))
 
 
-POSITIONAL = [
-    ("client", "sdp_offer"),
-    ("client", "sdp_answer"),
-    ("client", "ice_candidate"),
-    ("server", "sdp_offer"),
-    ("server", "sdp_answer"),
-    ("server", "ice_candidate"),
-]
-
-
-@pytest.mark.parametrize(("direction", "tag"), POSITIONAL, ids=[f"{d}/{t}" for d, t in POSITIONAL])
+@ON_SPECIALISED
 @EXAMPLES
 @given(data=st.data())
 def test_positional_constructor_builds_what_the_class_builds(
