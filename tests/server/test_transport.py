@@ -135,6 +135,18 @@ class RawClient:
         await client.handshake()
         return client
 
+    @classmethod
+    async def served(
+        cls, nursery: trio.Nursery, handler: EchoHandler, config: TransportConfig
+    ) -> RawClient:
+        """A client of `handle_stream` run in `nursery` over memory streams (no sockets, so
+        MockClock can drive its timers)."""
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(handle_stream, server_stream, handler, config)
+        client = cls(client_stream)
+        await client.handshake()
+        return client
+
     async def handshake(self) -> None:
         self.proto.send_request(self.proto.connect())
         await self.flush()
@@ -574,11 +586,8 @@ async def test_one_connection_failing_mid_close_does_not_affect_others(
 async def test_heartbeat_timeout_closes_1011(autojump_clock: trio.testing.MockClock) -> None:
     handler = EchoHandler()
     config = TransportConfig()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle_stream, server_stream, handler, config)
-        client = RawClient(client_stream)
-        await client.handshake()
+        client = await RawClient.served(nursery, handler, config)
         opened_at = trio.current_time()
         frames = await client.frames_until_eof(hang_guard=120)  # never answers the pings
         closed_at = trio.current_time()
@@ -594,11 +603,8 @@ async def test_heartbeat_keeps_a_responsive_client(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     handler = EchoHandler()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle_stream, server_stream, handler, TransportConfig())
-        client = RawClient(client_stream)
-        await client.handshake()
+        client = await RawClient.served(nursery, handler, TransportConfig())
         pings = 0
         with trio.move_on_after(120):
             while True:
@@ -630,11 +636,8 @@ async def test_handshake_timeout_drops_silent_client(
 
 async def test_memory_stream_echo_uses_buffered_writer() -> None:
     handler = EchoHandler()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle_stream, server_stream, handler, CONFIG)
-        client = RawClient(client_stream)
-        await client.handshake()
+        client = await RawClient.served(nursery, handler, CONFIG)
         for i in range(50):
             client.proto.send_text(f"m{i}".encode())
         await client.flush()
