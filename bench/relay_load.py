@@ -362,31 +362,18 @@ class StreamClient:
         if not data:
             raise ConnectionError(f"{self.setup.name}: server closed the connection")
         buf = self.pending + data if self.pending else data
-        end = len(buf)
-        start = count = 0
+        frames, used = split_frames(buf)
+        count = 0
         marker = self.marker
-        while end - start >= 2:
-            length = buf[start + 1] & 0x7F  # server frames are unmasked
-            header = 2
-            if length == 126:
-                header = 4
-                length = int.from_bytes(buf[start + 2 : start + 4])
-            elif length == 127:
-                header = 10
-                length = int.from_bytes(buf[start + 2 : start + 10])
-            if end - start < header + length:
-                break
-            opcode = buf[start] & 0x0F
-            if opcode == TEXT and buf.find(marker, start + header, start + header + length) >= 0:
+        for opcode, start, end in frames:
+            if opcode == TEXT and buf.find(marker, start, end) >= 0:
                 count += 1
             elif opcode == CLOSE:
-                reason = buf[start + header : start + header + length]
-                raise ConnectionError(f"{self.setup.name}: server closed: {reason!r}")
+                raise ConnectionError(f"{self.setup.name}: server closed: {buf[start:end]!r}")
             elif opcode != PING:  # heartbeat pings need no pong: we keep sending
                 self.unexpected += 1
-                self.unexpected_sample = buf[start + header : start + header + min(length, 200)]
-            start += header + length
-        self.pending = buf[start:]
+                self.unexpected_sample = buf[start : min(end, start + 200)]
+        self.pending = buf[used:]
         self.received += count
         return count
 
