@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import sys
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +17,10 @@ from hypothesis_jsonschema import from_schema
 
 from callbox import messages
 from callbox.codec import (
+    DEPTH_CHECKED,
+    EXPLAINED_ITEMS,
     FAST,
+    MAX_NESTING_DEPTH,
     REFERENCE,
     Direction,
     ProtocolError,
@@ -22,6 +28,7 @@ from callbox.codec import (
     decode_server,
     encode,
     python_pattern,
+    schema_dir,
 )
 from callbox.conformance.generation import generator_schema, json_safe
 
@@ -282,3 +289,121 @@ def test_generated_instances_are_accepted_and_round_trip(
     assert REFERENCE[direction][tag].is_valid(instance)
     message = DECODE[direction](orjson.dumps(instance))
     assert orjson.loads(encode(message)) == instance
+
+
+# ---------------------------------------------------------------------------------------------
+# What a refusal may cost, and what the server can re-encode
+
+
+def _python_calls(action: Callable[[], object]) -> int:
+    """Python function calls made while `action` runs: a measure of work that is not a clock."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def _mixed_recipients(count: int) -> bytes:
+    """A `call_initiate` whose `to` mixes numbers and strings: items that do not sort."""
+    return initiate(to=[index if index % 2 else str(index) for index in range(count)])
+
+
+def test_explaining_a_long_array_costs_what_a_short_one_does() -> None:
+    # jsonschema's uniqueItems compares every pair of items that do not sort, and checks each
+    # item at ~30 us: 4,000 items held the event loop 1.25 s, a whole frame minutes.
+    # Now the reference validator sees at most EXPLAINED_ITEMS of them: what is left per item
+    # is one call of the depth walk.
+    short = _python_calls(lambda: refusal(_mixed_recipients(400)))
+    long = _python_calls(lambda: refusal(_mixed_recipients(4_000)))
+    assert long - short < 2 * (4_000 - 400)
+    explained = refusal(_mixed_recipients(4_000))
+    assert (explained.code, explained.path) == ("invalid_message", "/to")
+    assert "is too long" in explained.message
+
+
+@given(
+    st.lists(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-3, 3)
+            | st.floats(-2, 2)
+            | st.sampled_from(["a", "b", "1"]),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2)
+            ),
+            max_leaves=6,
+        ),
+        max_size=6,
+    )
+)
+@EXAMPLES
+def test_linear_unique_items_agrees_with_jsonschema(items: list[Any]) -> None:
+    schema = {"type": "array", "uniqueItems": True}
+    reference = jsonschema.Draft202012Validator(schema)
+    ours = REFERENCE["client"]["call_initiate"].evolve(schema=schema)
+    assert ours.is_valid(items) == reference.is_valid(items)
+
+
+def test_the_schemas_use_only_array_keywords_that_clipping_preserves() -> None:
+    # _clipped shows the reference validator at most EXPLAINED_ITEMS items of an array: sound
+    # only for keywords whose every error in the cut array is an error of the whole array.
+    def keywords(schema: Any) -> set[str]:
+        if isinstance(schema, list):
+            return set().union(*map(keywords, schema))
+        if isinstance(schema, dict):
+            own = set(schema) if schema.get("type") == "array" else set()
+            return own.union(*map(keywords, schema.values()))
+        return set()
+
+    documents = [orjson.loads(path.read_bytes()) for path in schema_dir().rglob("*.json")]
+    harmless = {"type", "items", "minItems", "maxItems", "uniqueItems", "title", "description"}
+    assert keywords(documents) <= harmless
+    assert EXPLAINED_ITEMS["client"] == 101  # presence_subscribe's 100 users, plus one
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_room_broadcast_data_nested_too_deep_is_refused_with_its_path() -> None:
+    # orjson reads 1,023 levels and writes 254: 300 levels were accepted, then failed to relay.
+    frame = b'{"type":"room_broadcast","room":"r","data":' + b"[" * 300 + b"]" * 300 + b"}"
+    refused = refusal(frame)
+    assert refused.code == "invalid_message"
+    assert refused.path == "/data" + "/0" * (MAX_NESTING_DEPTH - 1)  # the first level too many
+    assert f"deeper than {MAX_NESTING_DEPTH} levels" in refused.message
+
+
+def test_data_as_deep_as_the_limit_is_accepted_and_re_encodes() -> None:
+    # The message is one level: data may nest MAX_NESTING_DEPTH - 1 more.
+    data = _nested(MAX_NESTING_DEPTH - 1)
+    message = decode_client(orjson.dumps({"type": "room_broadcast", "room": "r", "data": data}))
+    assert isinstance(message, messages.RoomBroadcast)
+    relayed = messages.RoomMessage(room="r", from_="alice", data=message.data)
+    assert orjson.loads(encode(relayed, seq=1))["data"] == data
+
+
+def test_a_deep_value_where_the_schema_wants_none_is_refused_without_recursing() -> None:
+    # Explaining walks the message: 1,000 levels would pass Python's recursion limit.
+    deep = b"[" * 1_000 + b"]" * 1_000  # more than orjson writes: spelled out
+    frame = initiate(to=["x"]).replace(b'["x"]', deep)
+    refused = refusal(frame)
+    assert refused.code == "invalid_message"
+    assert refused.path == "/to" + "/0" * (MAX_NESTING_DEPTH - 1)
+
+
+def test_only_messages_with_open_content_pay_for_the_depth_check() -> None:
+    assert DEPTH_CHECKED == {"client": {"room_broadcast"}, "server": {"room_message"}}

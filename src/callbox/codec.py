@@ -8,8 +8,9 @@ typed message: it unstructures and serializes, nothing more, because it runs for
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from cattrs.strategies import configure_tagged_union
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
+from referencing._core import Resolver
 
 from callbox.messages import (
     CLIENT_MESSAGES,
@@ -67,6 +69,12 @@ SCHEMA_BASE = "https://callbox.dev/schemas/v1/"
 
 MAX_RID_LENGTH = 64
 """A longer (or non-string) ``rid`` is not echoed: the ``error`` reply must stay valid."""
+
+MAX_NESTING_DEPTH = 32
+"""Arrays and objects a value may be nested in, the message itself counted (``limits``
+announces it). orjson reads 1,023 levels but writes only 254, so a deeper value the schemas let
+through (``room_broadcast.data`` is any JSON) could not be relayed; 32 is far more than any
+application data needs and keeps every walk over a message shallow."""
 
 MAX_ERROR_TEXT = 1024
 """``maxLength`` of ``error.message`` and ``error.path`` in ``schemas/server/error.json``."""
@@ -168,8 +176,116 @@ def _ecma_pattern(
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+def _json_identity(value: Any) -> Hashable:
+    """A key equal for two JSON values exactly when JSON Schema calls them equal.
+
+    Numbers compare by value (``1`` equals ``1.0``), booleans are not numbers, arrays compare in
+    order and objects by their members. Computing it costs time linear in the value's size.
+    """
+    if value is True or value is False:
+        return ("boolean", value)
+    if isinstance(value, list):
+        return ("array", tuple(map(_json_identity, value)))
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _json_identity(item)) for key, item in value.items()))
+    return value  # strings, numbers and null: Python's own equality and hash are JSON's
+
+
+def _linear_unique_items(
+    validator: Validator, unique: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """The ``uniqueItems`` keyword in linear time.
+
+    ``jsonschema``'s own sorts the items and, when they do not sort (numbers mixed with
+    strings), compares every pair: a 24 KiB array took 1.25 s, a whole frame minutes, all on
+    the event loop. Hashing each item's `_json_identity` gives the same verdict in one pass.
+    """
+    if unique and validator.is_type(instance, "array"):
+        identities = set(map(_json_identity, instance))
+        if len(identities) < len(instance):
+            yield ValidationError("items are not unique")
+
+
+def _longest_array(schema: Any) -> int:
+    """The largest ``maxItems`` in ``schema``, at any depth."""
+    if isinstance(schema, list):
+        return max(map(_longest_array, schema), default=0)
+    if isinstance(schema, dict):
+        own = schema.get("maxItems", 0)
+        return max(own if isinstance(own, int) else 0, *map(_longest_array, schema.values()))
+    return 0
+
+
+def _depth_allowed(schema: Any, resolver: Resolver[Any]) -> float:
+    """How deeply a value ``schema`` accepts may nest (a string: 0, ``[1]``: 1); ``inf`` when
+    the schema leaves the value open, as ``{}`` does."""
+    if not isinstance(schema, dict):
+        return math.inf if schema is True else 0
+    if "$ref" in schema:
+        target = resolver.lookup(schema["$ref"])
+        return _depth_allowed(target.contents, target.resolver)
+    if "const" in schema or "enum" in schema:
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        return math.inf if any(isinstance(value, (dict, list)) for value in values) else 0
+    branches = schema.get("anyOf", []) + schema.get("oneOf", [])
+    if branches and "type" not in schema:
+        return max(_depth_allowed(branch, resolver) for branch in branches)
+    types = schema.get("type")
+    if types is None:
+        return math.inf
+    depth = 0.0
+    if "object" in types:
+        members = [*schema.get("properties", {}).values(), schema.get("additionalProperties", {})]
+        depth = 1 + max(_depth_allowed(member, resolver) for member in members)
+    if "array" in types:
+        depth = max(depth, 1 + _depth_allowed(schema.get("items", {}), resolver))
+    return depth
+
+
+DEPTH_CHECKED: Mapping[Direction, frozenset[str]] = {
+    direction: frozenset(
+        tag
+        for tag in classes
+        if _depth_allowed({"$ref": f"{SCHEMA_BASE}{direction}/{tag}.json"}, REGISTRY.resolver())
+        > MAX_NESTING_DEPTH
+    )
+    for direction, classes in _CLASSES.items()
+}
+"""The messages whose schema allows nesting deeper than `MAX_NESTING_DEPTH` (``room_broadcast``):
+only they are walked for it, so no relayed message pays for the check."""
+
+
+def _too_deep(value: Any, levels: int) -> list[str | int] | None:
+    """Where ``value`` nests more than ``levels`` deep: the path of the first container too many."""
+    if isinstance(value, dict):
+        children: Iterable[tuple[str | int, Any]] = value.items()
+    elif isinstance(value, list):
+        children = enumerate(value)
+    else:
+        return None
+    if levels == 0:
+        return []
+    for key, child in children:
+        below = _too_deep(child, levels - 1)
+        if below is not None:
+            return [key, *below]
+    return None
+
+
+EXPLAINED_ITEMS: Mapping[Direction, int] = {
+    direction: 1
+    + _longest_array(
+        [doc for uri, doc in _DOCUMENTS.items() if not uri.startswith(SCHEMA_BASE + other)]
+    )
+    for direction, other in (("client", "server/"), ("server", "client/"))
+}
+"""Per direction, one more item than any array of any message may have: how many items of an
+array the reference validator is shown when it explains a refusal (see `_clipped`)."""
+
+
 _ReferenceValidator: type[Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern}
+    jsonschema.Draft202012Validator,
+    {"pattern": _ecma_pattern, "uniqueItems": _linear_unique_items},
 )
 
 REFERENCE: Mapping[Direction, Mapping[str, Validator]] = {
@@ -345,13 +461,21 @@ ENCODE_BY_CLASS: Mapping[type, Callable[[Any, int | None], bytes]] = {
 """The encoder of each message class: cattrs' unstructuring, or a specialisation of it."""
 
 
-_STEPS: Mapping[Direction, Mapping[str, tuple[Callable[[Any], bool], Callable[[Any], Any]]]] = {
+_STEPS: Mapping[
+    Direction, Mapping[str, tuple[Callable[[Any], bool], Callable[[Any], Any], bool]]
+] = {
     direction: {
-        tag: (FAST[direction][tag].is_valid, STRUCTURE_BY_TYPE[direction][tag]) for tag in classes
+        tag: (
+            FAST[direction][tag].is_valid,
+            STRUCTURE_BY_TYPE[direction][tag],
+            tag in DEPTH_CHECKED[direction],
+        )
+        for tag in classes
     }
     for direction, classes in _CLASSES.items()
 }
-"""Per direction and ``type``: the fast validator's check and the structuring, found together."""
+"""Per direction and ``type``: the fast validator's check, the structuring, and whether the
+nesting depth needs checking, found together."""
 
 
 def decode_client(data: bytes | str) -> ClientMessage:
@@ -408,8 +532,15 @@ def _decode(data: bytes | str, direction: Direction) -> Any:
         raise ProtocolError(
             "unknown_type", f"/type: no {direction} message has type {tag!r}", path="/type", rid=rid
         )
-    is_valid, structure = found
-    if not is_valid(obj):
+    is_valid, structure, depth_checked = found
+    valid = is_valid(obj)
+    if depth_checked or not valid:  # explaining walks the message too
+        too_deep = _too_deep(obj, MAX_NESTING_DEPTH)
+        if too_deep is not None:
+            path = _pointer(too_deep)
+            reason = f"{path}: nested deeper than {MAX_NESTING_DEPTH} levels, the most allowed"
+            raise ProtocolError("invalid_message", reason, path=path, rid=rid)
+    if not valid:
         location, text = _explain(direction, tag, obj)
         path = _pointer(location)
         raise ProtocolError(
@@ -420,13 +551,31 @@ def _decode(data: bytes | str, direction: Direction) -> Any:
 
 def _explain(direction: Direction, tag: str, obj: dict[str, Any]) -> tuple[list[str | int], str]:
     """Where ``obj`` breaks its schema and why, from the reference validator's best match."""
-    error = best_match(REFERENCE[direction][tag].iter_errors(obj))
+    clipped = _clipped(obj, EXPLAINED_ITEMS[direction])
+    error = best_match(REFERENCE[direction][tag].iter_errors(clipped))
     if error is None:
         # Should the engines still disagree somewhere (`python_pattern` covers the difference
         # known here), trust the validator that refused: it is the one that decides.
         fast_error = next(iter(FAST[direction][tag].iter_errors(obj)))
         return list(fast_error.instance_path), fast_error.message
     return _locate(error)
+
+
+def _clipped(value: Any, items: int) -> Any:
+    """``value`` with every array cut to ``items`` items, for the reference validator.
+
+    ``jsonschema`` spends ~30 us on each array item it checks, so a frame of 30,000 one-byte
+    items would hold the event loop for a second to explain itself. Every array a schema
+    describes allows fewer than `EXPLAINED_ITEMS`, so a longer one still fails ``maxItems`` after
+    the cut, at a shallower path than any of its items' errors (which `best_match` prefers), and
+    every other error in the cut value is one of the whole value too (tests/test_codec.py checks
+    that the schemas use no array keyword for which that would not hold).
+    """
+    if isinstance(value, list):
+        return [_clipped(item, items) for item in value[:items]]
+    if isinstance(value, dict):
+        return {key: _clipped(item, items) for key, item in value.items()}
+    return value
 
 
 def _locate(error: ValidationError) -> tuple[list[str | int], str]:
