@@ -188,7 +188,8 @@ def _json_identity(value: Any) -> Hashable:
         return ("array", tuple(map(_json_identity, value)))
     if isinstance(value, dict):
         return ("object", frozenset((key, _json_identity(item)) for key, item in value.items()))
-    return value  # strings, numbers and null: Python's own equality and hash are JSON's
+    scalar: Hashable = value  # strings, numbers, null: Python's equality and hash are JSON's
+    return scalar
 
 
 def _linear_unique_items(
@@ -272,12 +273,13 @@ def _too_deep(value: Any, levels: int) -> list[str | int] | None:
     return None
 
 
+_OTHER: Mapping[Direction, Direction] = {"client": "server", "server": "client"}
 EXPLAINED_ITEMS: Mapping[Direction, int] = {
     direction: 1
     + _longest_array(
         [doc for uri, doc in _DOCUMENTS.items() if not uri.startswith(SCHEMA_BASE + other)]
     )
-    for direction, other in (("client", "server/"), ("server", "client/"))
+    for direction, other in _OTHER.items()
 }
 """Per direction, one more item than any array of any message may have: how many items of an
 array the reference validator is shown when it explains a refusal (see `_clipped`)."""

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from callbox.codec import MAX_NESTING_DEPTH
 from callbox.messages import Limits
 
 SECONDS_MS = 1000
@@ -278,6 +279,13 @@ class Config:
         check=_int_at_least(1),
         parse=_parse_int,
     )
+    hello_timeout_ms: int = _setting(
+        10 * SECONDS_MS,
+        env="HELLO_TIMEOUT_MS",
+        meaning="a connection that has not sent hello after this long is closed (4003), ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
     heartbeat_ms: int = _setting(
         15 * SECONDS_MS,
         env="HEARTBEAT_MS",
@@ -473,6 +481,10 @@ class Config:
             max_broadcast_bytes=self.max_broadcast_bytes,
             broadcasts_per_second=self.broadcasts_per_second,
             max_presence_subscriptions=self.max_presence_subscriptions,
+            replay_buffer_messages=self.replay_buffer_messages,
+            replay_buffer_bytes=self.replay_buffer_bytes,
+            max_nesting_depth=MAX_NESTING_DEPTH,
+            hello_timeout_ms=self.hello_timeout_ms,
         )
 
 

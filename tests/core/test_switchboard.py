@@ -406,13 +406,126 @@ def test_resume_refused_when_history_is_gone(h: Harness) -> None:
     alice = h.login("alice")
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]
-    call_between(h, alice, conn)
+    call_between(h, alice, conn)  # bob's seq 1 and 2, sent before the drop
     h.drop(conn)
-    for n in range(2):
+    for n in range(3):  # seq 3, 4, 5: seq 1 and 2 make room for them
         h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": f"v=0 {n}"})
-    h.expect(alice, "call_ended", reason="disconnected")  # overflow ended bob's session
-    new = h.resume("bob", token, 2)
+    h.quiet(alice)
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 3"})
+    h.expect(alice, "call_ended", reason="disconnected")  # seq 6 would push out unsent seq 3
+    new = h.resume("bob", token, 5)
     h.expect(new, "welcome", resumed=False)
+
+
+def test_a_session_that_received_more_than_the_replay_budget_still_resumes() -> None:
+    # Issue 10, finding 1: the budget was spent on frames bob had long read, so the first
+    # message while he was away ended his session.
+    h, alice, bob, token = in_a_call()
+    candidate = {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": None}
+    for _ in range(h.config.replay_buffer_messages + 4):
+        h.send(alice, candidate)
+        h.advance(1 / h.config.messages_per_second)
+    last_read = h.take_all(bob)[-1]["seq"]
+    h.drop(bob)
+    h.send(alice, offer("v=0 while away"))
+    h.quiet(alice)
+    new = h.resume("bob", token, last_read)
+    h.expect(new, "welcome", resumed=True)
+    h.expect(new, "sdp_offer", seq=last_read + 1, sdp="v=0 while away")
+    h.quiet(new)
+
+
+def test_an_ack_lets_the_server_drop_what_the_client_has_processed() -> None:
+    h, alice, bob, token = in_a_call()  # bob's seq 1 and 2
+    h.send(alice, offer("v=0 three"))
+    h.send(bob, {"type": "ack", "last_seq": 2})
+    h.take_all(bob)
+    h.drop(bob)
+    behind = h.resume("bob", token, 1)  # seq 2 is no longer held: acknowledged
+    h.expect(behind, "welcome", resumed=False)
+
+
+def test_an_ack_keeps_what_is_not_acknowledged_for_a_resume() -> None:
+    h, alice, bob, token = in_a_call()
+    h.send(alice, offer("v=0 three"))
+    h.send(bob, {"type": "ack", "last_seq": 2})
+    h.drop(bob)
+    new = h.resume("bob", token, 2)
+    h.expect(new, "welcome", resumed=True)
+    h.expect(new, "sdp_offer", seq=3)
+
+
+def test_an_ack_ahead_of_what_was_sent_is_refused() -> None:
+    h, _alice, bob, _token = in_a_call()
+    h.take_all(bob)
+    h.send(bob, {"type": "ack", "last_seq": 3, "rid": "a"})
+    h.expect(bob, "error", code="invalid_state", path="/last_seq", rid="a", seq=3)
+
+
+def lose_the_welcome(h: Harness, user_id: str, token: str, last_seq: int) -> None:
+    """Resume, and lose the connection before the client reads the `welcome`."""
+    lost = h.resume(user_id, token, last_seq)
+    assert h.take(lost)["resumed"] is True
+    h.drop(lost)
+
+
+def test_a_resume_whose_welcome_was_lost_succeeds_with_the_token_the_client_holds() -> None:
+    # Issue 10, finding 2: every resume rotated the token, and the client never saw the new one.
+    h, alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    h.send(alice, offer("v=0 after the lost welcome"))
+    again = h.resume("bob", token, 2)
+    welcome = h.expect(again, "welcome", resumed=True)
+    assert welcome["resume_token"] != token
+    h.expect(again, "sdp_offer", seq=3)
+    h.quiet(alice)
+
+
+def test_the_replaced_token_resumes_only_once() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    lose_the_welcome(h, "bob", token, 2)
+    third = h.resume("bob", token, 2)
+    h.expect(third, "welcome", resumed=False)
+
+
+def test_the_replaced_token_is_good_for_a_grace_period_only() -> None:
+    h, _alice, _bob, token = in_a_call()
+    new = h.resume("bob", token, 2)  # takes over the open connection
+    new_token = h.expect(new, "welcome", resumed=True)["resume_token"]
+    h.advance(h.config.reconnect_grace_ms / 1000)
+    h.drop(new)
+    late = h.resume("bob", token, 2)
+    h.expect(late, "welcome", resumed=False)
+    h.take_all(late)
+    assert "bob" in h.user_of.values()
+    current = h.resume("bob", new_token, 2)
+    h.expect(current, "welcome", resumed=True)
+
+
+def test_resuming_with_the_new_token_retires_the_replaced_one() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    second = h.resume("bob", token, 2)
+    new_token = h.expect(second, "welcome", resumed=True)["resume_token"]
+    h.drop(second)
+    third = h.resume("bob", new_token, 2)
+    h.expect(third, "welcome", resumed=True)
+    h.drop(third)
+    stale = h.resume("bob", token, 2)
+    h.expect(stale, "welcome", resumed=False)
+
+
+def test_the_replaced_token_never_resumes_another_users_session() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    thief = h.resume("eve", token, 2)
+    h.expect(thief, "welcome", resumed=False, user_id="eve")
+    again = h.resume("bob", token, 2)
+    h.expect(again, "welcome", resumed=True)
 
 
 def in_a_call(**config: Any) -> tuple[Harness, int, int, str]:

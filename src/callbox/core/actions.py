@@ -70,6 +70,13 @@ class DurationCapTimer:
 
 
 @frozen
+class HelloTimer:
+    """How long a new connection may take to send `hello`."""
+
+    conn: ConnId
+
+
+@frozen
 class GraceTimer:
     """The reconnect grace period of a session whose connection was lost."""
 
@@ -86,7 +93,7 @@ class IceRefreshTimer:
 CallTimer = RingTimer | ExpiryWarningTimer | DurationCapTimer
 CALL_TIMERS = (RingTimer, ExpiryWarningTimer, DurationCapTimer)
 """The classes of `CallTimer`, for `isinstance`: these timers belong to a call's nursery."""
-SessionTimer = GraceTimer | IceRefreshTimer
+SessionTimer = HelloTimer | GraceTimer | IceRefreshTimer
 TimerKey = CallTimer | SessionTimer
 
 
