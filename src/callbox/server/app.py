@@ -144,10 +144,8 @@ class SignalingServer:
 
     # HTTP ----------------------------------------------------------------------------------------
 
-    def http(self, method: str, path: str) -> HttpResponse | None:
+    def http(self, path: str) -> HttpResponse | None:
         """Health, metrics, and the demo page with its browser client; anything else is 404."""
-        if method != "GET":
-            return None
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
