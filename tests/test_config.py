@@ -39,6 +39,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
     assert [var.name for var in environment_variables()] == [
         "CALLBOX_HOST",
         "CALLBOX_PORT",
+        "TRUSTED_PROXIES",
         "JWT_SECRET",
         "JWT_ALGORITHM",
         "STUN_SERVERS",

@@ -9,6 +9,7 @@ Why the defaults are what they are: docs/decisions/0003-configuration.md.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -130,6 +131,16 @@ def _urls(*schemes: str) -> Check:
     return check
 
 
+def _ip_addresses(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{_label(attribute)} must be a list of IP addresses")
+    for address in value:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{_label(attribute)}: not an IP address: {address!r}") from None
+
+
 def _tuple_of(value: Any) -> Any:
     """Lets a mapping (JSON, TOML) give a list where the config holds a tuple."""
     return tuple(value) if isinstance(value, list) else value
@@ -197,6 +208,14 @@ class Config:
         parse=_parse_int,
     )
     path: str = _setting("/ws", env=None, meaning="WebSocket endpoint path", check=_path)
+    trusted_proxies: tuple[str, ...] = _setting(
+        ("127.0.0.1", "::1"),
+        env="TRUSTED_PROXIES",
+        meaning="comma-separated addresses of reverse proxies whose X-Forwarded-For names the"
+        " client (failed sign-ins are throttled per client address)",
+        check=_ip_addresses,
+        parse=_parse_list,
+    )
 
     jwt_secret: str | None = _setting(
         None,
@@ -523,7 +542,7 @@ def environment_variables() -> list[EnvVar]:
 def _show_default(value: object) -> str:
     if value is None or value == ():
         return "-"
-    return str(value)
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def env_warnings(environ: Mapping[str, str]) -> list[str]:

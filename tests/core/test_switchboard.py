@@ -655,3 +655,90 @@ def test_unknown_fields_are_refused(h: Harness) -> None:
     conn = h.login("alice")
     h.send(conn, orjson.dumps({"type": "ping", "tss": 1}))
     h.expect(conn, "error", code="invalid_message")
+
+
+# A hostile or broken client costs little and disturbs no one ------------------------------------
+
+
+def test_a_connection_without_hello_is_closed_after_the_hello_timeout(h: Harness) -> None:
+    silent = h.open()
+    h.advance(h.config.hello_timeout_ms / 1000 - 0.001)
+    assert silent not in h.closed
+    h.advance(0.001)
+    assert h.closed[silent] == (4003, "hello timeout")
+    assert h.switchboard.statistics()["connections"] == 0
+
+
+def test_hello_stops_the_hello_timeout(h: Harness) -> None:
+    conn = h.login("alice")
+    h.advance(h.config.hello_timeout_ms / 1000 * 2)
+    assert conn not in h.closed
+    assert h.timers == {}
+
+
+def test_a_connection_lost_before_hello_leaves_no_timer(h: Harness) -> None:
+    conn = h.open()
+    h.drop(conn)
+    assert h.timers == {}
+
+
+def test_invalid_messages_count_toward_the_rate_limit_and_are_not_explained_beyond_it() -> None:
+    h = Harness(message_burst=5, messages_per_second=1)
+    conn = h.login("alice")  # hello took one token
+    bad = initiate("call-0001", 1, "bob") | {"rid": "bad"}
+    for _ in range(6):
+        h.send(conn, bad)
+    errors = h.take_all(conn)
+    assert [e["code"] for e in errors] == ["invalid_message"] * 4 + ["rate_limited"] * 2
+    assert {e["rid"] for e in errors} == {"bad"}
+    h.send(conn, b"\x00 not json")
+    h.expect(conn, "error", code="rate_limited")
+    h.advance(1)
+    h.send(conn, b"\x00 not json")
+    h.expect(conn, "error", code="invalid_json")
+
+
+def test_binary_frames_count_toward_the_rate_limit() -> None:
+    h = Harness(message_burst=2, messages_per_second=1)
+    conn = h.login("alice")
+    for _ in range(2):
+        h.receive_binary(conn)
+    assert [e["code"] for e in h.take_all(conn)] == ["invalid_message", "rate_limited"]
+
+
+def fail_sign_in(h: Harness, address: str) -> int:
+    conn = h.open(address)
+    h.send(conn, {"type": "hello", "user_id": "mallory"})
+    return conn
+
+
+def test_failed_sign_ins_from_one_address_delay_its_next_hellos() -> None:
+    h = Harness()
+    h.refused_users.add("mallory")
+    for _ in range(10):
+        conn = fail_sign_in(h, "203.0.113.7")
+        h.expect(conn, "error", code="auth_failed")
+    held = fail_sign_in(h, "203.0.113.7")
+    h.quiet(held)  # answered only after the delay
+    other = h.open("198.51.100.1")
+    h.send(other, {"type": "hello", "user_id": "alice"})
+    h.expect(other, "welcome")
+    h.advance(0.099)
+    h.quiet(held)
+    h.advance(0.001)
+    h.expect(held, "error", code="auth_failed")
+    assert h.closed[held] == (4001, "authentication failed")
+
+
+def test_a_held_hello_is_answered_as_usual_and_a_second_one_is_refused() -> None:
+    h = Harness()
+    h.refused_users.add("mallory")
+    for _ in range(10):
+        fail_sign_in(h, "2001:db8::1")
+    held = h.open("2001:db8::2")  # the same /64
+    h.send(held, {"type": "hello", "user_id": "alice"})
+    h.send(held, {"type": "hello", "user_id": "alice", "rid": "again"})
+    h.expect(held, "error", code="invalid_state", rid="again")
+    h.advance(h.config.hello_timeout_ms / 1000)  # no hello timeout while one is held
+    h.expect(held, "welcome", user_id="alice")
+    assert held not in h.closed

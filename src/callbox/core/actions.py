@@ -77,6 +77,13 @@ class HelloTimer:
 
 
 @frozen
+class HelloDelayTimer:
+    """When a `hello` held back by the sign-in throttle is answered."""
+
+    conn: ConnId
+
+
+@frozen
 class GraceTimer:
     """The reconnect grace period of a session whose connection was lost."""
 
@@ -93,7 +100,7 @@ class IceRefreshTimer:
 CallTimer = RingTimer | ExpiryWarningTimer | DurationCapTimer
 CALL_TIMERS = (RingTimer, ExpiryWarningTimer, DurationCapTimer)
 """The classes of `CallTimer`, for `isinstance`: these timers belong to a call's nursery."""
-SessionTimer = HelloTimer | GraceTimer | IceRefreshTimer
+SessionTimer = HelloTimer | HelloDelayTimer | GraceTimer | IceRefreshTimer
 TimerKey = CallTimer | SessionTimer
 
 

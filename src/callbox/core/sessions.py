@@ -13,7 +13,7 @@ from attrs import define
 
 from callbox.codec import positional_constructor
 from callbox.core.actions import ConnId, Send
-from callbox.messages import PresenceStatus
+from callbox.messages import Hello, PresenceStatus
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
@@ -193,4 +193,8 @@ class Link:
 
     conn: ConnId
     bucket: TokenBucket
+    address: str
+    """What failed sign-ins on this connection count against (`throttle.address_key`)."""
     session: Session | None = None
+    delayed_hello: Hello | None = None
+    """A `hello` waiting out its address's sign-in throttle."""

@@ -21,7 +21,14 @@ import orjson
 from attrs import define, field, frozen
 
 from callbox.auth import AuthError
-from callbox.codec import ProtocolError, decode_client, encode, positional_constructor, with_seq
+from callbox.codec import (
+    ProtocolError,
+    decode_client,
+    encode,
+    positional_constructor,
+    rid_of,
+    with_seq,
+)
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
@@ -32,6 +39,7 @@ from callbox.core.actions import (
     DurationCapTimer,
     ExpiryWarningTimer,
     GraceTimer,
+    HelloDelayTimer,
     HelloTimer,
     IceRefreshTimer,
     OpenCall,
@@ -53,6 +61,7 @@ from callbox.core.sessions import (
     discard_from,
 )
 from callbox.core.states import CallEvent, CallState, PartyState
+from callbox.core.throttle import AuthThrottle, address_key
 from callbox.messages import (
     Ack,
     Bye,
@@ -179,6 +188,7 @@ class Switchboard:
     _published: dict[str, UserStatus] = field(factory=dict, init=False)
     """Per watched user, the status its watchers were last told."""
     _last_seen: LastSeen = field(factory=LastSeen, init=False)
+    _auth_throttle: AuthThrottle = field(factory=AuthThrottle, init=False)
     _out: list[Action] = field(factory=list, init=False)
     received: Counter[str] = field(factory=Counter, init=False)
     """Client messages decoded, by type (for metrics)."""
@@ -194,9 +204,10 @@ class Switchboard:
     # -----------------------------------------------------------------------------------------
     # What the shell calls
 
-    def connect(self, conn: ConnId, now: float) -> list[Action]:
+    def connect(self, conn: ConnId, now: float, address: str = "") -> list[Action]:
+        """A connection opened, from `address` (the client's IP address, as far as known)."""
         bucket = TokenBucket.full(self.config.messages_per_second, self.config.message_burst, now)
-        self._links[conn] = Link(conn=conn, bucket=bucket)
+        self._links[conn] = Link(conn=conn, bucket=bucket, address=address_key(address))
         return [StartTimer(HelloTimer(conn), now + self.config.hello_timeout_ms / 1000)]
 
     def receive(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
@@ -205,18 +216,16 @@ class Switchboard:
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
         self._begin()
-        allowed = link.bucket.take(now)
+        if not link.bucket.take(now):  # before decoding: a refusal costs more than a message
+            self._rate_limited(link, rid_of(data))
+            return self._end()
         try:
             message = decode_client(data)
         except ProtocolError as exc:
             self._error(link, exc.code, exc.message, exc.path, exc.rid)
             return self._end()
         self.received[message.TYPE] += 1
-        if allowed:
-            self._dispatch(link, message, now)
-        else:
-            limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
-            self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
+        self._dispatch(link, message, now)
         return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
@@ -224,15 +233,18 @@ class Switchboard:
         if link is None:
             return []
         self._begin()
-        reason = "binary frames are not accepted: send JSON as text frames"
-        self._error(link, "invalid_message", reason, None, None)
+        if link.bucket.take(now):
+            reason = "binary frames are not accepted: send JSON as text frames"
+            self._error(link, "invalid_message", reason, None, None)
+        else:
+            self._rate_limited(link, None)
         return self._end()
 
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (clean close or not): its session enters the grace period."""
         link = self._links.pop(conn, None)
         if link is not None and link.session is None:
-            return [CancelTimer(HelloTimer(conn))]
+            return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
         if link is None or link.session is None or link.session.conn != conn:
             return []
         self._begin()
@@ -302,6 +314,10 @@ class Switchboard:
         else:
             self._send(link.session, error)
 
+    def _rate_limited(self, link: Link, rid: str | None) -> None:
+        limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
+        self._error(link, "rate_limited", f"too many messages ({limit})", None, rid)
+
     def _send_unnumbered(self, conn: ConnId, message: ServerMessage) -> None:
         """Send outside the session's sequence: not replayed (`welcome`, `pong`, `error`s
         before `hello`)."""
@@ -363,9 +379,23 @@ class Switchboard:
     # Sessions
 
     def _hello(self, link: Link, hello: Hello, now: float) -> None:
+        """Answer `hello` now, or once its address's sign-in throttle allows."""
+        if link.delayed_hello is not None:
+            reason = "a hello is already waiting for its answer"
+            self._error(link, "invalid_state", reason, "/type", hello.rid)
+            return
+        delay = self._auth_throttle.delay(link.address, now)
+        if delay > 0:
+            link.delayed_hello = hello
+            self._out.append(StartTimer(HelloDelayTimer(link.conn), now + delay))
+        else:
+            self._sign_in(link, hello, now)
+
+    def _sign_in(self, link: Link, hello: Hello, now: float) -> None:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
+            self._auth_throttle.failed(link.address, now)
             closing = (CLOSE_AUTH_FAILED, "authentication failed")
             self._turn_away(link, "auth_failed", str(exc), hello.rid, closing)
             return
@@ -511,9 +541,14 @@ class Switchboard:
         match key:
             case HelloTimer(conn):
                 link = self._links.get(conn)
-                if link is not None and link.session is None:
+                if link is not None and link.session is None and link.delayed_hello is None:
                     del self._links[conn]
                     self._out.append(Close(conn, CLOSE_HELLO_TIMEOUT, "hello timeout"))
+            case HelloDelayTimer(conn):
+                link = self._links.get(conn)
+                if link is not None and link.delayed_hello is not None:
+                    hello, link.delayed_hello = link.delayed_hello, None
+                    self._sign_in(link, hello, now)
             case GraceTimer(session_id):
                 session = self._sessions.get(session_id)
                 deadline = None if session is None else session.grace_deadline

@@ -121,7 +121,7 @@ class SignalingServer:
     def on_open(self, conn: Connection) -> None:
         self._connections[conn.id] = conn
         log.debug("connection %d open from %s", conn.id, conn.remote)
-        self._carry_out(self.switchboard.connect(conn.id, trio.current_time()))
+        self._carry_out(self.switchboard.connect(conn.id, trio.current_time(), conn.client_host))
 
     def on_text(self, conn: Connection, data: bytes) -> None:
         started = perf_counter()
@@ -263,6 +263,7 @@ def transport_config(config: Config) -> TransportConfig:
         send_buffer_bytes=config.send_buffer_bytes,
         heartbeat_interval=heartbeat,
         heartbeat_timeout=2 * heartbeat,
+        trusted_proxies=frozenset(config.trusted_proxies),
     )
 
 

@@ -113,6 +113,8 @@ class TransportConfig:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     read_size: int = 64 * 1024
+    trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    """Peers whose `X-Forwarded-For` names the client (see `Connection.client_host`)."""
 
 
 @attrs.frozen
@@ -177,6 +179,7 @@ class Connection:
         "_sock",
         "_stream",
         "_writer",
+        "client_host",
         "id",
         "remote",
     )
@@ -190,7 +193,10 @@ class Connection:
         shared: SharedServices,
     ) -> None:
         self.id: int = next(_connection_ids)
-        self.remote: str = _remote_address(stream)
+        self.remote, self.client_host = _peer_of(stream)
+        """The client's address: the peer's, or behind a trusted proxy the last address of
+        the proxy's `X-Forwarded-For` (the one the proxy itself saw). Failed sign-ins are
+        throttled by it, so behind a proxy it must not be the proxy's own."""
         self._stream = stream
         self._handler = handler
         self._http_handler = http_handler
@@ -459,6 +465,10 @@ class Connection:
         self._flush()
 
     def _respond(self, request: Request) -> None:
+        if self.client_host in self._config.trusted_proxies:
+            forwarded = request.headers.get_all("X-Forwarded-For")
+            if forwarded:
+                self.client_host = forwarded[-1].rpartition(",")[2].strip()
         self._send_response(respond(self._protocol, request, self._config.path, self._http_handler))
         # websockets' parser keeps the request (a local of its suspended generator) for the
         # connection's lifetime; its headers are not needed any more, and they are most of it.
@@ -870,17 +880,18 @@ def _shared_read_buffer(size: int) -> memoryview:
     return buffer
 
 
-def _remote_address(stream: trio.abc.Stream) -> str:
+def _peer_of(stream: trio.abc.Stream) -> tuple[str, str]:
+    """The peer as logged (``host:port``) and its host alone; "unknown" where there is none."""
     if isinstance(stream, trio.SocketStream):
         try:
             peer = stream.socket.getpeername()
         except OSError:  # already disconnected
-            return "unknown"
+            return "unknown", "unknown"
         if isinstance(peer, tuple):
             host, port = peer[0], peer[1]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return str(peer)
-    return "unknown"
+            return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+        return str(peer), str(peer)
+    return "unknown", "unknown"
 
 
 def _accepted(
