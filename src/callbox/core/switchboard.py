@@ -368,6 +368,7 @@ class Switchboard:
                 if old.can_replay_after(hello.last_seq):
                     self._resume(link, old, hello, now)
                     return
+                self._take_connection(old)
                 self._end_session(old)
         user = self._users.get(user_id)
         if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
@@ -422,12 +423,19 @@ class Switchboard:
         if refresh_in is not None:
             self._out.append(StartTimer(IceRefreshTimer(session.session_id), now + refresh_in))
 
-    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
-        assert hello.last_seq is not None
+    def _take_connection(self, session: Session) -> None:
+        """A `hello` with `session`'s token takes the session from its connection, if it still
+        has one (half-open, or another tab), whether the resume is honoured or not: closed with
+        4002 and forgotten, so that neither its loss (a grace timer) nor what still arrives on it
+        acts for the session any more."""
         if session.conn is not None:
             self._links.pop(session.conn, None)
             self._out.append(Close(session.conn, CLOSE_TAKEN_OVER, "session taken over"))
-        else:
+
+    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
+        assert hello.last_seq is not None
+        self._take_connection(session)
+        if session.conn is None:
             self._out.append(CancelTimer(GraceTimer(session.session_id)))
             session.grace_deadline = None
         del self._by_resume_token[session.resume_token]
