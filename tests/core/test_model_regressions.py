@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from callbox.core.actions import GraceTimer
 
-from .harness import Harness, initiate
+from .harness import Harness, call_between, initiate
 
 
 def test_a_refused_resume_takes_the_old_sessions_open_connection_with_it() -> None:
@@ -25,3 +25,24 @@ def test_a_refused_resume_takes_the_old_sessions_open_connection_with_it() -> No
     h.send(new, {"type": "bye"})
     assert set(h.switchboard.statistics().values()) == {0}
     assert h.timers == {}
+
+
+def test_a_refused_call_join_leaves_no_ringing_party_behind() -> None:
+    """A room member busy on this device who `call_join`s the room's call is refused
+    (`user_busy`), and a refusal changes nothing. It used to admit the member first (party
+    ringing, with no device rung and no ring timeout), so the call waited for it forever: alone
+    after the last invitee declined, the caller's call never ended and kept the user indexed."""
+    h = Harness()
+    ann, bob, dan, eve = h.login("ann"), h.login("bob"), h.login("dan"), h.login("eve")
+    for conn in (ann, bob, dan):
+        h.send(conn, {"type": "room_join", "room": "room-1"})
+    call_between(h, dan, eve, "call-other")
+    media = {"audio": True, "video": True}
+    h.send(ann, {"type": "call_initiate", "call_id": "call-room", "room": "room-1", "media": media})
+    h.send(dan, {"type": "call_join", "call_id": "call-room", "rid": "j"})
+    h.take_all(ann)
+    assert h.take_all(dan)[-1]["code"] == "user_busy"
+    h.send(bob, {"type": "call_reject", "call_id": "call-room", "reason": "declined"})
+    h.expect(ann, "call_rejected", by="bob")
+    h.expect(ann, "call_ended", call_id="call-room", reason="rejected")
+    assert h.open_calls == {"call-other"}

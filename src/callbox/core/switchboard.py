@@ -131,6 +131,11 @@ class Refused(Exception):
         self.path = path
 
 
+def _device_busy(session: Session) -> Refused:
+    """A device is in one call at a time: refused before anything changes."""
+    return Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+
+
 @frozen
 class Reply:
     """The request being answered: its `rid` is echoed on what is sent to the requesting session."""
@@ -544,7 +549,7 @@ class Switchboard:
             index = to.index(session.user_id)
             raise Refused("invalid_message", "a user cannot call themself", f"/to/{index}")
         if session.call_id is not None:
-            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+            raise _device_busy(session)
         if len(self._users[session.user_id].calls) >= self.config.max_calls_per_user:
             limit = self.config.max_calls_per_user
             raise Refused(
@@ -667,7 +672,7 @@ class Switchboard:
         call = self._call_of_invitee(session, msg.call_id)
         party = call.parties[session.user_id]
         if session.call_id is not None:
-            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+            raise _device_busy(session)
         if len(call.joined()) >= self.config.max_participants:
             self._drop_out(call, party, "call_full")
             limit = self.config.max_participants
@@ -679,6 +684,8 @@ class Switchboard:
         call = self._calls.get(call_id)
         if call is None or call.room is None or call.room not in session.rooms:
             return
+        if session.call_id is not None:  # refused before the member becomes a (ringing) party
+            raise _device_busy(session)
         party = call.parties.setdefault(
             session.user_id, Party(user_id=session.user_id, state=PartyState.GONE)
         )
