@@ -32,13 +32,16 @@ Wire = dict[str, Any]
 
 
 class Harness:
+    switchboard_type: type[Switchboard] = Switchboard
+    """What is driven: a subclass may record more of what the core does (see test_model.py)."""
+
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).with_overrides(**overrides)
         self.now = 1000.0
         self.ice_refresh: float | None = None
         self.refused_users: set[str] = set()
         tokens = itertools.count(1)
-        self.switchboard = Switchboard(
+        self.switchboard = self.switchboard_type(
             config=self.config,
             authenticate=self._authenticate,
             ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],

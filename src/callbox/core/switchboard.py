@@ -143,6 +143,11 @@ class Refused(Exception):
         self.path = path
 
 
+def _device_busy(session: Session) -> Refused:
+    """A device is in one call at a time: refused before anything changes."""
+    return Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+
+
 @frozen
 class Reply:
     """The request being answered: its `rid` is echoed on what is sent to the requesting session."""
@@ -405,6 +410,7 @@ class Switchboard:
                 if old.can_replay_after(hello.last_seq):
                     self._resume(link, old, hello, now)
                     return
+                self._take_connection(old)
                 self._end_session(old)
         user = self._users.get(user_id)
         if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
@@ -465,12 +471,19 @@ class Switchboard:
         if refresh_in is not None:
             self._out.append(StartTimer(IceRefreshTimer(session.session_id), now + refresh_in))
 
-    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
-        assert hello.last_seq is not None and hello.resume is not None
+    def _take_connection(self, session: Session) -> None:
+        """A `hello` with `session`'s token takes the session from its connection, if it still
+        has one (half-open, or another tab), whether the resume is honoured or not: closed with
+        4002 and forgotten, so that neither its loss (a grace timer) nor what still arrives on it
+        acts for the session any more."""
         if session.conn is not None:
             self._links.pop(session.conn, None)
             self._out.append(Close(session.conn, CLOSE_TAKEN_OVER, "session taken over"))
-        else:
+
+    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
+        assert hello.last_seq is not None and hello.resume is not None
+        self._take_connection(session)
+        if session.conn is None:
             self._out.append(CancelTimer(GraceTimer(session.session_id)))
             session.grace_deadline = None
         for token in session.rotate_token(
@@ -601,7 +614,7 @@ class Switchboard:
             index = to.index(session.user_id)
             raise Refused("invalid_message", "a user cannot call themself", f"/to/{index}")
         if session.call_id is not None:
-            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+            raise _device_busy(session)
         if len(self._users[session.user_id].calls) >= self.config.max_calls_per_user:
             limit = self.config.max_calls_per_user
             raise Refused(
@@ -724,7 +737,7 @@ class Switchboard:
         call = self._call_of_invitee(session, msg.call_id)
         party = call.parties[session.user_id]
         if session.call_id is not None:
-            raise Refused("user_busy", f"this device is in call {session.call_id}: hang up first")
+            raise _device_busy(session)
         if len(call.joined()) >= self.config.max_participants:
             self._drop_out(call, party, "call_full")
             limit = self.config.max_participants
@@ -736,6 +749,8 @@ class Switchboard:
         call = self._calls.get(call_id)
         if call is None or call.room is None or call.room not in session.rooms:
             return
+        if session.call_id is not None:  # refused before the member becomes a (ringing) party
+            raise _device_busy(session)
         party = call.parties.setdefault(
             session.user_id, Party(user_id=session.user_id, state=PartyState.GONE)
         )
