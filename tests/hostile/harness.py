@@ -363,7 +363,12 @@ async def attacker(server: ServerProcess, user_id: str | None) -> AsyncIterator[
 _probes = itertools.count()
 
 
-async def answers_to(client: Client, frame: str | bytes) -> list[Wire]:
+def as_text(message: Wire) -> str:
+    """`message` as the text frame a client sends (bytes would go as a binary frame)."""
+    return orjson.dumps(message).decode()
+
+
+async def answers_to(client: Client, frame: str) -> list[Wire]:
     """Send `frame`, then a `ping`; everything the server sent in between: its answers to the
     frame. (A rate-limited ping ends the wait as well: its `error` proves the connection up.)"""
     rid = f"probe-{next(_probes)}"
