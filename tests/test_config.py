@@ -25,6 +25,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert config.call_expiring_warning_ms == 60_000
     assert config.ring_timeout_ms == 30_000
     assert config.reconnect_grace_ms == 10_000
+    assert config.hello_timeout_ms == 10_000
     assert config.heartbeat_ms == 15_000
     assert config.max_message_bytes == 262_144
     assert config.send_buffer_bytes == MIB == 1_048_576
@@ -38,6 +39,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
     assert [var.name for var in environment_variables()] == [
         "CALLBOX_HOST",
         "CALLBOX_PORT",
+        "TRUSTED_PROXIES",
         "JWT_SECRET",
         "JWT_ALGORITHM",
         "STUN_SERVERS",
@@ -50,6 +52,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "CALL_EXPIRING_WARNING_MS",
         "RING_TIMEOUT_MS",
         "RECONNECT_GRACE_MS",
+        "HELLO_TIMEOUT_MS",
         "HEARTBEAT_MS",
         "MAX_MESSAGE_BYTES",
         "SEND_BUFFER_BYTES",
@@ -323,6 +326,10 @@ def test_limits_are_what_welcome_announces() -> None:
         max_broadcast_bytes=16_384,
         broadcasts_per_second=10,
         max_presence_subscriptions=256,
+        replay_buffer_messages=256,
+        replay_buffer_bytes=65_536,
+        max_nesting_depth=32,
+        hello_timeout_ms=10_000,
     )
 
 

@@ -114,7 +114,7 @@ GROUPS: tuple[Group, ...] = (
         "A connection opens a session with `hello` and gets `welcome`; the session may outlive"
         " the connection (see [Resume](#resume)). `ping`/`pong` belong to the connection and carry"
         " no `seq`; `ice_servers` is a session message.",
-        ("hello", "welcome", "ping", "pong", "bye", "ice_servers"),
+        ("hello", "welcome", "ping", "pong", "ack", "bye", "ice_servers"),
     ),
     Group(
         "calls",
@@ -221,8 +221,8 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     (
         "1009",
         "(frame too large)",
-        "A frame is larger than `limits.max_message_bytes`. The frame is not read and no `error`"
-        " is sent.",
+        "A frame is larger than `limits.max_message_bytes`, or a message comes in more than 1,024"
+        " fragments (reason `too many fragments`). The frame is not read and no `error` is sent.",
         "Resume; do not resend that frame.",
     ),
     (
@@ -251,9 +251,16 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
         "Another connection resumed this session.",
         "No: the other connection has the session now.",
     ),
+    (
+        "4003",
+        "hello timeout",
+        "The connection sent no `hello` within `HELLO_TIMEOUT_MS` of opening.",
+        "Yes, sending `hello` first.",
+    ),
 )
 """Every close code the server sends, with its close reason: `switchboard.py` (1000, 1008, 4001,
-4002) and `transport.py` (1001, 1011, 1013; 1007 and 1009 come from the websockets library)."""
+4002, 4003) and `transport.py` (1001, 1011, 1013; 1007 and 1009 come from the websockets
+library)."""
 
 BAD_INPUT: tuple[tuple[str, str], ...] = (
     ("binary frame", "`error` `invalid_message`; the connection stays open"),
@@ -264,6 +271,10 @@ BAD_INPUT: tuple[tuple[str, str], ...] = (
     (
         "a field breaks the message's schema",
         "`error` `invalid_message`, `path` = JSON pointer of the field",
+    ),
+    (
+        "a value nested deeper than `limits.max_nesting_depth` arrays and objects",
+        "`error` `invalid_message`, `path` = the first container too deep",
     ),
     ("frame larger than `limits.max_message_bytes`", "close 1009, no `error`"),
     ("a valid message other than `hello` before `welcome`", "`error` `not_authenticated`"),
@@ -280,7 +291,9 @@ TRANSPORT = """\
 **Endpoint.** One WebSocket per client at `/ws`: `ws://127.0.0.1:8765/ws` by default, `wss://`
 behind a TLS-terminating proxy ([deployment guide](deployment.md)). The same port answers
 `GET /healthz`, `GET /metrics` and the bundled demo page and browser client (`/`, files of
-`src/callbox/web/`); other paths get 404. The WebSocket upgrade must complete within 10 s.
+`src/callbox/web/`); other paths get 404. HEAD is answered as GET, without the body; other
+methods get 405, and a request head that cannot be parsed 400, or 431 over 16 KiB. The WebSocket
+upgrade must complete within 10 s of the TCP connection (408 if the request is still incomplete).
 
 **Frames.** JSON text frames, UTF-8, one message per frame; every message is an object with a string
 `type`. Schemas set `additionalProperties: false`, so an unknown field (a typo) is refused, not
@@ -317,19 +330,26 @@ and close 4001. Without `JWT_SECRET` (development mode) `hello` says `user_id` a
 
 A session outlives its connection. Any loss of the connection other than `bye` (a clean close
 included) starts a grace period of `limits.reconnect_grace_ms`, during which the session still
-counts as connected: it is rung, it stays in its calls and rooms, and what is sent to it is kept
-(at most `REPLAY_BUFFER_MESSAGES` messages and `REPLAY_BUFFER_BYTES` bytes; one more ends the
-session at once).
+counts as connected: it is rung, it stays in its calls and rooms, and what is sent to it is kept.
+
+**What is held.** Every session keeps its newest messages for a resume: at most
+`limits.replay_buffer_messages` messages and `limits.replay_buffer_bytes` bytes, oldest first out.
+Messages sent before the connection was lost make room for those sent while it is away; only when a
+message sent while away would have to go (the client cannot have it) does the session end at once,
+the others told `disconnected`. A client may send `ack` with the last `seq` it processed, now and
+then: the server then drops what it has confirmed and holds only the rest.
 
 To resume, open a new connection and send `hello` with the credentials again (resuming never
 bypasses authentication) plus `resume` (the `resume_token` of the **latest** `welcome`) and
 `last_seq` (the last `seq` processed, 0 if none). If the session belongs to the same user and the
 server still holds every message after `last_seq`, `welcome` says `resumed: true` with a new
-`resume_token`, then the missed messages follow with their original `seq`. Otherwise (unknown or
-expired token, history no longer held, `last_seq` ahead of the server, or a server restart)
-`welcome` says `resumed: false`: a new session has started, the old one ended as if it had left,
-and the client must treat its calls as ended and rejoin rooms and presence subscriptions. If the old
-connection is somehow still open, it is closed with 4002.
+`resume_token`, then the missed messages follow with their original `seq`. Should that `welcome`
+be lost (the connection fails before the client reads it), the token the client still holds
+resumes the session once more, within `limits.reconnect_grace_ms` of its replacement. Otherwise
+(unknown or expired token, history no longer held, `last_seq` ahead of the server, or a server
+restart) `welcome` says `resumed: false`: a new session has started, the old one ended as if it
+had left, and the client must treat its calls as ended and rejoin rooms and presence
+subscriptions. If the old connection is somehow still open, it is closed with 4002.
 
 The other side of a call learns that a peer is gone (`participant_left` or `call_ended` with
 `disconnected`) only when the grace period runs out; a presence watcher sees `offline` only then.

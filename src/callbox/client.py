@@ -35,6 +35,7 @@ from trio_websocket import (
 
 from callbox.codec import ProtocolError, decode_client, decode_server, encode
 from callbox.messages import (
+    Ack,
     Bye,
     CallAnswer,
     CallInitiate,
@@ -311,22 +312,30 @@ class Client:
         """Sends `message` after checking it against its schema (`ProtocolError` if invalid)."""
         await self.connection.send(message)
 
-    async def resume(self, *, last_seq: int | None = None) -> Welcome:
+    async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
         """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
 
-        `last_seq` defaults to the last one received. If `resumed`, the server replays what
-        followed it through `receive`; if not, a new session started and numbering restarts.
-        The previous connection is left alone: a server still holding it closes it with 4002.
+        `last_seq` defaults to the last one received, `token` to the latest welcome's
+        `resume_token`. If `resumed`, the server replays what followed it through `receive`; if
+        not, a new session started and numbering restarts. The previous connection is left
+        alone: a server still holding it closes it with 4002.
         """
         claimed = self.last_seq if last_seq is None else last_seq
         connection = await self.connection.reopen()
-        hello = attrs.evolve(self._hello, resume=self.welcome.resume_token, last_seq=claimed)
+        resume = self.welcome.resume_token if token is None else token
+        hello = attrs.evolve(self._hello, resume=resume, last_seq=claimed)
         self.welcome = await _handshake(connection, hello)
         _name(connection, hello, self.welcome)
         self._retired.append(self.connection)
         self.connection = connection
         self.last_seq = claimed if self.welcome.resumed else 0
         return self.welcome
+
+    async def ack(self, *, rid: str | None = None) -> None:
+        """Tells the server every message up to `last_seq` has been processed, so it need not
+        hold them for a resume any longer (no reply). Worth sending now and then on a session
+        that receives much, e.g. every `limits.replay_buffer_messages // 4` messages."""
+        await self.send(Ack(last_seq=self.last_seq, rid=rid))
 
     async def drop(self) -> None:
         """Closes the connection without `bye`, as a lost network would: the session stays

@@ -57,6 +57,7 @@ __all__ = [
     "encode",
     "positional_constructor",
     "python_pattern",
+    "rid_of",
     "schema_dir",
     "with_seq",
 ]
@@ -188,7 +189,8 @@ def _json_identity(value: Any) -> Hashable:
         return ("array", tuple(map(_json_identity, value)))
     if isinstance(value, dict):
         return ("object", frozenset((key, _json_identity(item)) for key, item in value.items()))
-    return value  # strings, numbers and null: Python's own equality and hash are JSON's
+    scalar: Hashable = value  # strings, numbers, null: Python's equality and hash are JSON's
+    return scalar
 
 
 def _linear_unique_items(
@@ -272,12 +274,13 @@ def _too_deep(value: Any, levels: int) -> list[str | int] | None:
     return None
 
 
+_OTHER: Mapping[Direction, Direction] = {"client": "server", "server": "client"}
 EXPLAINED_ITEMS: Mapping[Direction, int] = {
     direction: 1
     + _longest_array(
         [doc for uri, doc in _DOCUMENTS.items() if not uri.startswith(SCHEMA_BASE + other)]
     )
-    for direction, other in (("client", "server/"), ("server", "client/"))
+    for direction, other in _OTHER.items()
 }
 """Per direction, one more item than any array of any message may have: how many items of an
 array the reference validator is shown when it explains a refusal (see `_clipped`)."""
@@ -484,6 +487,21 @@ def decode_client(data: bytes | str) -> ClientMessage:
     return message
 
 
+def rid_of(data: bytes | str) -> str | None:
+    """The `rid` a frame carries, if it is JSON with one fit to echo; for a refusal that does
+    not decode the frame (`rate_limited`)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return _echoable(obj.get("rid")) if isinstance(obj, dict) else None
+
+
+def _echoable(rid: object) -> str | None:
+    """`rid` if a reply may echo it (see `MAX_RID_LENGTH`)."""
+    return rid if isinstance(rid, str) and len(rid) <= MAX_RID_LENGTH else None
+
+
 def decode_server(data: bytes | str) -> ServerMessage:
     """Parse, validate and type a frame received from the server; raise `ProtocolError` if bad."""
     message: ServerMessage = _decode(data, "server")
@@ -519,9 +537,7 @@ def _decode(data: bytes | str, direction: Direction) -> Any:
         raise ProtocolError(
             "invalid_message", f"a message is a JSON object, not {type(obj).__name__}", path=""
         )
-    rid = obj.get("rid")
-    if not isinstance(rid, str) or len(rid) > MAX_RID_LENGTH:
-        rid = None
+    rid = _echoable(obj.get("rid"))
     tag = obj.get("type")
     if not isinstance(tag, str):
         raise ProtocolError(

@@ -9,11 +9,13 @@ Why the defaults are what they are: docs/decisions/0003-configuration.md.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import attrs
 
+from callbox.codec import MAX_NESTING_DEPTH
 from callbox.messages import Limits
 
 SECONDS_MS = 1000
@@ -129,6 +131,16 @@ def _urls(*schemes: str) -> Check:
     return check
 
 
+def _ip_addresses(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{_label(attribute)} must be a list of IP addresses")
+    for address in value:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"{_label(attribute)}: not an IP address: {address!r}") from None
+
+
 def _tuple_of(value: Any) -> Any:
     """Lets a mapping (JSON, TOML) give a list where the config holds a tuple."""
     return tuple(value) if isinstance(value, list) else value
@@ -196,6 +208,14 @@ class Config:
         parse=_parse_int,
     )
     path: str = _setting("/ws", env=None, meaning="WebSocket endpoint path", check=_path)
+    trusted_proxies: tuple[str, ...] = _setting(
+        ("127.0.0.1", "::1"),
+        env="TRUSTED_PROXIES",
+        meaning="comma-separated addresses of reverse proxies whose X-Forwarded-For names the"
+        " client (failed sign-ins are throttled per client address)",
+        check=_ip_addresses,
+        parse=_parse_list,
+    )
 
     jwt_secret: str | None = _setting(
         None,
@@ -275,6 +295,13 @@ class Config:
         10 * SECONDS_MS,
         env="RECONNECT_GRACE_MS",
         meaning="a lost connection's session stays resumable for, ms",
+        check=_int_at_least(1),
+        parse=_parse_int,
+    )
+    hello_timeout_ms: int = _setting(
+        10 * SECONDS_MS,
+        env="HELLO_TIMEOUT_MS",
+        meaning="a connection that has not sent hello after this long is closed (4003), ms",
         check=_int_at_least(1),
         parse=_parse_int,
     )
@@ -473,6 +500,10 @@ class Config:
             max_broadcast_bytes=self.max_broadcast_bytes,
             broadcasts_per_second=self.broadcasts_per_second,
             max_presence_subscriptions=self.max_presence_subscriptions,
+            replay_buffer_messages=self.replay_buffer_messages,
+            replay_buffer_bytes=self.replay_buffer_bytes,
+            max_nesting_depth=MAX_NESTING_DEPTH,
+            hello_timeout_ms=self.hello_timeout_ms,
         )
 
 
@@ -511,7 +542,7 @@ def environment_variables() -> list[EnvVar]:
 def _show_default(value: object) -> str:
     if value is None or value == ():
         return "-"
-    return str(value)
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def env_warnings(environ: Mapping[str, str]) -> list[str]:

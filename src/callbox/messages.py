@@ -102,6 +102,10 @@ class Limits:
     max_broadcast_bytes: int
     broadcasts_per_second: int
     max_presence_subscriptions: int
+    replay_buffer_messages: int
+    replay_buffer_bytes: int
+    max_nesting_depth: int
+    hello_timeout_ms: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +133,13 @@ class Ping:
 @frozen(kw_only=True)
 class Bye:
     TYPE: ClassVar[str] = "bye"
+    rid: str | None = None
+
+
+@frozen(kw_only=True)
+class Ack:
+    TYPE: ClassVar[str] = "ack"
+    last_seq: int
     rid: str | None = None
 
 
@@ -464,6 +475,7 @@ ClientMessage = (
     Hello
     | Ping
     | Bye
+    | Ack
     | CallInitiate
     | CallAnswer
     | CallReject

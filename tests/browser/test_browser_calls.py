@@ -8,6 +8,8 @@ really flows: `inbound-rtp` video bytes, on every side.
 
 from __future__ import annotations
 
+import re
+import urllib.request
 from typing import Any
 
 import pytest
@@ -301,3 +303,30 @@ def test_session_not_resumed_in_time_is_reported_lost(short_grace_browsers: Brow
     assert lost["ended"] == ["session_lost"] and lost["call"] is None, lost
     assert lost["newSession"], lost
     assert lost["errors"] == ["session_lost"], lost  # the demo shows it
+
+
+def acks_received(server_base: str) -> int:
+    """The `ack` messages the server has taken, from its /metrics."""
+    with urllib.request.urlopen(f"{server_base}/metrics") as response:
+        metrics = response.read().decode()
+    found = re.search(r'^callbox_messages_received_total\{type="ack"\} (\d+)', metrics, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def test_the_client_acknowledges_what_it_has_processed(browsers: Browsers) -> None:
+    """callbox.js sends `ack` each time a quarter of the replay history has come in."""
+    alice, bob = browsers.open("alice"), browsers.open("bob")
+    quarter = alice.js("() => demo.client.limits.replay_buffer_messages / 4")
+    before = acks_received(browsers.server.base)
+    alice.js("(bob) => demo.client.send({type: 'presence_subscribe', users: [bob]})", bob.user)
+    statuses = ["away", "online"] * quarter
+    set_each = "(all) => all.forEach((s) => demo.client.send({type: 'presence_set', status: s}))"
+    bob.js(set_each, statuses)
+    alice.wait_for("(quarter) => demo.client.ackedSeq >= quarter", quarter)
+    acked = alice.js("() => ({acked: demo.client.ackedSeq, last: demo.client.lastSeq})")
+    assert acked["acked"] <= acked["last"], acked
+    poll(
+        lambda: acks_received(browsers.server.base) > before,
+        10,
+        lambda: f"no ack reached the server (before: {before})",
+    )

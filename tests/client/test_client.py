@@ -26,7 +26,6 @@ from callbox.messages import (
     CallRinging,
     Error,
     IceServer,
-    Limits,
     Media,
     Pong,
     RelayedIceCandidate,
@@ -169,7 +168,7 @@ WELCOME = Welcome(
     resumed=False,
     ice_servers=[IceServer(urls=["stun:stun.example.org"])],
     heartbeat_ms=15000,
-    limits=Limits(262144, 3600000, 30000, 10000, 8, 4, 50, 200, 16, 100, 16384, 10, 256),
+    limits=Config().limits(),
 )
 
 

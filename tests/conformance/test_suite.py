@@ -27,6 +27,7 @@ SHORT_LIMITS = {
     "reconnect_grace_ms": 500,
     "max_room_members": 4,
     "replay_buffer_messages": 64,
+    "hello_timeout_ms": 1000,
 }
 """Timers short enough for every case to run in seconds, limits small enough to be reached."""
 SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {"calls.end.error"}

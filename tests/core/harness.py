@@ -63,10 +63,10 @@ class Harness:
 
     # Feeding events -------------------------------------------------------------------------
 
-    def open(self) -> int:
+    def open(self, address: str = "192.0.2.1") -> int:
         conn = next(self._conns)
         self.inbox[conn] = []
-        self._apply(self.switchboard.connect(conn, self.now))
+        self._apply(self.switchboard.connect(conn, self.now, address))
         return conn
 
     def login(self, user_id: str, **hello: Any) -> int:
@@ -89,6 +89,9 @@ class Harness:
     def send(self, conn: int, message: Wire | bytes) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message)
         self._apply(self.switchboard.receive(conn, data, self.now))
+
+    def receive_binary(self, conn: int) -> None:
+        self._apply(self.switchboard.receive_binary(conn, self.now))
 
     def drop(self, conn: int) -> None:
         self._apply(self.switchboard.disconnect(conn, self.now))

@@ -406,13 +406,126 @@ def test_resume_refused_when_history_is_gone(h: Harness) -> None:
     alice = h.login("alice")
     conn = h.login("bob")
     token = h.welcome_of[conn]["resume_token"]
-    call_between(h, alice, conn)
+    call_between(h, alice, conn)  # bob's seq 1 and 2, sent before the drop
     h.drop(conn)
-    for n in range(2):
+    for n in range(3):  # seq 3, 4, 5: seq 1 and 2 make room for them
         h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": f"v=0 {n}"})
-    h.expect(alice, "call_ended", reason="disconnected")  # overflow ended bob's session
-    new = h.resume("bob", token, 2)
+    h.quiet(alice)
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=0 3"})
+    h.expect(alice, "call_ended", reason="disconnected")  # seq 6 would push out unsent seq 3
+    new = h.resume("bob", token, 5)
     h.expect(new, "welcome", resumed=False)
+
+
+def test_a_session_that_received_more_than_the_replay_budget_still_resumes() -> None:
+    # Issue 10, finding 1: the budget was spent on frames bob had long read, so the first
+    # message while he was away ended his session.
+    h, alice, bob, token = in_a_call()
+    candidate = {"type": "ice_candidate", "call_id": "call-0001", "to": "bob", "candidate": None}
+    for _ in range(h.config.replay_buffer_messages + 4):
+        h.send(alice, candidate)
+        h.advance(1 / h.config.messages_per_second)
+    last_read = h.take_all(bob)[-1]["seq"]
+    h.drop(bob)
+    h.send(alice, offer("v=0 while away"))
+    h.quiet(alice)
+    new = h.resume("bob", token, last_read)
+    h.expect(new, "welcome", resumed=True)
+    h.expect(new, "sdp_offer", seq=last_read + 1, sdp="v=0 while away")
+    h.quiet(new)
+
+
+def test_an_ack_lets_the_server_drop_what_the_client_has_processed() -> None:
+    h, alice, bob, token = in_a_call()  # bob's seq 1 and 2
+    h.send(alice, offer("v=0 three"))
+    h.send(bob, {"type": "ack", "last_seq": 2})
+    h.take_all(bob)
+    h.drop(bob)
+    behind = h.resume("bob", token, 1)  # seq 2 is no longer held: acknowledged
+    h.expect(behind, "welcome", resumed=False)
+
+
+def test_an_ack_keeps_what_is_not_acknowledged_for_a_resume() -> None:
+    h, alice, bob, token = in_a_call()
+    h.send(alice, offer("v=0 three"))
+    h.send(bob, {"type": "ack", "last_seq": 2})
+    h.drop(bob)
+    new = h.resume("bob", token, 2)
+    h.expect(new, "welcome", resumed=True)
+    h.expect(new, "sdp_offer", seq=3)
+
+
+def test_an_ack_ahead_of_what_was_sent_is_refused() -> None:
+    h, _alice, bob, _token = in_a_call()
+    h.take_all(bob)
+    h.send(bob, {"type": "ack", "last_seq": 3, "rid": "a"})
+    h.expect(bob, "error", code="invalid_state", path="/last_seq", rid="a", seq=3)
+
+
+def lose_the_welcome(h: Harness, user_id: str, token: str, last_seq: int) -> None:
+    """Resume, and lose the connection before the client reads the `welcome`."""
+    lost = h.resume(user_id, token, last_seq)
+    assert h.take(lost)["resumed"] is True
+    h.drop(lost)
+
+
+def test_a_resume_whose_welcome_was_lost_succeeds_with_the_token_the_client_holds() -> None:
+    # Issue 10, finding 2: every resume rotated the token, and the client never saw the new one.
+    h, alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    h.send(alice, offer("v=0 after the lost welcome"))
+    again = h.resume("bob", token, 2)
+    welcome = h.expect(again, "welcome", resumed=True)
+    assert welcome["resume_token"] != token
+    h.expect(again, "sdp_offer", seq=3)
+    h.quiet(alice)
+
+
+def test_the_replaced_token_resumes_only_once() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    lose_the_welcome(h, "bob", token, 2)
+    third = h.resume("bob", token, 2)
+    h.expect(third, "welcome", resumed=False)
+
+
+def test_the_replaced_token_is_good_for_a_grace_period_only() -> None:
+    h, _alice, _bob, token = in_a_call()
+    new = h.resume("bob", token, 2)  # takes over the open connection
+    new_token = h.expect(new, "welcome", resumed=True)["resume_token"]
+    h.advance(h.config.reconnect_grace_ms / 1000)
+    h.drop(new)
+    late = h.resume("bob", token, 2)
+    h.expect(late, "welcome", resumed=False)
+    h.take_all(late)
+    assert "bob" in h.user_of.values()
+    current = h.resume("bob", new_token, 2)
+    h.expect(current, "welcome", resumed=True)
+
+
+def test_resuming_with_the_new_token_retires_the_replaced_one() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    second = h.resume("bob", token, 2)
+    new_token = h.expect(second, "welcome", resumed=True)["resume_token"]
+    h.drop(second)
+    third = h.resume("bob", new_token, 2)
+    h.expect(third, "welcome", resumed=True)
+    h.drop(third)
+    stale = h.resume("bob", token, 2)
+    h.expect(stale, "welcome", resumed=False)
+
+
+def test_the_replaced_token_never_resumes_another_users_session() -> None:
+    h, _alice, bob, token = in_a_call()
+    h.drop(bob)
+    lose_the_welcome(h, "bob", token, 2)
+    thief = h.resume("eve", token, 2)
+    h.expect(thief, "welcome", resumed=False, user_id="eve")
+    again = h.resume("bob", token, 2)
+    h.expect(again, "welcome", resumed=True)
 
 
 def in_a_call(**config: Any) -> tuple[Harness, int, int, str]:
@@ -542,3 +655,90 @@ def test_unknown_fields_are_refused(h: Harness) -> None:
     conn = h.login("alice")
     h.send(conn, orjson.dumps({"type": "ping", "tss": 1}))
     h.expect(conn, "error", code="invalid_message")
+
+
+# A hostile or broken client costs little and disturbs no one ------------------------------------
+
+
+def test_a_connection_without_hello_is_closed_after_the_hello_timeout(h: Harness) -> None:
+    silent = h.open()
+    h.advance(h.config.hello_timeout_ms / 1000 - 0.001)
+    assert silent not in h.closed
+    h.advance(0.001)
+    assert h.closed[silent] == (4003, "hello timeout")
+    assert h.switchboard.statistics()["connections"] == 0
+
+
+def test_hello_stops_the_hello_timeout(h: Harness) -> None:
+    conn = h.login("alice")
+    h.advance(h.config.hello_timeout_ms / 1000 * 2)
+    assert conn not in h.closed
+    assert h.timers == {}
+
+
+def test_a_connection_lost_before_hello_leaves_no_timer(h: Harness) -> None:
+    conn = h.open()
+    h.drop(conn)
+    assert h.timers == {}
+
+
+def test_invalid_messages_count_toward_the_rate_limit_and_are_not_explained_beyond_it() -> None:
+    h = Harness(message_burst=5, messages_per_second=1)
+    conn = h.login("alice")  # hello took one token
+    bad = initiate("call-0001", 1, "bob") | {"rid": "bad"}
+    for _ in range(6):
+        h.send(conn, bad)
+    errors = h.take_all(conn)
+    assert [e["code"] for e in errors] == ["invalid_message"] * 4 + ["rate_limited"] * 2
+    assert {e["rid"] for e in errors} == {"bad"}
+    h.send(conn, b"\x00 not json")
+    h.expect(conn, "error", code="rate_limited")
+    h.advance(1)
+    h.send(conn, b"\x00 not json")
+    h.expect(conn, "error", code="invalid_json")
+
+
+def test_binary_frames_count_toward_the_rate_limit() -> None:
+    h = Harness(message_burst=2, messages_per_second=1)
+    conn = h.login("alice")
+    for _ in range(2):
+        h.receive_binary(conn)
+    assert [e["code"] for e in h.take_all(conn)] == ["invalid_message", "rate_limited"]
+
+
+def fail_sign_in(h: Harness, address: str) -> int:
+    conn = h.open(address)
+    h.send(conn, {"type": "hello", "user_id": "mallory"})
+    return conn
+
+
+def test_failed_sign_ins_from_one_address_delay_its_next_hellos() -> None:
+    h = Harness()
+    h.refused_users.add("mallory")
+    for _ in range(10):
+        conn = fail_sign_in(h, "203.0.113.7")
+        h.expect(conn, "error", code="auth_failed")
+    held = fail_sign_in(h, "203.0.113.7")
+    h.quiet(held)  # answered only after the delay
+    other = h.open("198.51.100.1")
+    h.send(other, {"type": "hello", "user_id": "alice"})
+    h.expect(other, "welcome")
+    h.advance(0.099)
+    h.quiet(held)
+    h.advance(0.001)
+    h.expect(held, "error", code="auth_failed")
+    assert h.closed[held] == (4001, "authentication failed")
+
+
+def test_a_held_hello_is_answered_as_usual_and_a_second_one_is_refused() -> None:
+    h = Harness()
+    h.refused_users.add("mallory")
+    for _ in range(10):
+        fail_sign_in(h, "2001:db8::1")
+    held = h.open("2001:db8::2")  # the same /64
+    h.send(held, {"type": "hello", "user_id": "alice"})
+    h.send(held, {"type": "hello", "user_id": "alice", "rid": "again"})
+    h.expect(held, "error", code="invalid_state", rid="again")
+    h.advance(h.config.hello_timeout_ms / 1000)  # no hello timeout while one is held
+    h.expect(held, "welcome", user_id="alice")
+    assert held not in h.closed

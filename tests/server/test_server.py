@@ -210,3 +210,47 @@ async def test_ephemeral_turn_credentials_are_handed_out_and_refreshed(
         update = await alice.expect("ice_servers")
         assert trio.current_time() - pushed_at == pytest.approx(480, abs=5)  # 80% of the TTL
         assert update["ice_servers"][0]["username"].endswith(":alice")
+
+
+async def test_a_connection_that_never_says_hello_is_closed_4003(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(nursery, hello_timeout_ms=5000)
+    async with open_websocket_url(url) as ws:
+        opened = trio.current_time()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        assert closed.value.reason.code == 4003
+        assert closed.value.reason.reason == "hello timeout"
+        assert trio.current_time() - opened == pytest.approx(5, abs=0.1)
+
+
+async def failed_hello(url: str, forwarded_for: str) -> float:
+    """A hello with a forged token from `forwarded_for` (as a proxy would say); how long its
+    refusal took."""
+    async with open_websocket_url(url, extra_headers=[("X-Forwarded-For", forwarded_for)]) as ws:
+        asked = trio.current_time()
+        await ws.send_message('{"type": "hello", "token": "forged"}')
+        reply = await ws.get_message()
+        assert '"auth_failed"' in reply
+        return trio.current_time() - asked
+
+
+async def test_failed_sign_ins_are_throttled_per_client_behind_a_trusted_proxy(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(nursery, jwt_secret=SECRET)
+    for _ in range(10):
+        assert await failed_hello(url, "192.0.2.1, 203.0.113.7") == 0
+    assert await failed_hello(url, "203.0.113.7") == pytest.approx(0.1)
+    assert await failed_hello(url, "203.0.113.7") == pytest.approx(0.2)
+    assert await failed_hello(url, "198.51.100.9") == 0  # another client behind the same proxy
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    url = await start(nursery, jwt_secret=SECRET, trusted_proxies=())
+    for n in range(10):
+        assert await failed_hello(url, f"198.51.100.{n}") == 0
+    assert await failed_hello(url, "198.51.100.99") == pytest.approx(0.1)  # all are 127.0.0.1

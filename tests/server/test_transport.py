@@ -101,7 +101,7 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
 async def running_server(
     handler: EchoHandler,
     config: TransportConfig = CONFIG,
-    http_handler: Callable[[str, str], HttpResponse | None] | None = None,
+    http_handler: Callable[[str], HttpResponse | None] | None = None,
 ) -> AsyncIterator[int]:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
@@ -398,8 +398,8 @@ async def test_slow_reader_is_closed_1013_and_buffer_stays_bounded() -> None:
 
 
 async def test_http_requests_on_other_paths() -> None:
-    def http_handler(method: str, path: str) -> HttpResponse | None:
-        if (method, path) == ("GET", "/healthz"):
+    def http_handler(path: str) -> HttpResponse | None:
+        if path == "/healthz":
             headers = [("Content-Type", "application/json"), ("X-Check", "1")]
             return 200, [*headers, ("Content-Length", "999")], b'{"ok":true}'
         return None
@@ -681,7 +681,8 @@ async def test_accept_waits_and_retries_when_out_of_descriptors(
     listener = FlakyListener([OSError(errno.EMFILE, "Too many open files")], server_stream)
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
-        nursery.start_soon(_accept, listener, handler, CONFIG, None, SharedServices(nursery))
+        shared = SharedServices(nursery, CONFIG)
+        nursery.start_soon(_accept, listener, handler, CONFIG, None, shared)
         client = RawClient(client_stream)
         await client.handshake()
         assert trio.current_time() - start >= ACCEPT_RETRY_SECONDS
@@ -695,7 +696,7 @@ async def test_accept_gives_up_on_other_errors() -> None:
     listener = FlakyListener([OSError(errno.EBADF, "Bad file descriptor")], None)
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="Bad file")):
         async with trio.open_nursery() as nursery:
-            shared = SharedServices(nursery)
+            shared = SharedServices(nursery, CONFIG)
             await _accept(listener, EchoHandler(), CONFIG, None, shared)
     assert listener.closed
 

@@ -70,6 +70,20 @@ class DurationCapTimer:
 
 
 @frozen
+class HelloTimer:
+    """How long a new connection may take to send `hello`."""
+
+    conn: ConnId
+
+
+@frozen
+class HelloDelayTimer:
+    """When a `hello` held back by the sign-in throttle is answered."""
+
+    conn: ConnId
+
+
+@frozen
 class GraceTimer:
     """The reconnect grace period of a session whose connection was lost."""
 
@@ -86,7 +100,7 @@ class IceRefreshTimer:
 CallTimer = RingTimer | ExpiryWarningTimer | DurationCapTimer
 CALL_TIMERS = (RingTimer, ExpiryWarningTimer, DurationCapTimer)
 """The classes of `CallTimer`, for `isinstance`: these timers belong to a call's nursery."""
-SessionTimer = GraceTimer | IceRefreshTimer
+SessionTimer = HelloTimer | HelloDelayTimer | GraceTimer | IceRefreshTimer
 TimerKey = CallTimer | SessionTimer
 
 

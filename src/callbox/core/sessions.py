@@ -13,7 +13,7 @@ from attrs import define
 
 from callbox.codec import positional_constructor
 from callbox.core.actions import ConnId, Send
-from callbox.messages import PresenceStatus
+from callbox.messages import Hello, PresenceStatus
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
@@ -78,6 +78,13 @@ class Session:
     idle sessions are most sessions). Their `seq`s are consecutive and end at `next_seq - 1`."""
     replay_held: int = 0
     """Bytes in `replay`."""
+    unsent_from: int = 0
+    """While the session is away, the `seq` of the first frame that was never written to a
+    socket: the client cannot have it, so it must stay held until the client resumes."""
+    previous_token: str | None = None
+    """The resume token the last resume replaced, still good for one resume until
+    `previous_token_expires`, in case the `welcome` that carried its successor was lost."""
+    previous_token_expires: float = 0.0
     call_id: str | None = None
     """The call this device has joined; a device is in at most one call."""
     ringing: set[str] | frozenset[str] = NOTHING
@@ -96,8 +103,9 @@ class Session:
         """Keep `frame`, the message numbered `next_seq`, for replay, and say where to send it
         now (if connected). The oldest frames make room when a replay limit is passed.
 
-        Raises `ReplayOverflow` when the session is in its grace period and a limit is passed:
-        the session must end rather than lose a message its client would never know about.
+        Raises `ReplayOverflow` when the session is away and making room would drop a frame its
+        client never had: the session must end rather than lose a message silently. Frames sent
+        before the connection was lost may go: the client may well have read them.
         """
         self.next_seq += 1
         replay = self.replay
@@ -106,13 +114,52 @@ class Session:
         replay.append(frame)
         held = self.replay_held + len(frame)
         while held > self.replay_bytes or len(replay) > self.replay_messages:
-            if self.conn is None:
-                raise ReplayOverflow(self.session_id)
             if len(replay) == 1:  # one frame over the budget on its own: kept alone
                 break
+            if self.conn is None and self.next_seq - len(replay) >= self.unsent_from:
+                self.replay_held = held
+                raise ReplayOverflow(self.session_id)
             held -= len(replay.popleft())
         self.replay_held = held
         return None if self.conn is None else _NEW_SEND(self.conn, frame)
+
+    def detach(self, grace_deadline: float) -> None:
+        """The connection is lost: what is sent from now on waits for a resume."""
+        self.conn = None
+        self.grace_deadline = grace_deadline
+        self.unsent_from = self.next_seq
+
+    def takes_token(self, token: str, now: float) -> bool:
+        """Whether `token` may resume this session now: the current token, or the one it
+        replaced while that is still good (see `previous_token`)."""
+        return token == self.resume_token or (
+            token == self.previous_token and now < self.previous_token_expires
+        )
+
+    def rotate_token(self, used: str, new: str, previous_expires: float) -> list[str]:
+        """A resume with `used` succeeded: `new` becomes the token, and the tokens that are no
+        longer good are returned. Resuming with the current token keeps it good once more until
+        `previous_expires` (the client may never read the `welcome` that carries `new`);
+        resuming with the previous one spends it, and its lost successor with it."""
+        retired = [self.resume_token]
+        if self.previous_token is not None:
+            retired.append(self.previous_token)
+        if used == self.resume_token:
+            self.previous_token, self.previous_token_expires = used, previous_expires
+            retired.remove(used)
+        else:
+            self.previous_token = None
+        self.resume_token = new
+        return retired
+
+    def acknowledge(self, last_seq: int) -> None:
+        """The client has processed every message up to `last_seq`: they need not be held."""
+        replay = self.replay
+        if replay is None:
+            return
+        first_held = self.next_seq - len(replay)
+        for _ in range(min(last_seq - first_held + 1, len(replay))):
+            self.replay_held -= len(replay.popleft())
 
     def can_replay_after(self, last_seq: int) -> bool:
         """Whether every message after `last_seq` is still held (or there are none)."""
@@ -120,12 +167,11 @@ class Session:
         return first_held - 1 <= last_seq <= self.next_seq - 1
 
     def replay_after(self, last_seq: int) -> list[Send]:
+        """The frames after `last_seq`, to send on the session's new connection; those up to
+        it are acknowledged."""
         assert self.conn is not None
-        replay = self.replay or ()
-        first_held = self.next_seq - len(replay)
-        return [
-            Send(self.conn, frame) for seq, frame in enumerate(replay, first_held) if seq > last_seq
-        ]
+        self.acknowledge(last_seq)
+        return [Send(self.conn, frame) for frame in self.replay or ()]
 
     def forget_call(self, call_id: str) -> None:
         """The call is over for this device; remember it as recently ended."""
@@ -147,4 +193,8 @@ class Link:
 
     conn: ConnId
     bucket: TokenBucket
+    address: str
+    """What failed sign-ins on this connection count against (`throttle.address_key`)."""
     session: Session | None = None
+    delayed_hello: Hello | None = None
+    """A `hello` waiting out its address's sign-in throttle."""

@@ -21,7 +21,14 @@ import orjson
 from attrs import define, field, frozen
 
 from callbox.auth import AuthError
-from callbox.codec import ProtocolError, decode_client, encode, positional_constructor, with_seq
+from callbox.codec import (
+    ProtocolError,
+    decode_client,
+    encode,
+    positional_constructor,
+    rid_of,
+    with_seq,
+)
 from callbox.config import Config
 from callbox.core.actions import (
     Action,
@@ -32,6 +39,8 @@ from callbox.core.actions import (
     DurationCapTimer,
     ExpiryWarningTimer,
     GraceTimer,
+    HelloDelayTimer,
+    HelloTimer,
     IceRefreshTimer,
     OpenCall,
     RingTimer,
@@ -52,7 +61,9 @@ from callbox.core.sessions import (
     discard_from,
 )
 from callbox.core.states import CallEvent, CallState, PartyState
+from callbox.core.throttle import AuthThrottle, address_key
 from callbox.messages import (
+    Ack,
     Bye,
     CallAccepted,
     CallAnswer,
@@ -106,6 +117,7 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TAKEN_OVER = 4002
+CLOSE_HELLO_TIMEOUT = 4003
 
 END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
     "declined": "rejected",
@@ -176,6 +188,7 @@ class Switchboard:
     _published: dict[str, UserStatus] = field(factory=dict, init=False)
     """Per watched user, the status its watchers were last told."""
     _last_seen: LastSeen = field(factory=LastSeen, init=False)
+    _auth_throttle: AuthThrottle = field(factory=AuthThrottle, init=False)
     _out: list[Action] = field(factory=list, init=False)
     received: Counter[str] = field(factory=Counter, init=False)
     """Client messages decoded, by type (for metrics)."""
@@ -191,10 +204,11 @@ class Switchboard:
     # -----------------------------------------------------------------------------------------
     # What the shell calls
 
-    def connect(self, conn: ConnId, now: float) -> list[Action]:
+    def connect(self, conn: ConnId, now: float, address: str = "") -> list[Action]:
+        """A connection opened, from `address` (the client's IP address, as far as known)."""
         bucket = TokenBucket.full(self.config.messages_per_second, self.config.message_burst, now)
-        self._links[conn] = Link(conn=conn, bucket=bucket)
-        return []
+        self._links[conn] = Link(conn=conn, bucket=bucket, address=address_key(address))
+        return [StartTimer(HelloTimer(conn), now + self.config.hello_timeout_ms / 1000)]
 
     def receive(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
         """A text message arrived on `conn`."""
@@ -202,18 +216,16 @@ class Switchboard:
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
         self._begin()
-        allowed = link.bucket.take(now)
+        if not link.bucket.take(now):  # before decoding: a refusal costs more than a message
+            self._rate_limited(link, rid_of(data))
+            return self._end()
         try:
             message = decode_client(data)
         except ProtocolError as exc:
             self._error(link, exc.code, exc.message, exc.path, exc.rid)
             return self._end()
         self.received[message.TYPE] += 1
-        if allowed:
-            self._dispatch(link, message, now)
-        else:
-            limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
-            self._error(link, "rate_limited", f"too many messages ({limit})", None, message.rid)
+        self._dispatch(link, message, now)
         return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
@@ -221,13 +233,18 @@ class Switchboard:
         if link is None:
             return []
         self._begin()
-        reason = "binary frames are not accepted: send JSON as text frames"
-        self._error(link, "invalid_message", reason, None, None)
+        if link.bucket.take(now):
+            reason = "binary frames are not accepted: send JSON as text frames"
+            self._error(link, "invalid_message", reason, None, None)
+        else:
+            self._rate_limited(link, None)
         return self._end()
 
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (clean close or not): its session enters the grace period."""
         link = self._links.pop(conn, None)
+        if link is not None and link.session is None:
+            return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
         if link is None or link.session is None or link.session.conn != conn:
             return []
         self._begin()
@@ -297,6 +314,10 @@ class Switchboard:
         else:
             self._send(link.session, error)
 
+    def _rate_limited(self, link: Link, rid: str | None) -> None:
+        limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
+        self._error(link, "rate_limited", f"too many messages ({limit})", None, rid)
+
     def _send_unnumbered(self, conn: ConnId, message: ServerMessage) -> None:
         """Send outside the session's sequence: not replayed (`welcome`, `pong`, `error`s
         before `hello`)."""
@@ -320,6 +341,8 @@ class Switchboard:
                     self._error(link, "invalid_state", reason, "/type", message.rid)
                 case Ping():
                     self._send_unnumbered(link.conn, Pong(ts=message.ts, rid=message.rid))
+                case Ack():
+                    self._acknowledge(session, message)
                 case Bye():
                     self._end_session(session)
                     self._links.pop(link.conn, None)
@@ -356,15 +379,29 @@ class Switchboard:
     # Sessions
 
     def _hello(self, link: Link, hello: Hello, now: float) -> None:
+        """Answer `hello` now, or once its address's sign-in throttle allows."""
+        if link.delayed_hello is not None:
+            reason = "a hello is already waiting for its answer"
+            self._error(link, "invalid_state", reason, "/type", hello.rid)
+            return
+        delay = self._auth_throttle.delay(link.address, now)
+        if delay > 0:
+            link.delayed_hello = hello
+            self._out.append(StartTimer(HelloDelayTimer(link.conn), now + delay))
+        else:
+            self._sign_in(link, hello, now)
+
+    def _sign_in(self, link: Link, hello: Hello, now: float) -> None:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
+            self._auth_throttle.failed(link.address, now)
             closing = (CLOSE_AUTH_FAILED, "authentication failed")
             self._turn_away(link, "auth_failed", str(exc), hello.rid, closing)
             return
         if hello.resume is not None and hello.last_seq is not None:
             old = self._by_resume_token.get(hello.resume)
-            if old is not None and old.user_id == user_id:
+            if old is not None and old.user_id == user_id and old.takes_token(hello.resume, now):
                 if old.can_replay_after(hello.last_seq):
                     self._resume(link, old, hello, now)
                     return
@@ -383,12 +420,11 @@ class Switchboard:
             resume_token=self.new_token(24),
             replay_messages=self.config.replay_buffer_messages,
             replay_bytes=self.config.replay_buffer_bytes,
-            conn=link.conn,
         )
         self._sessions[session.session_id] = session
         self._by_resume_token[session.resume_token] = session
         self._users.setdefault(user_id, User()).sessions[session.session_id] = session
-        link.session = session
+        self._attach(link, session)
         self._welcome(session, resumed=False, rid=hello.rid, now=now)
         self._ring_new_device(session, now)
         self._refresh_presence(user_id)
@@ -400,7 +436,14 @@ class Switchboard:
         reason, and forget it."""
         self._error(link, code, message, None, rid)
         self._out.append(Close(link.conn, *closing))
+        self._out.append(CancelTimer(HelloTimer(link.conn)))
         del self._links[link.conn]
+
+    def _attach(self, link: Link, session: Session) -> None:
+        """`link`'s connection carries `session` from now on: its `hello` has been answered."""
+        session.conn = link.conn
+        link.session = session
+        self._out.append(CancelTimer(HelloTimer(link.conn)))
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
         assert session.conn is not None
@@ -423,31 +466,43 @@ class Switchboard:
             self._out.append(StartTimer(IceRefreshTimer(session.session_id), now + refresh_in))
 
     def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
-        assert hello.last_seq is not None
+        assert hello.last_seq is not None and hello.resume is not None
         if session.conn is not None:
             self._links.pop(session.conn, None)
             self._out.append(Close(session.conn, CLOSE_TAKEN_OVER, "session taken over"))
         else:
             self._out.append(CancelTimer(GraceTimer(session.session_id)))
             session.grace_deadline = None
-        del self._by_resume_token[session.resume_token]
-        session.resume_token = self.new_token(24)
+        for token in session.rotate_token(
+            hello.resume, self.new_token(24), now + self.config.reconnect_grace_ms / 1000
+        ):
+            del self._by_resume_token[token]
         self._by_resume_token[session.resume_token] = session
-        session.conn = link.conn
-        link.session = session
+        if session.previous_token is not None:
+            self._by_resume_token[session.previous_token] = session
+        self._attach(link, session)
         self._welcome(session, resumed=True, rid=hello.rid, now=now)
         self._out.extend(session.replay_after(hello.last_seq))
 
+    def _acknowledge(self, session: Session, ack: Ack) -> None:
+        sent = session.next_seq - 1
+        if ack.last_seq > sent:
+            reason = f"last_seq {ack.last_seq} is ahead of the last seq sent ({sent})"
+            raise Refused("invalid_state", reason, "/last_seq")
+        session.acknowledge(ack.last_seq)
+
     def _detach(self, session: Session, now: float) -> None:
-        session.conn = None
-        session.grace_deadline = now + self.config.reconnect_grace_ms / 1000
+        deadline = now + self.config.reconnect_grace_ms / 1000
+        session.detach(deadline)
         self._out.append(CancelTimer(IceRefreshTimer(session.session_id)))
-        self._out.append(StartTimer(GraceTimer(session.session_id), session.grace_deadline))
+        self._out.append(StartTimer(GraceTimer(session.session_id), deadline))
 
     def _end_session(self, session: Session) -> None:
         """The session is over for good: its calls go on (or end) without it."""
         del self._sessions[session.session_id]
         del self._by_resume_token[session.resume_token]
+        if session.previous_token is not None:
+            del self._by_resume_token[session.previous_token]
         user = self._users[session.user_id]
         del user.sessions[session.session_id]
         if session.conn is None:
@@ -484,6 +539,16 @@ class Switchboard:
 
     def _timer(self, key: TimerKey, now: float) -> None:
         match key:
+            case HelloTimer(conn):
+                link = self._links.get(conn)
+                if link is not None and link.session is None and link.delayed_hello is None:
+                    del self._links[conn]
+                    self._out.append(Close(conn, CLOSE_HELLO_TIMEOUT, "hello timeout"))
+            case HelloDelayTimer(conn):
+                link = self._links.get(conn)
+                if link is not None and link.delayed_hello is not None:
+                    hello, link.delayed_hello = link.delayed_hello, None
+                    self._sign_in(link, hello, now)
             case GraceTimer(session_id):
                 session = self._sessions.get(session_id)
                 deadline = None if session is None else session.grace_deadline

@@ -56,8 +56,8 @@ collections then come every few seconds under load and traverse every message he
 the CPU at 1,000 calls, in pauses of ~100 ms. Considering a full collection 100 times less often
 makes it rare (minutes apart under load, and CPython still waits until a quarter of the old
 generation is new); young collections stay small, so their pauses stay under a millisecond.
-Garbage cycles (trio's, on closed connections) wait longer for collection, which costs memory,
-not correctness. Measured in docs/benchmarks.md.
+Garbage cycles wait longer for collection, which costs memory, not correctness; so an ended
+connection must leave none (tests/server/test_transport_limits.py). Measured in docs/benchmarks.md.
 """
 
 
@@ -121,7 +121,7 @@ class SignalingServer:
     def on_open(self, conn: Connection) -> None:
         self._connections[conn.id] = conn
         log.debug("connection %d open from %s", conn.id, conn.remote)
-        self._carry_out(self.switchboard.connect(conn.id, trio.current_time()))
+        self._carry_out(self.switchboard.connect(conn.id, trio.current_time(), conn.client_host))
 
     def on_text(self, conn: Connection, data: bytes) -> None:
         started = perf_counter()
@@ -144,10 +144,8 @@ class SignalingServer:
 
     # HTTP ----------------------------------------------------------------------------------------
 
-    def http(self, method: str, path: str) -> HttpResponse | None:
+    def http(self, path: str) -> HttpResponse | None:
         """Health, metrics, and the demo page with its browser client; anything else is 404."""
-        if method != "GET":
-            return None
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
@@ -265,6 +263,7 @@ def transport_config(config: Config) -> TransportConfig:
         send_buffer_bytes=config.send_buffer_bytes,
         heartbeat_interval=heartbeat,
         heartbeat_timeout=2 * heartbeat,
+        trusted_proxies=frozenset(config.trusted_proxies),
     )
 
 

@@ -25,16 +25,19 @@ import itertools
 import logging
 import math
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from http import HTTPStatus
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol
 
 import attrs
 import trio
+from websockets.exceptions import InvalidMessage
 from websockets.frames import BINARY, CONT, TEXT, Close, CloseCode, Frame
 from websockets.http11 import Request, Response
-from websockets.protocol import CLOSED, OPEN, Event
+from websockets.protocol import CLOSED, CONNECTING, OPEN, Event
 from websockets.server import ServerProtocol
+
+from callbox.server.http import HttpHandler, HttpResponse, bad_request, refusal, respond
 
 __all__ = [
     "CLOSE_FRAME_RESERVE_BYTES",
@@ -51,8 +54,21 @@ __all__ = [
 ]
 
 logger = logging.getLogger("callbox.transport")
+
+
+class _ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """websockets' logger, without the tracebacks it attaches to its debug records of refused
+    handshakes and bad frames: hostile input is expected, and its stack says nothing. Records
+    of warning and above (websockets' own failures) keep theirs."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level < logging.WARNING:
+            kwargs.pop("exc_info", None)
+        super().log(level, msg, *args, **kwargs)
+
+
 # websockets logs "connection open/closed" at INFO per connection; keep it separately tunable.
-_protocol_logger = logging.getLogger("callbox.transport.protocol")
+_protocol_logger = _ProtocolLog(logging.getLogger("callbox.transport.protocol"))
 
 #: Bytes of every send buffer kept free for the final close frame (2-byte header + <= 125-byte
 #: payload), so a slow client can always be told why it is dropped without exceeding the bound.
@@ -69,10 +85,26 @@ _connection_ids = itertools.count(1)
 
 @attrs.frozen
 class TransportConfig:
-    """Per-server limits; sizes in bytes, durations in seconds."""
+    """Per-server limits; sizes in bytes, durations in seconds.
+
+    What a client can make the server hold is bounded: a message by `max_message_bytes` (its
+    fragments are joined as they arrive, and there may be `max_message_fragments` of them: an
+    empty continuation frame costs no payload byte, so a count must bound those), a request head
+    by `max_request_head_bytes` (h11's default; websockets alone allows 128 lines of 8 KiB), and
+    the heads being read at once by `max_handshakes`, server-wide.
+
+    A connection beyond `max_handshakes` waits for a slot, its request unread in the kernel's
+    buffer, rather than being refused with 503: a burst of legitimate handshakes (every client
+    reconnecting after a restart) is then served in turn instead of failing and coming back as
+    retries. The wait counts towards `handshake_timeout`, so it is bounded too; a connection
+    still waiting at the deadline gets 503, one whose head is still incomplete 408.
+    """
 
     path: str = "/ws"
     max_message_bytes: int = 256 * 1024
+    max_message_fragments: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
+    max_request_head_bytes: int = attrs.field(default=16 * 1024, validator=attrs.validators.gt(0))
+    max_handshakes: int = attrs.field(default=256, validator=attrs.validators.gt(0))
     send_buffer_bytes: int = attrs.field(
         default=1024 * 1024, validator=attrs.validators.gt(CLOSE_FRAME_RESERVE_BYTES)
     )
@@ -81,6 +113,8 @@ class TransportConfig:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     read_size: int = 64 * 1024
+    trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    """Peers whose `X-Forwarded-For` names the client (see `Connection.client_host`)."""
 
 
 @attrs.frozen
@@ -101,10 +135,6 @@ class ConnectionHandler(Protocol):
     def on_text(self, conn: Connection, data: bytes) -> None: ...
     def on_binary(self, conn: Connection, data: bytes) -> None: ...
     def on_close(self, conn: Connection, code: int | None, reason: str) -> None: ...
-
-
-HttpResponse: TypeAlias = tuple[int, list[tuple[str, str]], bytes]
-HttpHandler: TypeAlias = Callable[[str, str], HttpResponse | None]
 
 
 class Connection:
@@ -128,6 +158,7 @@ class Connection:
         "_eof_pending",
         "_eof_sent",
         "_finishing",
+        "_fragment_count",
         "_fragments",
         "_fragments_are_text",
         "_going_away",
@@ -148,6 +179,7 @@ class Connection:
         "_sock",
         "_stream",
         "_writer",
+        "client_host",
         "id",
         "remote",
     )
@@ -161,7 +193,10 @@ class Connection:
         shared: SharedServices,
     ) -> None:
         self.id: int = next(_connection_ids)
-        self.remote: str = _remote_address(stream)
+        self.remote, self.client_host = _peer_of(stream)
+        """The client's address: the peer's, or behind a trusted proxy the last address of
+        the proxy's `X-Forwarded-For` (the one the proxy itself saw). Failed sign-ins are
+        throttled by it, so behind a proxy it must not be the proxy's own."""
         self._stream = stream
         self._handler = handler
         self._http_handler = http_handler
@@ -193,7 +228,8 @@ class Connection:
         self._broken = False
         self._discard_input = False
         self._going_away = False
-        self._fragments: list[bytes] = []
+        self._fragments = bytearray()  # of the message being received, joined as they come
+        self._fragment_count = 0
         self._fragments_are_text = False
         self._messages_in = 0
         self._messages_out = 0
@@ -259,8 +295,8 @@ class Connection:
         try:
             try:
                 with self._read_scope:
-                    self._read_scope.deadline = trio.current_time() + self._config.handshake_timeout
-                    await self._receive_loop()
+                    if await self._handshake():
+                        await self._receive_loop()
             except trio.Cancelled:
                 self._going_away = True  # the server is shutting down
                 raise
@@ -272,16 +308,50 @@ class Connection:
             logger.exception("%r: unexpected transport failure", self)
         finally:
             self._release_socket()
+            self._release_protocol_errors()
             try:
                 await trio.aclose_forcefully(self._stream)  # raises Cancelled again at shutdown
             finally:
                 self._notify_closed()
 
+    async def _handshake(self) -> bool:
+        """Read the request head and answer it; whether the connection is a WebSocket now.
+
+        At most `max_request_head_bytes` of the head are read, in one of the server's
+        `max_handshakes` slots, within `handshake_timeout` of the accept, waiting for the slot
+        included (`TransportConfig` says why a connection waits rather than being refused).
+        """
+        proto = self._protocol
+        config = self._config
+        waiting = True
+        with trio.move_on_after(config.handshake_timeout) as timer:
+            async with self._shared.handshakes:
+                waiting = False
+                while proto.state is CONNECTING and not proto.eof_sent:
+                    room = config.max_request_head_bytes - self._bytes_in
+                    if room <= 0:
+                        self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+                        break
+                    try:
+                        data = await self._stream.receive_some(min(room, config.read_size))
+                    except _TRANSPORT_ERRORS as exc:
+                        self._abort(exc)
+                        break
+                    if not data:
+                        self._received_eof()
+                        break
+                    self._received(data)
+        if timer.cancelled_caught:
+            if waiting:
+                self._refuse(HTTPStatus.SERVICE_UNAVAILABLE)
+            elif self._bytes_in:
+                self._refuse(HTTPStatus.REQUEST_TIMEOUT)
+        return proto.state is OPEN
+
     async def _receive_loop(self) -> None:
         """Read, feed the protocol, call the handler; until EOF or the closing handshake is
         complete (both close frames seen: the peer may send nothing more, so no need to wait
         for its EOF - trio-websocket clients, for one, never close TCP themselves)."""
-        proto = self._protocol
         read_size = self._config.read_size
         sock = self._sock
         if sock is not None:
@@ -308,15 +378,18 @@ class Connection:
             if self._broken:  # a send from another task found the socket dead meanwhile
                 return
             if not data:
-                self._peer_eof = True
-                proto.receive_eof()
-                self._flush()
+                self._received_eof()
                 return
             if self._received(data):
                 return
             if sock is not None:  # done with the shared buffer: now let others run
                 del data  # (and an idle connection must not keep a view of it)
                 await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _received_eof(self) -> None:
+        self._peer_eof = True
+        self._protocol.receive_eof()
+        self._flush()
 
     def _received(self, data: bytes | bytearray | memoryview) -> bool:
         """Handle what one read brought; whether reading is over. (A function of its own, so
@@ -353,12 +426,19 @@ class Connection:
                 self._deliver(opcode is TEXT, bytes(event.data))
             else:
                 self._fragments_are_text = opcode is TEXT
-                self._fragments = [bytes(event.data)]
+                self._fragments = bytearray(event.data)
+                self._fragment_count = 1
         elif opcode is CONT:
-            self._fragments.append(bytes(event.data))
+            self._fragment_count += 1
+            if self._fragment_count > self._config.max_message_fragments:
+                # 1009, not 1008: the message is too big to process, in pieces rather than
+                # bytes, and clients read 1008 as "too many sessions" (docs/protocol.md).
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                return
+            self._fragments += event.data
             if event.fin:
-                data = b"".join(self._fragments)
-                self._fragments = []
+                data = bytes(self._fragments)
+                self._fragments = bytearray()
                 self._deliver(self._fragments_are_text, data)
         # PING, PONG and CLOSE were already answered by the protocol.
 
@@ -367,10 +447,7 @@ class Connection:
             try:
                 data.decode()  # the sans-I/O layer leaves UTF-8 validation to us
             except UnicodeDecodeError as exc:
-                self._discard_input = True
-                self._protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-                self._start_close_timer()
-                self._flush()
+                self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
                 return
         self._messages_in += 1
         if is_text:
@@ -378,39 +455,47 @@ class Connection:
         else:
             self._handler.on_binary(self, data)
 
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        """Close for bad input without a closing handshake (websockets' `fail`: the close
+        frame, then EOF); whatever else was read is dropped."""
+        self._discard_input = True
+        self._fragments = bytearray()
+        self._protocol.fail(code, reason)
+        self._start_close_timer()
+        self._flush()
+
     def _respond(self, request: Request) -> None:
-        path = request.path.partition("?")[0]
-        if path == self._config.path:
-            response = self._protocol.accept(request)
-        else:
-            response = self._http_response(request.method, path)
-        self._protocol.send_response(response)
-        self._responded = True
-        self._flush(bounded=False)
+        if self.client_host in self._config.trusted_proxies:
+            forwarded = request.headers.get_all("X-Forwarded-For")
+            if forwarded:
+                self.client_host = forwarded[-1].rpartition(",")[2].strip()
+        self._send_response(respond(self._protocol, request, self._config.path, self._http_handler))
         # websockets' parser keeps the request (a local of its suspended generator) for the
         # connection's lifetime; its headers are not needed any more, and they are most of it.
         request.headers.clear()
         if self._protocol.state is OPEN:
-            self._read_scope.deadline = math.inf  # liveness is the heartbeat's job now
             self._opened = True
             self._next_ping = trio.current_time() + self._config.heartbeat_interval
             self._shared.heartbeats.add(self, self._next_heartbeat())
             self._handler.on_open(self)
 
-    def _http_response(self, method: str, path: str) -> Response:
-        result = self._http_handler(method, path) if self._http_handler else None
-        if result is None:
-            return self._protocol.reject(HTTPStatus.NOT_FOUND, "Not Found\n")
-        status, headers, body = result
-        response = self._protocol.reject(status, "")  # Date, Connection: close, ...
-        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
-        for name in {name.lower() for name, _ in headers} | {"content-length"}:
-            if name in response.headers:
-                del response.headers[name]
-        response.headers.update(headers)
-        response.headers["Content-Length"] = str(len(body))
-        response.body = body
-        return response
+    def _refuse(self, status: HTTPStatus) -> None:
+        self._send_response(refusal(status))
+
+    def _send_response(self, response: Response) -> None:
+        self._protocol.send_response(response)
+        self._responded = True
+        self._flush(bounded=False)
+
+    def _refused_by_protocol(self) -> None:
+        """websockets answered the head itself: 414 or 431 for a line too long or too many of
+        them, but only EOF for one it cannot parse, or for EOF before the head was complete;
+        those get 400 here. (The head is gone by then, so a request with a body, which
+        websockets does not parse, gets 400 rather than the 405 of its method.)"""
+        self._responded = True  # so `_finish` reads the rest, which keeps the answer from an RST
+        if isinstance(self._protocol.handshake_exc, InvalidMessage) and self._bytes_in:
+            logger.debug("%r: malformed request head: %r", self, self._protocol.handshake_exc)
+            self._write(bad_request(), bounded=False)
 
     def _next_heartbeat(self) -> float:
         return min(self._next_ping, self._last_received + self._config.heartbeat_timeout)
@@ -565,6 +650,8 @@ class Connection:
             self._close_from_server(CloseCode.TRY_AGAIN_LATER, "send buffer overflow")
 
     def _want_eof(self) -> None:
+        if not self._responded:
+            self._refused_by_protocol()
         self._eof_pending = True
         if self._sock is not None and not self._out:
             self._shutdown_socket()
@@ -651,6 +738,27 @@ class Connection:
         if self._sock is not None:
             self._sock.detach()
 
+    def _release_protocol_errors(self) -> None:
+        """Drop the tracebacks of the exceptions websockets keeps once the connection is over.
+
+        Each traceback runs through the protocol's parser generator or `accept`, whose frames
+        refer to the protocol, which keeps the exception: a reference cycle. (A refused
+        request keeps its exception too, and the parser keeps the request.) After a reset, the
+        EOF that `_abort` feeds in raises inside our handler of the `OSError`, so that error is
+        chained to it, and its traceback's frames refer to this connection: the cycle then
+        holds the connection, its sockets and its scopes. Only a full collection would free
+        them, and the server makes those rare (`callbox.server.app.GC_THRESHOLDS`).
+        """
+        chain: list[BaseException | None] = [
+            self._protocol.parser_exc,
+            self._protocol.handshake_exc,
+        ]
+        while chain:
+            exc = chain.pop()
+            if exc is not None and exc.__traceback__ is not None:
+                exc.__traceback__ = None
+                chain += (exc.__cause__, exc.__context__)
+
 
 def _receive_into(sock: socket.socket, buffer: memoryview) -> int | None:
     """`sock.recv_into(buffer)`, or None when nothing has arrived: the caller then waits outside
@@ -664,11 +772,12 @@ def _receive_into(sock: socket.socket, buffer: memoryview) -> int | None:
 class SharedServices:
     """What the connections of one server share, so that an idle one costs neither a task nor a
     nursery: the heartbeat task, and the nursery that a connection's writer runs in while its
-    client is slow to read."""
+    client is slow to read; and the slots for reading request heads (`max_handshakes`)."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, config: TransportConfig) -> None:
         self.nursery = nursery
         self.heartbeats = Heartbeats()
+        self.handshakes = trio.Semaphore(config.max_handshakes)
         nursery.start_soon(self.heartbeats.run)
 
 
@@ -771,17 +880,18 @@ def _shared_read_buffer(size: int) -> memoryview:
     return buffer
 
 
-def _remote_address(stream: trio.abc.Stream) -> str:
+def _peer_of(stream: trio.abc.Stream) -> tuple[str, str]:
+    """The peer as logged (``host:port``) and its host alone; "unknown" where there is none."""
     if isinstance(stream, trio.SocketStream):
         try:
             peer = stream.socket.getpeername()
         except OSError:  # already disconnected
-            return "unknown"
+            return "unknown", "unknown"
         if isinstance(peer, tuple):
             host, port = peer[0], peer[1]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return str(peer)
-    return "unknown"
+            return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+        return str(peer), str(peer)
+    return "unknown", "unknown"
 
 
 def _accepted(
@@ -814,7 +924,8 @@ async def handle_stream(
     """
     if shared is None:
         async with trio.open_nursery() as nursery:
-            await _accepted(stream, handler, config, http_handler, SharedServices(nursery))
+            shared = SharedServices(nursery, config)
+            await _accepted(stream, handler, config, http_handler, shared)
             nursery.cancel_scope.cancel()
     else:
         await _accepted(stream, handler, config, http_handler, shared)
@@ -832,7 +943,7 @@ async def serve_websockets(
     """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
-        shared = SharedServices(nursery)
+        shared = SharedServices(nursery, config)
         for listener in listeners:
             nursery.start_soon(_accept, listener, handler, config, http_handler, shared)
         task_status.started(listeners)

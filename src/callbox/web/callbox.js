@@ -180,6 +180,8 @@ export class CallboxClient extends Emitter {
     this.heartbeatMs = 15000;
     /** The `seq` of the last server message processed (0: none yet in this session). */
     this.lastSeq = 0;
+    /** The last `seq` the server has been told was processed (`ack`, or a resume's `last_seq`). */
+    this.ackedSeq = 0;
     /** @type {string | null} */
     this.resumeToken = null;
     /** Calls by id. @type {Map<string, Call>} */
@@ -549,8 +551,21 @@ export class CallboxClient extends Emitter {
     try {
       this._dispatch(message);
     } finally {
-      if (typeof message.seq === "number") this.lastSeq = message.seq;
+      if (typeof message.seq === "number") {
+        this.lastSeq = message.seq;
+        this._acknowledge();
+      }
     }
+  }
+
+  /** Tells the server what has been processed (`ack`) each time a quarter of its replay history
+   * has come in since the last time, so that it holds only what a resume may still need. */
+  _acknowledge() {
+    const held = this.limits.replay_buffer_messages;
+    if (!held || this.lastSeq - this.ackedSeq < Math.max(1, Math.floor(held / 4))) return;
+    if (this._ws?.readyState !== WebSocket.OPEN) return;
+    this._ws.send(JSON.stringify({ type: "ack", last_seq: this.lastSeq }));
+    this.ackedSeq = this.lastSeq;
   }
 
   /** @param {Message} message */
@@ -630,6 +645,7 @@ export class CallboxClient extends Emitter {
     this.heartbeatMs = welcome.heartbeat_ms;
     this.resumeToken = welcome.resume_token;
     if (!welcome.resumed) this.lastSeq = 0;
+    this.ackedSeq = this.lastSeq; // a resume's last_seq acknowledged everything up to it
     this.sessionId = welcome.session_id;
     this._setState("open");
     this._startHeartbeat();

@@ -21,6 +21,7 @@ from callbox.conformance.steps import (
     shown,
 )
 from callbox.messages import (
+    Ack,
     CallAccepted,
     CallEnded,
     CallRinging,
@@ -167,6 +168,62 @@ async def rung_while_away(ctx: Context) -> None:
     check((await bob.resume()).resumed, "resume within the grace period: resumed false")
     await incoming(bob, call_id, alice)
     await answer(bob, call_id, [alice])
+
+
+@case("resume.after_much_traffic", "resume")
+async def after_much_traffic(ctx: Context) -> str:
+    """A session that has received and read more than the replay history holds still resumes
+    after a short absence, with nothing lost: what it had read makes room for what it missed."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
+    count = bob.limits.replay_buffer_messages + 2
+    if count > HISTORY_PROBE_MESSAGES:
+        raise Skip(f"replay_buffer_messages is {count - 2}, more than the suite sends")
+    ctx.wait("pacing the messages", round(count / alice.limits.messages_per_second * 1000))
+    pacer = Pacer(alice.limits)
+    for n in range(count):
+        await pacer.tick()
+        await alice.candidate(call_id, bob.user_id, {"candidate": f"candidate:{n}"})
+    for n in range(count):
+        await bob.expect(RelayedIceCandidate, candidate={"candidate": f"candidate:{n}"})
+    await bob.drop()
+    await alice.offer(call_id, bob.user_id, SDP)
+    await alice.ping()  # the server has handled the offer
+    check((await bob.resume()).resumed, "resume after a long call's traffic: resumed false")
+    await bob.expect(RelayedSdpOffer, call_id=call_id, from_=alice.user_id, sdp=SDP)
+    return f"{count} messages read before the absence"
+
+
+@case("resume.lost_welcome", "resume")
+async def lost_welcome(ctx: Context) -> None:
+    """When the welcome of a resume is lost, the token the client still holds resumes the
+    session once more, and nothing is lost."""
+    alice, bob, call_id = await absent_callee(ctx)
+    held, last_seq = bob.welcome.resume_token, bob.last_seq
+    check((await bob.resume()).resumed, "resume within the grace period: resumed false")
+    await bob.drop()  # as if that welcome, and its new resume_token, never arrived
+    await alice.offer(call_id, bob.user_id, SDP)
+    await alice.ping()
+    welcome = await bob.resume(last_seq=last_seq, token=held)
+    check(welcome.resumed, "resume with the token held before a lost welcome: resumed false")
+    await bob.expect(RelayedSdpOffer, call_id=call_id, from_=alice.user_id, sdp=SDP)
+
+
+@case("resume.ack", "resume")
+async def ack(ctx: Context) -> None:
+    """ack gets no reply, and one ahead of the last seq gets invalid_state; a resume after
+    acknowledged messages replays what followed them."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
+    await alice.offer(call_id, bob.user_id, SDP)
+    await bob.expect(RelayedSdpOffer, call_id=call_id, sdp=SDP)
+    await bob.ack()
+    await refused(bob, "invalid_state", Ack(last_seq=bob.last_seq + 5), path="/last_seq")
+    await bob.drop()
+    await alice.candidate(call_id, bob.user_id, CANDIDATE)
+    await alice.ping()
+    check((await bob.resume()).resumed, "resume after an ack: resumed false")
+    await bob.expect(RelayedIceCandidate, call_id=call_id, candidate=CANDIDATE)
 
 
 @case("resume.takeover", "resume")

@@ -267,3 +267,18 @@ async def offline_after_grace(ctx: Context) -> None:
     await a.drop()
     gone = await after(watcher, started, ms, Presence, user_id=a.user_id, status="offline")
     check(gone.last_seen is not None, "offline presence of a user seen before lacks last_seen")
+
+
+@case("timeouts.hello_timeout", "timeouts")
+async def hello_timeout(ctx: Context) -> None:
+    """A connection that sends no hello within limits.hello_timeout_ms is closed with 4003,
+    not before."""
+    probe = await ctx.client("probe")
+    ms = probe.limits.hello_timeout_ms
+    ctx.wait("hello_timeout_ms", ms)
+    started = trio.current_time()
+    silent = await ctx.connection()
+    code = await silent.wait_closed()
+    elapsed = trio.current_time() - started
+    check(code == 4003, f"a connection silent past hello_timeout_ms was closed with {code}")
+    check(elapsed >= ms / 1000 - EARLY_S, f"closed after {elapsed:.3f} s, before its {ms} ms")
