@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,15 @@ async def frames_until_close(client: RawClient) -> tuple[Close | None, list[Fram
         return None, frames
     finally:
         await client.stream.aclose()
+
+
+async def receive_until(client: RawClient, done: Callable[[list[Frame]], bool]) -> list[Frame]:
+    """The server's frames until `done` says so of all received, or the connection ends."""
+    frames: list[Frame] = []
+    with trio.fail_after(HANG_GUARD_S):
+        while not done(frames) and (batch := await receive_frames(client)):
+            frames += batch
+    return frames
 
 
 async def receive_frames(client: RawClient) -> list[Frame]:
