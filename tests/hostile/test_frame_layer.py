@@ -16,8 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import EXTERNAL_CLOSE_CODES, Frame, Opcode
 
-from tests.server.test_transport import RawClient
-
 from tests.hostile.harness import (
     FIGURES,
     HANG_GUARD_S,
@@ -32,6 +30,7 @@ from tests.hostile.harness import (
     texts,
     ws_client,
 )
+from tests.server.test_transport import RawClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("guard")]
 

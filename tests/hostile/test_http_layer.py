@@ -145,7 +145,7 @@ async def test_head_of_healthz_is_get_without_body(server: ServerProcess) -> Non
     head = await http_exchange(server, b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
     FIGURES.count(LAYER, 2)
     assert status_of(head) == status_of(get) == 200
-    get_head, _, body = get.partition(b"\r\n\r\n")
+    _, _, body = get.partition(b"\r\n\r\n")
     assert body == b"ok\n"
     assert head.endswith(b"\r\n\r\n")
     assert b"Content-Length: 3\r\n" in head
