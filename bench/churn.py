@@ -5,9 +5,10 @@
 Starts ``python -m callbox serve`` (from ``--src`` if given, to compare two commits), then, each
 round, opens ``--per-round`` WebSocket connections in batches of 100: a third say ``hello`` and
 close cleanly, a third say ``hello`` and reset the TCP connection (SO_LINGER 0, an RST), a third
-send a FIN without a close frame (half of those after ``hello``, half before). After each round it prints the server's RSS. Issue 10 measured
-+7-10 MiB per 3,000 such connections, 77.6 MiB over 21,000, before the reference cycles they left
-were broken. Loopback only; bounded by the rounds; the server is stopped by its process id.
+send a FIN without a close frame (half of those after ``hello``, half before). After each round
+it prints the server's RSS. Issue 10 measured +7-10 MiB per 3,000 such connections, 77.6 MiB
+over 21,000, before the reference cycles they left were broken. Loopback only; bounded by the
+rounds; the server is stopped by its process id.
 """
 
 from __future__ import annotations

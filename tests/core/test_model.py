@@ -14,10 +14,10 @@ between joined participants, `seq` contiguous as each client sees it, `resumed` 
 the resume can be honoured, and no call, session, timer or index entry outliving what it belongs
 to. At the end everyone leaves and the switchboard must be empty.
 
-Issue 10 has two known bugs being fixed on main. The model expects the fixed behaviour and raises
-a dedicated exception when it meets one of them, so the model runs that provoke them are strict
-xfails that will flip when the fixes land; the main run avoids them (a replay buffer it cannot
-fill, no lost `welcome`) and must stay green.
+Two findings of issue 10 have runs of their own, each with a dedicated exception should they come
+back: a replay buffer a few messages long (a session that has read more than it holds must still
+resume) and resumes whose `welcome` is lost (the token the client still holds must still work);
+the main run keeps a buffer it cannot fill and loses no `welcome`.
 
 The model reads the core's private indexes in two places only, both to check the core against
 itself: `RecordingSwitchboard` records every message numbered for a session, including those kept
@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import pytest
 from attrs import define, field
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -104,25 +104,25 @@ CALL_MESSAGES = frozenset(
 """What a session is sent about a call it is in (`room_joined` names a call it may not be in)."""
 PLENTY = 1_000_000
 REJECT: Wire = {"type": "call_reject", "reason": "declined"}
-"""A replay buffer the main model cannot fill (see known bug 1)."""
+"""A replay buffer the main model cannot fill (`SmallReplayModel` fills one)."""
 
 
 class ProtocolViolation(AssertionError):
     """The core broke a promise of the protocol."""
 
 
-class KnownBug(ProtocolViolation):
-    """A violation issue 10 already knows of and main is fixing."""
+class FixedFinding(ProtocolViolation):
+    """A violation issue 10 found and fixed: its own type, so that a regression names itself."""
 
 
-class ReplayOverflowEndsResumableSession(KnownBug):
-    """Issue 10, known bug 1: a session that has received `replay_buffer_messages` messages is
+class ReplayOverflowEndsResumableSession(FixedFinding):
+    """Issue 10, finding 1: a session that has received `replay_buffer_messages` messages is
     ended by the next message while its client is away, although the client missed fewer than
     that and came back within the grace (already-delivered frames fill the replay buffer)."""
 
 
-class PreviousTokenRefused(KnownBug):
-    """Issue 10, known bug 2: after a resume whose `welcome` was lost, the previous resume token
+class PreviousTokenRefused(FixedFinding):
+    """Issue 10, finding 2: after a resume whose `welcome` was lost, the previous resume token
     (the only one the client has) is refused instead of being honoured once."""
 
 
@@ -175,7 +175,9 @@ class Told:
     tokens: list[str]
     """Every resume token its welcomes gave, read by the client or lost; the last is valid."""
     previous_spent: bool = True
-    """Whether `tokens[-2]` may no longer be used (it is honoured once: known bug 2's fix)."""
+    """Whether `tokens[-2]` may no longer be used (it is honoured once after a lost welcome)."""
+    previous_expires: float = 0.0
+    """...and only until the grace period after it was replaced has passed."""
     conn: int | None = None
     """The connection the core believes is this session's (it may be dead and not yet noticed)."""
     detached_at: float | None = None
@@ -220,7 +222,7 @@ class Request:
 class ProtocolModel(RuleBasedStateMachine):
     replay_messages: ClassVar[int] = PLENTY
     lose_welcomes: ClassVar[bool] = False
-    """Whether the model may lose a resume's `welcome` in flight (known bug 2)."""
+    """Whether the model may lose a resume's `welcome` in flight (issue 10, finding 2)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -337,7 +339,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def _old_tokens(self, device: Device) -> list[str]:
         """Tokens of `device` no session may accept: neither the latest of a live session nor the
-        one before it (which known bug 2's fix honours once)."""
+        one before it (which is honoured once)."""
         recent = {t for told in self.sessions.values() if not told.ended for t in told.tokens[-2:]}
         return [token for token in device.tokens if token not in recent]
 
@@ -371,10 +373,11 @@ class ProtocolModel(RuleBasedStateMachine):
         return told if 0 <= missed <= self.replay_messages else None
 
     def _previous_token_holder(self, token: str) -> Told | None:
-        """The fixed rule of known bug 2: the token before the latest is honoured once."""
+        """The token before the latest is honoured once, within the grace after it was replaced
+        (a `welcome` may have been lost)."""
         for told in self.sessions.values():
             if len(told.tokens) > 1 and told.tokens[-2] == token and not told.previous_spent:
-                return told
+                return told if self.h.now < told.previous_expires else None
         return None
 
     def _welcomed(
@@ -394,6 +397,7 @@ class ProtocolModel(RuleBasedStateMachine):
                 raise ProtocolViolation(f"resumed {welcome['session_id']}, not {told.session_id}")
             self.by_token.pop(told.tokens[-1], None)
             told.previous_spent = hello["resume"] != told.tokens[-1]
+            told.previous_expires = self.h.now + self.grace
             told.tokens.append(welcome["resume_token"])
             told.detached_at = None
         else:
@@ -720,7 +724,7 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def _overflowed(self, told: Told) -> bool:
         """More messages arrived while away than the buffer holds: the session may end (the fixed
-        rule of known bug 1; only the resume is then certain to be refused)."""
+        rule of issue 10's finding 1; only the resume is then certain to be refused)."""
         away = len(told.messages) - told.numbered_at_detach
         return told.detached_at is not None and away > self.replay_messages
 
@@ -847,7 +851,8 @@ def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
             yield f"{session.session_id} is connected with no ICE refresh"
         if sb._by_resume_token.get(session.resume_token) is not session:
             yield f"{session.session_id} is not found by its resume token"
-    if len(sb._by_resume_token) != len(sessions):
+    tokens = len(sessions) + sum(s.previous_token is not None for s in sessions.values())
+    if len(sb._by_resume_token) != tokens:
         yield f"{len(sb._by_resume_token)} resume tokens for {len(sessions)} sessions"
     for user_id, user in sb._users.items():
         if not user.sessions and not user.calls:
@@ -867,13 +872,13 @@ def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
 
 
 class SmallReplayModel(ProtocolModel):
-    """The same, with a replay buffer a few messages long (known bug 1)."""
+    """The same, with a replay buffer a few messages long (issue 10, finding 1)."""
 
     replay_messages = 3
 
 
 class LostWelcomeModel(ProtocolModel):
-    """The same, with resumes whose `welcome` is lost in flight (known bug 2)."""
+    """The same, with resumes whose `welcome` is lost in flight (issue 10, finding 2)."""
 
     lose_welcomes = True
 
@@ -889,17 +894,12 @@ MODEL_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-KNOWN_BUG_SETTINGS = settings(
-    MODEL_SETTINGS,
-    max_examples=min(_PROFILE["max_examples"], 40),
-    phases=[Phase.explicit, Phase.generate],  # the exception type is the point, not the shrink
-    report_multiple_bugs=False,
-)
+FOCUSED_SETTINGS = settings(MODEL_SETTINGS, max_examples=min(_PROFILE["max_examples"], 40))
+"""For the runs aimed at one finding each: fewer examples, each more likely to reach it."""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 bug 1")
-def test_known_bug_1_replay_buffer_full_of_delivered_frames() -> None:
-    """The shortest story of known bug 1, for the fix to turn green (then drop the xfail)."""
+def test_a_replay_buffer_full_of_delivered_frames_still_resumes() -> None:
+    """The shortest story of issue 10's first finding: delivered frames make room."""
     h = Harness(replay_buffer_messages=2)
     alice, bob = h.login("alice"), h.login("bob")
     for n in range(2):
@@ -913,9 +913,8 @@ def test_known_bug_1_replay_buffer_full_of_delivered_frames() -> None:
     h.expect(new, "room_member_joined", seq=3)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 bug 2")
-def test_known_bug_2_previous_token_after_a_lost_welcome() -> None:
-    """The shortest story of known bug 2, for the fix to turn green (then drop the xfail)."""
+def test_the_previous_token_resumes_after_a_lost_welcome() -> None:
+    """The shortest story of issue 10's second finding: the token the client holds still works."""
     h = Harness()
     bob = h.login("bob")
     token = h.welcome_of[bob]["resume_token"]
@@ -930,11 +929,9 @@ def test_model() -> None:
     run_state_machine_as_test(ProtocolModel, settings=MODEL_SETTINGS)
 
 
-@pytest.mark.xfail(strict=True, raises=ReplayOverflowEndsResumableSession, reason="issue 10 bug 1")
 def test_model_with_a_small_replay_buffer() -> None:
-    run_state_machine_as_test(SmallReplayModel, settings=KNOWN_BUG_SETTINGS)
+    run_state_machine_as_test(SmallReplayModel, settings=FOCUSED_SETTINGS)
 
 
-@pytest.mark.xfail(strict=True, raises=PreviousTokenRefused, reason="issue 10 bug 2")
 def test_model_with_lost_welcomes() -> None:
-    run_state_machine_as_test(LostWelcomeModel, settings=KNOWN_BUG_SETTINGS)
+    run_state_machine_as_test(LostWelcomeModel, settings=FOCUSED_SETTINGS)

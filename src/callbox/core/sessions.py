@@ -167,11 +167,15 @@ class Session:
         return first_held - 1 <= last_seq <= self.next_seq - 1
 
     def replay_after(self, last_seq: int) -> list[Send]:
-        """The frames after `last_seq`, to send on the session's new connection; those up to
-        it are acknowledged."""
+        """The frames after `last_seq`, to send on the session's new connection. Those up to it
+        stay held: only an `ack` drops them, so a client whose resume `welcome` was lost may
+        resume again from the same `last_seq` or an earlier one."""
         assert self.conn is not None
-        self.acknowledge(last_seq)
-        return [Send(self.conn, frame) for frame in self.replay or ()]
+        replay = self.replay or ()
+        first_held = self.next_seq - len(replay)
+        return [
+            Send(self.conn, frame) for seq, frame in enumerate(replay, first_held) if seq > last_seq
+        ]
 
     def forget_call(self, call_id: str) -> None:
         """The call is over for this device; remember it as recently ended."""

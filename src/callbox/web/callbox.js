@@ -645,7 +645,7 @@ export class CallboxClient extends Emitter {
     this.heartbeatMs = welcome.heartbeat_ms;
     this.resumeToken = welcome.resume_token;
     if (!welcome.resumed) this.lastSeq = 0;
-    this.ackedSeq = this.lastSeq; // a resume's last_seq acknowledged everything up to it
+    this.ackedSeq = this.lastSeq; // counted from here: a resume's last_seq told the server as much
     this.sessionId = welcome.session_id;
     this._setState("open");
     this._startHeartbeat();
