@@ -17,7 +17,8 @@ repetition, with the targets alternating so that drift hits them alike:
    (SDP offer) messages, closed loop; and at 100 calls, relay latency at a fixed rate;
 2. server memory per idle connected client: RSS after 1,000 and 5,000 clients, less the RSS
    after the first 50, per client (callbox clients have said `hello`, PeerJS ones got `OPEN`);
-3. callbox alone: full call set-ups per second, and room broadcast fan-out.
+3. callbox alone (and ``--baseline``, another commit of it, for an A/B run): full call set-ups
+   per second, and room broadcast fan-out.
 
 Each measured window also reports the server's CPU (from /proc), the generator's (its own
 getrusage) and everyone else's on the two cores ("others", from /proc/stat): a window in which
@@ -426,6 +427,13 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_baseline(src: Path, targets: list[str]) -> None:
+    """callbox imported from `src`, as target 'baseline' (see --baseline)."""
+    env = UNLIMITED | {"PYTHONPATH": str(src.resolve())}
+    TARGETS["baseline"] = Target("baseline", f"callbox at {src}", "callbox", callbox_command, env)
+    targets.append("baseline")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, short windows")
@@ -442,7 +450,16 @@ def main() -> None:
         default=["relay", "idle", "setups", "fanout"],
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run callbox imported from SRC (a src/ directory, e.g. of a `git worktree` of"
+        " the commit before a change), as target 'baseline', for an A/B comparison in one run",
+    )
     args = parser.parse_args()
+    if args.baseline is not None:
+        add_baseline(args.baseline, args.targets)
     if args.quick:
         args.reps, args.warmup, args.seconds = 1, 0.5, 2.0
 
@@ -470,11 +487,13 @@ def main() -> None:
             if "idle" in args.only:
                 for target in targets:
                     bench.idle(target)
-            if "callbox" in args.targets:
+            for target in targets:
+                if target.protocol != "callbox":
+                    continue
                 if "setups" in args.only:
-                    bench.setups(TARGETS["callbox"])
+                    bench.setups(target)
                 if "fanout" in args.only:
-                    bench.fanout(TARGETS["callbox"])
+                    bench.fanout(target)
     elapsed = time.monotonic() - started
     print(f"\n{len(bench.samples)} samples in {elapsed:.0f} s\n")
     print("\n".join(facts))
