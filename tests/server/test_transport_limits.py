@@ -18,7 +18,7 @@ from websockets.frames import Opcode
 from callbox.config import Config
 from callbox.server.app import serve
 from callbox.server.http import HttpHandler, HttpResponse
-from callbox.server.transport import SharedServices, TransportConfig, handle_stream
+from callbox.server.transport import Connection, SharedServices, TransportConfig, handle_stream
 
 from .test_transport import (
     CONFIG,
@@ -96,6 +96,46 @@ async def test_an_unfinished_message_costs_its_payload_not_its_fragments() -> No
             [echoed] = await client.receive()
         assert echoed.data == b"ab" + b"cd" * (fragments - 1) + b"!"
         await client.stream.aclose()
+
+
+# -- one connection's large read is not handled in one go -------------------------------------
+
+
+class TurnTakingHandler(EchoHandler):
+    """Notes when the first message of connection A arrives, so that B can send only then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a_started = trio.Event()
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        if data == b"a0":
+            self.a_started.set()
+        super().on_text(conn, data)
+
+
+async def test_a_large_read_is_handled_in_turns_with_other_connections() -> None:
+    """Issue 10: a read of many small frames used to be parsed and handled in one step (64 KiB
+    of empty frames: ~65 ms), while every other connection waited. B sends only once A's read is
+    being handled, and is handled before A's read is done; A's messages, some of them cut by the
+    turns, all arrive in order."""
+    handler = TurnTakingHandler()
+    config = TransportConfig(feed_size=256)
+    a_messages = [b"a%d" % n for n in range(400)]  # about 4 KiB: 16 turns
+    async with running_server(handler, config) as port:
+        a, b = await RawClient.connect(port), await RawClient.connect(port)
+        for message in a_messages:
+            a.proto.send_text(message)
+        await a.stream.send_all(b"".join(a.proto.data_to_send()))  # one write, one read
+        with trio.fail_after(HANG_GUARD):
+            await handler.a_started.wait()
+        b.proto.send_text(b"b")
+        await b.flush()
+        await wait_for(lambda: len(handler.texts) == len(a_messages) + 1)
+        await a.stream.aclose()
+        await b.stream.aclose()
+    assert [text for text in handler.texts if text != b"b"] == a_messages
+    assert handler.texts.index(b"b") < len(a_messages)
 
 
 # -- request heads and handshakes --------------------------------------------------------------
