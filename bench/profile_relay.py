@@ -42,6 +42,7 @@ class FakeConnection:
     def __init__(self, conn_id: int) -> None:
         self.id = conn_id
         self.remote = "127.0.0.1:1"
+        self.client_host = "127.0.0.1"
         self.sent = 0
 
     @property

@@ -120,8 +120,8 @@ async def test_a_large_read_is_handled_in_turns_with_other_connections() -> None
     being handled, and is handled before A's read is done; A's messages, some of them cut by the
     turns, all arrive in order."""
     handler = TurnTakingHandler()
-    config = TransportConfig(feed_size=256)
-    a_messages = [b"a%d" % n for n in range(400)]  # about 4 KiB: 16 turns
+    config = TransportConfig(feed_size=256, frames_per_turn=16)
+    a_messages = [b"a%d" % n for n in range(400)]  # about 4 KiB: 25 turns
     async with running_server(handler, config) as port:
         a, b = await RawClient.connect(port), await RawClient.connect(port)
         for message in a_messages:
