@@ -38,6 +38,7 @@ from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
 from callbox.server.metrics import Metrics
+from callbox.server.timers import SessionTimers
 from callbox.server.transport import (
     Connection,
     HttpResponse,
@@ -112,7 +113,8 @@ class SignalingServer:
         self._nursery = nursery
         self._connections: dict[int, Connection] = {}
         self._calls: dict[str, CallTasks] = {}
-        self._session_timers: dict[TimerKey, trio.CancelScope] = {}
+        self._session_timers = SessionTimers(self._timer_fired)
+        nursery.start_soon(self._session_timers.run, name="session timers")
         self.metrics = Metrics()
         self._web = load_web_files()
 
@@ -181,31 +183,30 @@ class SignalingServer:
                 case StartTimer(key, deadline):
                     self._start_timer(key, deadline)
                 case CancelTimer(key):
-                    scope = self._timers_of(key).pop(key, None)
-                    if scope is not None:
-                        scope.cancel()
-
-    def _timers_of(self, key: TimerKey) -> dict[TimerKey, trio.CancelScope]:
-        if isinstance(key, CALL_TIMERS):
-            tasks = self._calls.get(key.call_id)
-            return {} if tasks is None else tasks.timers
-        return self._session_timers
+                    self._cancel_timer(key)
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
-        """Runs the timer in its call's nursery, or the server's for a session's timer."""
-        start_soon: Callable[..., None]
-        if isinstance(key, CALL_TIMERS):
-            tasks = self._calls.get(key.call_id)
-            if tasks is None:  # the call has already ended
-                return
-            timers, start_soon = tasks.timers, tasks.start_soon
-        else:
-            timers, start_soon = self._session_timers, self._nursery.start_soon
-        previous = timers.pop(key, None)
+        """Runs a call's timer as a task in the call's nursery; a session's in `SessionTimers`."""
+        if not isinstance(key, CALL_TIMERS):
+            self._session_timers.start(key, deadline)
+            return
+        tasks = self._calls.get(key.call_id)
+        if tasks is None:  # the call has already ended
+            return
+        previous = tasks.timers.pop(key, None)
         if previous is not None:
             previous.cancel()
-        scope = timers[key] = trio.CancelScope()
-        start_soon(self._run_timer, key, deadline, scope, timers)
+        scope = tasks.timers[key] = trio.CancelScope()
+        tasks.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
+
+    def _cancel_timer(self, key: TimerKey) -> None:
+        if not isinstance(key, CALL_TIMERS):
+            self._session_timers.cancel(key)
+            return
+        tasks = self._calls.get(key.call_id)
+        scope = None if tasks is None else tasks.timers.pop(key, None)
+        if scope is not None:
+            scope.cancel()
 
     async def _supervise_call(self, tasks: CallTasks) -> None:
         """The call's nursery: lives until the call ends, and takes its timers with it."""
@@ -230,6 +231,9 @@ class SignalingServer:
             return
         if owner.get(key) is scope:
             del owner[key]
+        self._timer_fired(key)
+
+    def _timer_fired(self, key: TimerKey) -> None:
         self._carry_out(self.switchboard.timer_fired(key, trio.current_time()))
 
 
