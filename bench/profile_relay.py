@@ -138,14 +138,14 @@ def breakdown(
         nonlocal j
         conn, data = pairs[j % count]
         j += 1
-        sb.receive(conn.id, data, trio.current_time())
+        sb.receive(conn.id, data, trio.current_time(), time.time())
 
     data = datas[0]
     obj = orjson.loads(data)
     fast = codec.FAST["client"][kind]
     structure = codec.STRUCTURE_BY_TYPE["client"][kind]
     typed = codec.decode_client(data)
-    sends = sb.receive(conns[0].id, data, trio.current_time())
+    sends = sb.receive(conns[0].id, data, trio.current_time(), time.time())
     send = sends[0]
     assert isinstance(send, Send), sends
     relayed = codec.decode_server(send.frame)

@@ -29,6 +29,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing._core import Resolver
 
+from callbox.core.errors import SignalingError
 from callbox.messages import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
@@ -77,27 +78,17 @@ announces it). orjson reads 1,023 levels but writes only 254, so a deeper value 
 through (``room_broadcast.data`` is any JSON) could not be relayed; 32 is far more than any
 application data needs and keeps every walk over a message shallow."""
 
-MAX_ERROR_TEXT = 1024
-"""``maxLength`` of ``error.message`` and ``error.path`` in ``schemas/server/error.json``."""
 
-
-class ProtocolError(Exception):
+class ProtocolError(SignalingError):
     """A frame that is not a valid message, with what the ``error`` reply needs.
 
-    ``message`` and ``path`` are cut to the bounds of ``error`` so the reply is always valid.
+    ``rid`` is the frame's own, when one could be read, so that even a refusal is echoed.
     """
 
     def __init__(
         self, code: ErrorCode, message: str, *, path: str | None = None, rid: str | None = None
     ) -> None:
-        if len(message) > MAX_ERROR_TEXT:
-            message = message[: MAX_ERROR_TEXT - 3] + "..."
-        while path is not None and len(path) > MAX_ERROR_TEXT:
-            path = path.rsplit("/", 1)[0]  # drop the last segment: still a pointer, just coarser
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
-        self.path = path
+        super().__init__(code, message, path)
         self.rid = rid
 
 

@@ -63,6 +63,7 @@ ErrorCode = Literal[
     "not_in_room",
     "room_full",
     "limit_reached",
+    "internal",
 ]
 
 

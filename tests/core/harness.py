@@ -38,6 +38,8 @@ class Harness:
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).with_overrides(**overrides)
         self.now = 1000.0
+        self.wall_offset = 1_700_000_000.0
+        """Unix time minus `now`: a test may move it, as a wall clock can be set."""
         self.ice_refresh: float | None = None
         self.refused_users: set[str] = set()
         tokens = itertools.count(1)
@@ -47,7 +49,6 @@ class Harness:
             ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],
             ice_refresh_in=lambda: self.ice_refresh,
             new_token=lambda n: f"t{next(tokens)}",
-            wall_clock=lambda: self.now,
         )
         self.inbox: dict[int, list[Wire]] = {}
         self.closed: dict[int, tuple[int, str]] = {}
@@ -58,6 +59,11 @@ class Harness:
         self.user_of: dict[int, str] = {}
         self.welcome_of: dict[int, Wire] = {}
         self._conns = itertools.count(1)
+
+    @property
+    def wall(self) -> float:
+        """The Unix time passed with each event: a different clock from `now`, as in the shell."""
+        return self.now + self.wall_offset
 
     def _authenticate(self, hello: Hello) -> str:
         if hello.user_id is None or hello.user_id in self.refused_users:
@@ -91,7 +97,7 @@ class Harness:
 
     def send(self, conn: int, message: Wire | bytes) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message)
-        self._apply(self.switchboard.receive(conn, data, self.now))
+        self._apply(self.switchboard.receive(conn, data, self.now, self.wall))
 
     def receive_binary(self, conn: int) -> None:
         self._apply(self.switchboard.receive_binary(conn, self.now))
@@ -109,7 +115,7 @@ class Harness:
             deadline, key = min(due, key=lambda item: item[0])
             del self.timers[key]
             self.now = max(self.now, deadline)
-            self._apply(self.switchboard.timer_fired(key, self.now))
+            self._apply(self.switchboard.timer_fired(key, self.now, self.wall))
         self.now = target
 
     def _apply(self, actions: list[Action]) -> None:

@@ -178,8 +178,21 @@ def test_presence_through_a_whole_lifecycle(h: Harness) -> None:
     assert (gone["user_id"], gone["status"], gone["last_seen"]) == (
         "b",
         "offline",
-        int(h.now * 1000),
+        int(h.wall * 1000),
     )
+
+
+def test_last_seen_is_the_unix_time_passed_with_the_event(h: Harness) -> None:
+    """The core reads no clock: `last_seen` is the `wall` of the event that ended the session,
+    even when it has nothing to do with the monotonic `now` (a wall clock set back, here)."""
+    watcher, a = h.login("w"), h.login("a")
+    h.send(watcher, {"type": "presence_subscribe", "users": ["a"]})
+    h.take_all(watcher)
+    h.wall_offset = 123_456.789 - h.now
+    h.send(a, {"type": "bye"})
+    assert h.expect(watcher, "presence", status="offline")["last_seen"] == 123_456_789
+    h.send(watcher, {"type": "presence_subscribe", "users": ["a"], "rid": "again"})
+    assert h.expect(watcher, "presence", rid="again")["last_seen"] == 123_456_789
 
 
 def test_most_available_device_wins(h: Harness) -> None:

@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
+from callbox.core.errors import IllegalTransition, Refused, SignalingError
 from callbox.core.states import (
+    CALL_RELAYS,
     CALL_TRANSITIONS,
+    PARTY_RELAYS,
     PARTY_TRANSITIONS,
     CallEvent,
     CallState,
-    IllegalTransition,
     Occupancy,
     PartyEvent,
     PartyState,
@@ -81,8 +83,15 @@ def test_occupancy(joined: int, ringing: int, expected: Occupancy) -> None:
 def test_illegal_transition_is_refused() -> None:
     with pytest.raises(IllegalTransition):
         next_call_state(CallState.ACTIVE, CallEvent.MERGE, 2, 0)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransition) as caught:
         next_call_state(CallState.ENDED, CallEvent.JOIN, 2, 0)
+    assert isinstance(caught.value, Refused) and isinstance(caught.value, SignalingError)
+    assert caught.value.code == "invalid_state"
+
+
+def test_relays_are_legal_only_between_joined_parties_of_an_active_call() -> None:
+    assert {state for state, allowed in CALL_RELAYS.items() if allowed} == {CallState.ACTIVE}
+    assert {state for state, allowed in PARTY_RELAYS.items() if allowed} == {PartyState.JOINED}
 
 
 def test_leave_outcome_depends_on_who_is_left() -> None:

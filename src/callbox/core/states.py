@@ -9,14 +9,18 @@ in it, so the rule "the call ends when at most one joined participant remains an
 still ringing" is one function (`occupancy`) instead of a flag on every path. 1:1 and group calls
 run on the same table: a 1:1 call is a call with one invitee.
 
-An event with no entry for the current state is illegal there: the caller reports `invalid_state`
-and nothing changes (the h11 approach: a lookup miss, not a chain of ifs).
+An event with no entry for the current state is illegal there: the lookup raises
+`IllegalTransition`, a refusal answered `invalid_state` (the h11 approach: a lookup miss, not a
+chain of ifs). That includes relays: `relay` is a self-loop of `active` (and of a `joined` party),
+so "a relay needs a joined participant of an active call" is two rows here, not a check elsewhere.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+
+from callbox.core.errors import IllegalTransition
 
 
 class CallState(enum.StrEnum):
@@ -43,6 +47,8 @@ class CallEvent(enum.StrEnum):
     """The duration cap is reached."""
     MERGE = "merge"
     """Glare: this call loses to the other side's call with the lesser `call_id`."""
+    RELAY = "relay"
+    """SDP or ICE from one joined party to another (`sdp_offer`, `sdp_answer`, `ice_candidate`)."""
 
 
 class Occupancy(enum.StrEnum):
@@ -63,6 +69,7 @@ class PartyEvent(enum.StrEnum):
     JOIN = "join"
     DROPOUT = "dropout"
     LEAVE = "leave"
+    RELAY = "relay"
 
 
 def occupancy(joined: int, ringing: int) -> Occupancy:
@@ -99,6 +106,7 @@ CALL_TRANSITIONS: Mapping[CallState, Mapping[CallEvent, CallOutcome]] = {
         CallEvent.LEAVE: BY_OCCUPANCY,
         CallEvent.EXPIRY_WARNING: CallState.ACTIVE,
         CallEvent.MAX_DURATION: CallState.ENDED,
+        CallEvent.RELAY: CallState.ACTIVE,
     },
     CallState.ENDED: {},
 }
@@ -106,14 +114,21 @@ CALL_TRANSITIONS: Mapping[CallState, Mapping[CallEvent, CallOutcome]] = {
 
 PARTY_TRANSITIONS: Mapping[PartyState, Mapping[PartyEvent, PartyState]] = {
     PartyState.RINGING: {PartyEvent.JOIN: PartyState.JOINED, PartyEvent.DROPOUT: PartyState.GONE},
-    PartyState.JOINED: {PartyEvent.LEAVE: PartyState.GONE},
+    PartyState.JOINED: {PartyEvent.LEAVE: PartyState.GONE, PartyEvent.RELAY: PartyState.JOINED},
     PartyState.GONE: {PartyEvent.INVITE: PartyState.RINGING},
 }
 """A party's own transitions; a new party enters at `ringing` (invited) or `joined` (the caller)."""
 
+CALL_RELAYS: Mapping[CallState, bool] = {
+    state: CallEvent.RELAY in events for state, events in CALL_TRANSITIONS.items()
+}
+"""Per call state, whether the table has a `relay` row: read on the relay path, which is most of
+the traffic, as one dict lookup (no function call)."""
 
-class IllegalTransition(Exception):
-    """An event that has no transition from the current state; the state is left unchanged."""
+PARTY_RELAYS: Mapping[PartyState, bool] = {
+    state: PartyEvent.RELAY in events for state, events in PARTY_TRANSITIONS.items()
+}
+"""Per party state, whether the party may send or receive a relay: the table's `relay` rows."""
 
 
 def next_call_state(state: CallState, event: CallEvent, joined: int, ringing: int) -> CallState:

@@ -2,7 +2,12 @@
 
 The shell feeds it what happened (a connection opened, bytes arrived, a connection was lost, a timer
 fired), always with the current time, and carries out the actions it returns. Tests drive it the
-same way, with no sockets and no clock.
+same way, with no sockets and no clock: the core reads none. Monotonic time (`now`) comes with every
+event; Unix time (`wall`) with the events that can tell a watcher `last_seen`.
+
+A refusal is a `SignalingError` (callbox.core.errors), answered with an `error`. Any other exception
+while a client message is handled is a bug: it is logged, the sender is answered `internal`, and
+the connection and everyone else carry on.
 
 State is indexed so that every operation costs the size of what it touches: calls by `call_id`,
 sessions by id and by resume token, and per user the sessions and calls it is in. Nothing scans all
@@ -11,8 +16,8 @@ calls or all users.
 
 from __future__ import annotations
 
+import logging
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Literal
@@ -49,6 +54,7 @@ from callbox.core.actions import (
     TimerKey,
 )
 from callbox.core.calls import Call, Party
+from callbox.core.errors import IllegalTransition, Refused
 from callbox.core.presence import LastSeen, merged_status
 from callbox.core.rooms import Room
 from callbox.core.sessions import (
@@ -60,7 +66,7 @@ from callbox.core.sessions import (
     add_to,
     discard_from,
 )
-from callbox.core.states import CallEvent, CallState, PartyState
+from callbox.core.states import CALL_RELAYS, PARTY_RELAYS, CallEvent, CallState, PartyState
 from callbox.core.throttle import AuthThrottle, address_key
 from callbox.messages import (
     Ack,
@@ -113,6 +119,8 @@ from callbox.messages import (
     Welcome,
 )
 
+log = logging.getLogger("callbox.core")
+
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_AUTH_FAILED = 4001
@@ -127,20 +135,11 @@ END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
     "call_full": "call_full",
 }
 LeaveReason = Literal["hangup", "disconnected"]
+INTERNAL_ERROR_MESSAGE = "the server failed to handle this message; it has been logged"
 
 _NEW_RELAYED_ICE_CANDIDATE = positional_constructor(RelayedIceCandidate)
 _NEW_RELAYED_SDP_OFFER = positional_constructor(RelayedSdpOffer)
 _NEW_RELAYED_SDP_ANSWER = positional_constructor(RelayedSdpAnswer)
-
-
-class Refused(Exception):
-    """A client message the current state does not allow; answered with an `error`."""
-
-    def __init__(self, code: ErrorCode, message: str, path: str | None = None) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
-        self.path = path
 
 
 def _device_busy(session: Session) -> Refused:
@@ -179,8 +178,6 @@ class Switchboard:
     ice_refresh_in: Callable[[], float | None]
     """Seconds until those credentials should be refreshed, or None if they never expire."""
     new_token: Callable[[int], str] = secrets.token_urlsafe
-    wall_clock: Callable[[], float] = time.time
-    """Unix time, for presence's `last_seen` only; everything else runs on the `now` it is given."""
 
     _links: dict[ConnId, Link] = field(factory=dict, init=False)
     _sessions: dict[str, Session] = field(factory=dict, init=False)
@@ -205,6 +202,9 @@ class Switchboard:
     _unnumbered: bytes = field(default=b"", init=False)
     """`_encoded`, encoded without `seq`: each session's frame splices its own `seq` in."""
     _overflowed: list[Session] = field(factory=list, init=False)
+    _wall: float = field(default=0.0, init=False)
+    """The Unix time of the event being handled, as the shell passed it (`receive`, `timer_fired`):
+    presence's `last_seen` is the only thing that needs it; everything else runs on `now`."""
 
     # -----------------------------------------------------------------------------------------
     # What the shell calls
@@ -215,12 +215,19 @@ class Switchboard:
         self._links[conn] = Link(conn=conn, bucket=bucket, address=address_key(address))
         return [StartTimer(HelloTimer(conn), now + self.config.hello_timeout_ms / 1000)]
 
-    def receive(self, conn: ConnId, data: bytes, now: float) -> list[Action]:
-        """A text message arrived on `conn`."""
+    def receive(self, conn: ConnId, data: bytes, now: float, wall: float) -> list[Action]:
+        """A text message arrived on `conn` at monotonic `now`, Unix time `wall`.
+
+        An exception other than a refusal is a bug: it is logged once and the sender is answered
+        `internal`; the connection stays open and nobody else is told anything. The actions the
+        message decided before it failed are still returned, since the changes they go with have
+        been made: undoing those needs transactions the core does not have yet.
+        """
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
         self._begin()
+        self._wall = wall
         if not link.bucket.take(now):  # before decoding: a refusal costs more than a message
             self._rate_limited(link, rid_of(data))
             return self._end()
@@ -230,7 +237,11 @@ class Switchboard:
             self._error(link, exc.code, exc.message, exc.path, exc.rid)
             return self._end()
         self.received[message.TYPE] += 1
-        self._dispatch(link, message, now)
+        try:
+            self._dispatch(link, message, now)
+        except Exception:  # a bug, not a refusal: contained to this message and its sender
+            log.exception("internal error handling %s on connection %s", message.TYPE, conn)
+            self._error(link, "internal", INTERNAL_ERROR_MESSAGE, None, message.rid)
         return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
@@ -256,10 +267,17 @@ class Switchboard:
         self._detach(link.session, now)
         return self._end()
 
-    def timer_fired(self, key: TimerKey, now: float) -> list[Action]:
-        """A timer the core started has expired. Stale firings (already resolved) are ignored."""
+    def timer_fired(self, key: TimerKey, now: float, wall: float) -> list[Action]:
+        """A timer the core started has expired. Stale firings (already resolved) are ignored.
+
+        A bug while handling it is logged and the actions decided so far are returned: there is
+        no sender to answer, and letting it escape would take down the call's nursery."""
         self._begin()
-        self._timer(key, now)
+        self._wall = wall
+        try:
+            self._timer(key, now)
+        except Exception:
+            log.exception("internal error handling timer %r", key)
         return self._end()
 
     # -----------------------------------------------------------------------------------------
@@ -329,6 +347,7 @@ class Switchboard:
         self._out.append(Send(conn, encode(message)))
 
     def _dispatch(self, link: Link, message: ClientMessage, now: float) -> None:
+        """Hand `message` to its handler; a refusal is answered with an `error`."""
         session = link.session
         if session is None:
             if isinstance(message, Hello):
@@ -823,11 +842,15 @@ class Switchboard:
         self._leave(call, session, "hangup", detail=msg.reason, rid=msg.rid)
 
     def _relay(self, session: Session, msg: SdpOffer | SdpAnswer | IceCandidate) -> None:
+        """Pass SDP or ICE on, if the state table has a `relay` row for the call and both parties.
+
+        The sender is a joined party: `_call_of_member` found this session joined to the call."""
         call = self._call_of_member(session, msg.call_id)
-        if call.state is not CallState.ACTIVE:
-            raise Refused("invalid_state", f"call {call.call_id} has not been accepted yet")
+        if not CALL_RELAYS[call.state]:
+            reason = f"call {call.call_id} is {call.state}: relays wait for call_accepted"
+            raise IllegalTransition(reason)
         target = call.parties.get(msg.to)
-        if target is None or target.state is not PartyState.JOINED or msg.to == session.user_id:
+        if target is None or not PARTY_RELAYS[target.state] or msg.to == session.user_id:
             raise Refused("not_in_call", f"{msg.to} is not another participant of this call", "/to")
         relayed: ServerMessage
         # Positionally, every field (call_id, from_, payload, seq): see positional_constructor.
@@ -1053,7 +1076,7 @@ class Switchboard:
             self._send(watcher, current)
 
     def _unix_ms(self) -> int:
-        return int(self.wall_clock() * 1000)
+        return int(self._wall * 1000)
 
     # -----------------------------------------------------------------------------------------
     # Lookups that explain themselves when they fail

@@ -1,7 +1,8 @@
 """The trio shell around the switchboard: it moves bytes, owns tasks and keeps time.
 
-Each transport callback hands the switchboard what happened with `trio.current_time()` and carries
-out the actions it returns, synchronously: a relayed message costs no task switch and no await.
+Each transport callback hands the switchboard what happened with `trio.current_time()` (and, where
+the core needs it, the Unix time: the core reads no clock) and carries out the actions it returns,
+synchronously: a relayed message costs no task switch and no await.
 
 Every call gets its own nursery, inside its own cancel scope. The call's timers (each invitee's ring
 timeout, the expiry warning, the duration cap) are tasks in that nursery, so when the call ends for
@@ -127,8 +128,8 @@ class SignalingServer:
 
     def on_text(self, conn: Connection, data: bytes) -> None:
         started = perf_counter()
-        # The time the data was read: the transport has just taken it, so no clock read here.
-        self._carry_out(self.switchboard.receive(conn.id, data, conn.last_received))
+        # The time the data was read: the transport has just taken it, so no trio clock read here.
+        self._carry_out(self.switchboard.receive(conn.id, data, conn.last_received, time.time()))
         self.metrics.message_seconds.observe(perf_counter() - started)
 
     def _write(self, send: Send) -> None:
@@ -234,11 +235,11 @@ class SignalingServer:
         self._timer_fired(key)
 
     def _timer_fired(self, key: TimerKey) -> None:
-        self._carry_out(self.switchboard.timer_fired(key, trio.current_time()))
+        self._carry_out(self.switchboard.timer_fired(key, trio.current_time(), time.time()))
 
 
 def build_switchboard(config: Config) -> Switchboard:
-    """The switchboard with real authentication, ICE servers and the wall clock."""
+    """The switchboard with real authentication and ICE servers, which read the wall clock."""
 
     def authenticate_hello(hello: Hello) -> str:
         return authenticate(hello, config, now=time.time())

@@ -264,3 +264,10 @@ async def too_many_watched(ctx: Context) -> None:
             await alice.expect(Presence, user_id=user_id, status="offline")
     more = PresenceSubscribe(users=[ctx.name("one-more")])
     await refused(alice, "limit_reached", more, path="/users")
+
+
+@case("errors.internal", "errors", covers=("error:internal",))
+async def internal_failure(ctx: Context) -> None:
+    """error internal means the server failed while handling a message: no client can provoke
+    it (tests/core/test_internal_errors.py forces one in each of our server's handlers)."""
+    raise Skip("only a failing server answers internal; no valid or invalid request can")

@@ -14,6 +14,8 @@ from callbox.conformance.cases.calls import new_call_lesser
 from callbox.conformance.context import Context
 from callbox.conformance.registry import Case, Skip, add, case
 from callbox.conformance.steps import (
+    CANDIDATE,
+    SDP,
     answer,
     call,
     ended,
@@ -23,7 +25,14 @@ from callbox.conformance.steps import (
     relays,
     ring,
 )
-from callbox.messages import CallEnded, CallRejected, ParticipantLeft
+from callbox.messages import (
+    CallEnded,
+    CallRejected,
+    ParticipantLeft,
+    RelayedIceCandidate,
+    RelayedSdpAnswer,
+    RelayedSdpOffer,
+)
 
 UNREACHABLE = {
     "ringing.dropout.two_or_more_joined": "a dropout leaves the joined parties as they were,"
@@ -189,3 +198,20 @@ async def active_leave_deserted(ctx: Context) -> None:
     await ended([alice], call_id, "hangup", by=bob.user_id)
     await is_ended(alice, call_id, bob)
     await is_ended(bob, call_id, alice)
+
+
+@case("call.active.relay", "states")
+async def active_relay(ctx: Context) -> None:
+    """active + relay: each kind (sdp_offer, sdp_answer, ice_candidate) reaches the one joined
+    peer named, with `from`; the call stays active, so relays still pass the other way."""
+    alice, bob, carol = await ctx.clients("alice", "bob", "carol")
+    call_id = await call(alice, bob, carol)
+    await alice.offer(call_id, bob.user_id, SDP)
+    await bob.expect(RelayedSdpOffer, call_id=call_id, from_=alice.user_id, sdp=SDP)
+    await bob.answer_sdp(call_id, alice.user_id, SDP)
+    await alice.expect(RelayedSdpAnswer, call_id=call_id, from_=bob.user_id, sdp=SDP)
+    await alice.candidate(call_id, carol.user_id, CANDIDATE)
+    await carol.expect(
+        RelayedIceCandidate, call_id=call_id, from_=alice.user_id, candidate=CANDIDATE
+    )
+    await relays(carol, bob, call_id)
