@@ -5,15 +5,13 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 import jsonschema
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis_jsonschema import from_schema
 
 from callbox import messages
 from callbox.codec import (
@@ -31,25 +29,11 @@ from callbox.codec import (
     schema_dir,
 )
 from callbox.config import Config
-from callbox.conformance.generation import generator_schema, json_safe
+from tests.generated_messages import EXAMPLES, MESSAGE_IDS, MESSAGES, instances
 
 DECODE = {"client": decode_client, "server": decode_server}
-MESSAGES = [
-    (direction, tag)
-    for direction, classes in (
-        ("client", messages.CLIENT_MESSAGES),
-        ("server", messages.SERVER_MESSAGES),
-    )
-    for tag in classes
-]
-MESSAGE_IDS = [f"{direction}/{tag}" for direction, tag in MESSAGES]
 CALL = "c_7f3a9b2e41d0"
 MEDIA = {"audio": True, "video": True}
-EXAMPLES = settings(
-    max_examples=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def refusal(data: bytes | str, direction: Direction = "client") -> ProtocolError:
@@ -231,11 +215,6 @@ def test_encoded_welcome_is_valid() -> None:
 # Property tests: generated instances of every message schema
 
 
-@cache
-def instances(direction: Direction, tag: str) -> st.SearchStrategy[dict[str, Any]]:
-    return from_schema(generator_schema(direction, tag)).map(json_safe)
-
-
 def mutations(direction: Direction, tag: str) -> st.SearchStrategy[tuple[dict[str, Any], bool]]:
     """Valid instances spoilt in one realistic way: a required key dropped or an unknown key
     added (always invalid), or a field's value replaced by one of another JSON type (invalid
@@ -261,6 +240,7 @@ def mutations(direction: Direction, tag: str) -> st.SearchStrategy[tuple[dict[st
     return spoil()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("direction", "tag"), MESSAGES, ids=MESSAGE_IDS)
 @EXAMPLES
 @given(data=st.data())
@@ -277,6 +257,7 @@ def test_validators_agree_on_mutated_instances(
         assert error.path is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("direction", "tag"), MESSAGES, ids=MESSAGE_IDS)
 @EXAMPLES
 @given(data=st.data())

@@ -28,7 +28,7 @@ from callbox.codec import (
     with_seq,
 )
 from callbox.core.actions import Send
-from tests.test_codec import EXAMPLES, MESSAGE_IDS, MESSAGES, instances
+from tests.generated_messages import EXAMPLES, MESSAGE_IDS, MESSAGES, instances
 
 SPECIALISED = [
     ("client", "sdp_offer"),
@@ -72,6 +72,7 @@ def check(direction: Direction, tag: str, instance: dict[str, Any], seq: int | N
 SEQS = st.none() | st.integers(min_value=1, max_value=2**53 - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("direction", "tag"), MESSAGES, ids=MESSAGE_IDS)
 @EXAMPLES
 @given(data=st.data(), seq=SEQS)
@@ -81,6 +82,7 @@ def test_fast_structure_and_encode_match_cattrs(
     check(direction, tag, data.draw(instances(direction, tag)), seq)
 
 
+@pytest.mark.slow
 @ON_SPECIALISED
 @settings(EXAMPLES, max_examples=200)
 @given(data=st.data(), seq=SEQS)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
+import yaml
 
 from callbox.config import (
     MIB,
@@ -291,23 +294,11 @@ def test_path_must_be_absolute() -> None:
         Config.from_mapping({"path": "ws"})
 
 
-def test_with_overrides_replaces_only_what_is_given() -> None:
-    base = Config.from_env({"CALLBOX_HOST": "0.0.0.0", "CALLBOX_PORT": "9000"})
-    assert base.with_overrides(port=9100) == attrs.evolve(base, port=9100)
-    assert base.with_overrides(port=9100).host == "0.0.0.0"
-    assert base.with_overrides() == base
-
-
 def test_with_overrides_validates_and_refuses_unknown_names() -> None:
     with pytest.raises(ConfigError, match="port"):
         Config().with_overrides(port=70000)
     with pytest.raises(ConfigError, match="did you mean 'host'"):
         Config().with_overrides(hots="::1")
-
-
-def test_config_is_frozen() -> None:
-    with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        Config().port = 1  # type: ignore[misc]
 
 
 def test_limits_are_what_welcome_announces() -> None:
@@ -345,3 +336,16 @@ def test_environment_variables_document_defaults() -> None:
     assert documented["CALLBOX_PORT"].default == "8765"
     assert documented["JWT_SECRET"].default == "-"
     assert all(var.meaning for var in documented.values())
+
+
+def test_the_state_tables_timeouts_are_the_configurations_defaults() -> None:
+    """`protocol/call-states.yaml` publishes each timer's default and variable by hand: they must
+    be the ones `Config` really has."""
+    spec = yaml.safe_load((Path(__file__).parents[1] / "protocol" / "call-states.yaml").read_text())
+    fields_by_env = {field.metadata["env"]: field for field in attrs.fields(Config)}
+    published = {name: (t["env"], t["default_ms"]) for name, t in spec["timeouts"].items()}
+    configured = {
+        name: (env, fields_by_env[env].default if env in fields_by_env else None)
+        for name, (env, _) in published.items()
+    }
+    assert configured == published

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
 import trio
@@ -33,21 +31,7 @@ from callbox.messages import (
     RelayedSdpOffer,
     Welcome,
 )
-from callbox.server.app import serve
-
-from ..server.wsclient import server_url
-
-SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-
-
-async def start(nursery: trio.Nursery, **settings: Any) -> str:
-    listeners = await nursery.start(serve, Config(port=0).with_overrides(**settings))
-    return server_url(listeners)
-
-
-@pytest.fixture
-async def url(nursery: trio.Nursery) -> str:
-    return await start(nursery)
+from tests.helpers import SDP, start_server
 
 
 async def test_a_whole_call(url: str) -> None:
@@ -125,7 +109,7 @@ async def test_expect_says_what_came_instead(url: str) -> None:
 
 
 async def test_hello_refused(nursery: trio.Nursery) -> None:
-    url = await start(nursery, jwt_secret="s" * 32)
+    url = await start_server(nursery, jwt_secret="s" * 32)
     with pytest.raises(HelloRefused) as refused:
         async with connect(url, user_id="alice"):
             pass

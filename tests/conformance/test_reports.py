@@ -17,8 +17,7 @@ from callbox.__main__ import main
 from callbox.core.sessions import Session
 from callbox.core.switchboard import Switchboard
 from callbox.messages import CallEnded, Error, ServerMessage
-
-from .test_suite import start
+from tests.helpers import start_conformance_server
 
 Breakage = Callable[[ServerMessage], list[ServerMessage]]
 
@@ -37,7 +36,7 @@ def lines_of(out: str) -> dict[str, list[str]]:
 async def test_only_skip_json_and_junit(
     nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = await start(nursery)
+    url = await start_conformance_server(nursery)
     json_file, junit_file = tmp_path / "report.json", tmp_path / "report.xml"
     code = await conformance(
         url, "--only", "connection,errors", "--skip", "errors",
@@ -66,7 +65,7 @@ async def test_only_skip_json_and_junit(
 async def test_skips_are_reported_in_every_form(
     nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = await start(nursery, ring_timeout_ms=5000, max_call_duration_ms=20_000)
+    url = await start_conformance_server(nursery, ring_timeout_ms=5000, max_call_duration_ms=20_000)
     json_file, junit_file = tmp_path / "report.json", tmp_path / "report.xml"
     code = await conformance(
         url, "--only", "timeouts", "--max-wait", "2", "--json", str(json_file),
@@ -97,7 +96,7 @@ async def test_usage_and_unreachable_servers(capsys: pytest.CaptureFixture[str])
 async def test_a_server_that_requires_tokens_cannot_be_checked(
     nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = await start(nursery, jwt_secret="s" * 32)
+    url = await start_conformance_server(nursery, jwt_secret="s" * 32)
     assert await conformance(url) == 2
     assert "needs a server in development mode" in capsys.readouterr().err
 
@@ -151,7 +150,7 @@ async def test_a_broken_server_fails_the_right_case(
             send(self, session, sent)
 
     monkeypatch.setattr(Switchboard, "_send", broken_send)
-    url = await start(nursery)
+    url = await start_conformance_server(nursery)
     assert await conformance(url, "--only", broken.only) == 1
     out = capsys.readouterr().out
     row = lines_of(out)[broken.failing]
@@ -175,7 +174,7 @@ async def test_a_server_sending_invalid_messages_fails(
         return orjson.dumps(wire)
 
     monkeypatch.setattr(switchboard, "encode", without_from)
-    url = await start(nursery)
+    url = await start_conformance_server(nursery)
     assert await conformance(url, "--only", "relay") == 1
     out = capsys.readouterr().out
     rows = lines_of(out)

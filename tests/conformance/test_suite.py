@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any
 
+import pytest
 import trio
 import yaml
 
 from callbox import messages
-from callbox.config import Config
 from callbox.conformance.cases.negative import generate, mutants
 from callbox.conformance.cases.states import UNREACHABLE
 from callbox.conformance.registry import CASES, SECTIONS
 from callbox.conformance.runner import Options, run_suite, select
-from callbox.server.app import serve
-
-from ..server.wsclient import server_url
+from tests.helpers import start_conformance_server
 
 REPO = Path(__file__).resolve().parents[2]
-SHORT_LIMITS = {
-    "ring_timeout_ms": 1000,
-    "max_call_duration_ms": 3000,
-    "call_expiring_warning_ms": 1000,
-    "reconnect_grace_ms": 500,
-    "max_room_members": 4,
-    "replay_buffer_messages": 64,
-    "hello_timeout_ms": 1000,
-}
-"""Timers short enough for every case to run in seconds, limits small enough to be reached."""
 SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {"calls.end.error", "errors.internal"}
 """What the suite skips against our server: rows no event sequence reaches, and the end reason
 and the error code only a failing server sends."""
-
-
-async def start(nursery: trio.Nursery, **settings: Any) -> str:
-    config = Config(port=0).with_overrides(**{**SHORT_LIMITS, **settings})
-    return server_url(await nursery.start(serve, config))
 
 
 def yaml_rows() -> set[str]:
@@ -53,8 +35,9 @@ def yaml_rows() -> set[str]:
     return rows
 
 
+@pytest.mark.slow
 async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> None:
-    url = await start(nursery)
+    url = await start_conformance_server(nursery)
     report = await run_suite(url, Options())
     failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
     assert failed == []
@@ -63,7 +46,6 @@ async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> Non
     assert report.traffic.invalid == 0
     assert set(report.traffic.sent) == set(messages.CLIENT_MESSAGES)
     assert set(messages.SERVER_MESSAGES) - set(report.traffic.received) == {"ice_servers"}
-    assert report.seconds < 30
 
 
 def test_every_row_of_the_state_table_has_a_case() -> None:

@@ -10,7 +10,8 @@ import trio
 import trio.testing
 from trio_websocket import open_websocket_url
 
-from .test_server import start
+from tests.helpers import start_server
+
 from .wsclient import Client, connect
 
 MEDIA = {"audio": True, "video": True}
@@ -43,7 +44,7 @@ async def b_answers_a_call_to_b_and_c(stack: AsyncExitStack, url: str) -> list[C
 
 
 async def test_four_party_call_with_a_leave_and_a_late_join(nursery: trio.Nursery) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with AsyncExitStack() as stack:
         a, b, c, d, e = await everyone(stack, url, "a", "b", "c", "d", "e")
         await a.send(
@@ -72,7 +73,7 @@ async def test_four_party_call_with_a_leave_and_a_late_join(nursery: trio.Nurser
 async def test_one_invitee_times_out_alone(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with AsyncExitStack() as stack:
         a, b, c = await b_answers_a_call_to_b_and_c(stack, url)
         await c.expect("call_incoming")
@@ -84,7 +85,7 @@ async def test_one_invitee_times_out_alone(
 
 
 async def test_call_full(nursery: trio.Nursery) -> None:
-    url = await start(nursery, max_participants=3)
+    url = await start_server(nursery, max_participants=3)
     async with AsyncExitStack() as stack:
         a, b, c, d = await everyone(stack, url, "a", "b", "c", "d")
         many = {"type": "call_initiate", "call_id": "mesh-0001", "media": MEDIA, "rid": "r"}
@@ -102,7 +103,7 @@ async def test_call_full(nursery: trio.Nursery) -> None:
 async def test_the_cap_ends_a_group_call(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with AsyncExitStack() as stack:
         a, b, c = await b_answers_a_call_to_b_and_c(stack, url)
         started = trio.current_time()
@@ -115,7 +116,7 @@ async def test_the_cap_ends_a_group_call(
 
 
 async def test_room_broadcasts_arrive_in_send_order(nursery: trio.Nursery) -> None:
-    url = await start(nursery, broadcasts_per_second=1000)
+    url = await start_server(nursery, broadcasts_per_second=1000)
     async with AsyncExitStack() as stack:
         a, b, c = await everyone(stack, url, "a", "b", "c")
         await a.send({"type": "room_join", "room": "lobby"})
@@ -137,7 +138,7 @@ async def test_room_broadcasts_arrive_in_send_order(nursery: trio.Nursery) -> No
 async def test_presence_lifecycle_without_an_offline_flap_on_resume(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "watcher") as watcher:
         await watcher.send({"type": "presence_subscribe", "users": ["alice"], "rid": "s"})
         await watcher.expect("presence", user_id="alice", status="offline", last_seen=None, rid="s")

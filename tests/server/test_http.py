@@ -6,7 +6,8 @@ import re
 
 import trio
 
-from .test_server import accepted_call, start
+from tests.helpers import accepted_call, start_server
+
 from .wsclient import connect
 
 
@@ -23,14 +24,14 @@ async def http_get(url: str, path: str) -> tuple[int, str]:
 
 
 async def test_healthz_and_404(nursery: trio.Nursery) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     assert await http_get(url, "/healthz") == (200, "ok\n")
     status, _ = await http_get(url, "/nothing-here")
     assert status == 404
 
 
 async def test_metrics_count_what_happened(nursery: trio.Nursery) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "alice") as alice, connect(url, "bob") as bob:
         await accepted_call(alice, bob)
         _, during = await http_get(url, "/metrics")

@@ -16,7 +16,8 @@ import pytest
 import trio
 from websockets.frames import Opcode
 
-from .test_server import initiate, start
+from tests.helpers import initiate, start_server
+
 from .test_transport import RawClient
 from .wsclient import Client, connect
 
@@ -85,7 +86,7 @@ class Callee:
 async def test_twenty_resets_in_a_two_thousand_message_call_lose_nothing(
     nursery: trio.Nursery,
 ) -> None:
-    url = await start(nursery, messages_per_second=100_000, message_burst=100_000)
+    url = await start_server(nursery, messages_per_second=100_000, message_burst=100_000)
     bob = Callee(int(url.rsplit(":", 1)[1].split("/")[0]))
     drop_after = sorted(random.Random(SEED).sample(range(300, MESSAGES), DROPS))
     async with connect(url, "alice") as alice:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import jwt
 import pytest
@@ -12,42 +10,11 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from callbox.config import Config
-from callbox.server.app import serve
+from tests.helpers import SDP, accepted_call, initiate, start_server
 
-from .wsclient import Client, connect, server_url
+from .wsclient import Client, connect
 
-SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 SECRET = "s" * 32
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-async def start(nursery: trio.Nursery, **settings: Any) -> str:
-    listeners = await nursery.start(serve, Config(port=0).with_overrides(**settings))
-    return server_url(listeners)
-
-
-@pytest.fixture
-async def url(nursery: trio.Nursery) -> AsyncIterator[str]:
-    yield await start(nursery)
-
-
-def initiate(call_id: str, *to: str, **extra: Any) -> dict[str, Any]:
-    media = {"audio": True, "video": True}
-    return {"type": "call_initiate", "call_id": call_id, "to": list(to), "media": media, **extra}
-
-
-async def accepted_call(alice: Client, bob: Client, call_id: str = "call-0001") -> None:
-    await alice.send(initiate(call_id, "bob"))
-    await alice.expect("call_ringing")
-    await bob.expect("call_incoming", call_id=call_id)
-    await bob.send({"type": "call_answer", "call_id": call_id})
-    await bob.expect("call_accepted", by="bob")
-    await alice.expect("call_accepted", by="bob")
 
 
 async def test_one_to_one_call_end_to_end(url: str) -> None:
@@ -88,7 +55,7 @@ async def test_bad_input_is_answered_and_the_connection_survives(url: str) -> No
 
 
 async def test_oversize_frame_closes_with_1009(nursery: trio.Nursery) -> None:
-    url = await start(nursery, max_message_bytes=1024)
+    url = await start_server(nursery, max_message_bytes=1024)
     async with connect(url, "alice") as alice:
         await alice.send({"type": "ping", "rid": "x" * 2000})
         with pytest.raises(ConnectionClosed):
@@ -98,7 +65,7 @@ async def test_oversize_frame_closes_with_1009(nursery: trio.Nursery) -> None:
 
 
 async def test_jwt_required_when_a_secret_is_configured(nursery: trio.Nursery) -> None:
-    url = await start(nursery, jwt_secret=SECRET)
+    url = await start_server(nursery, jwt_secret=SECRET)
     async with connect(url) as mallory:
         await mallory.send({"type": "hello", "user_id": "alice"})
         await mallory.expect("error", code="auth_failed")
@@ -113,7 +80,7 @@ async def test_jwt_required_when_a_secret_is_configured(nursery: trio.Nursery) -
 
 
 async def test_ring_timeout(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "alice") as alice, connect(url, "bob") as bob:
         await alice.send(initiate("call-0001", "bob"))
         await alice.expect("call_ringing")
@@ -126,7 +93,7 @@ async def test_ring_timeout(nursery: trio.Nursery, autojump_clock: trio.testing.
 
 
 async def test_duration_cap(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "alice") as alice, connect(url, "bob") as bob:
         await accepted_call(alice, bob)
         started = trio.current_time()
@@ -140,7 +107,7 @@ async def test_duration_cap(nursery: trio.Nursery, autojump_clock: trio.testing.
 async def test_resume_within_grace_keeps_the_call(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "alice") as alice:
         async with connect(url, "bob") as bob:
             await accepted_call(alice, bob)
@@ -163,7 +130,7 @@ async def test_resume_within_grace_keeps_the_call(
 async def test_peer_is_told_only_when_grace_ends(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery)
+    url = await start_server(nursery)
     async with connect(url, "alice") as alice:
         async with connect(url, "bob") as bob:
             await accepted_call(alice, bob)
@@ -174,7 +141,7 @@ async def test_peer_is_told_only_when_grace_ends(
 
 async def test_shutdown_sends_1001(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
-        url = await start(nursery)
+        url = await start_server(nursery)
         async with connect(url, "alice") as alice:
             nursery.cancel_scope.cancel()
             with pytest.raises(ConnectionClosed):
@@ -198,7 +165,7 @@ async def test_other_users_are_undisturbed_by_a_misbehaving_one(url: str) -> Non
 async def test_ephemeral_turn_credentials_are_handed_out_and_refreshed(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(
+    url = await start_server(
         nursery, turn_servers=("turn:127.0.0.1:3478",), turn_secret="coturn-secret", turn_ttl_s=600
     )
     async with connect(url, "alice") as alice:
@@ -215,7 +182,7 @@ async def test_ephemeral_turn_credentials_are_handed_out_and_refreshed(
 async def test_a_connection_that_never_says_hello_is_closed_4003(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery, hello_timeout_ms=5000)
+    url = await start_server(nursery, hello_timeout_ms=5000)
     async with open_websocket_url(url) as ws:
         opened = trio.current_time()
         with pytest.raises(ConnectionClosed) as closed:
@@ -239,7 +206,7 @@ async def failed_hello(url: str, forwarded_for: str) -> float:
 async def test_failed_sign_ins_are_throttled_per_client_behind_a_trusted_proxy(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery, jwt_secret=SECRET)
+    url = await start_server(nursery, jwt_secret=SECRET)
     for _ in range(10):
         assert await failed_hello(url, "192.0.2.1, 203.0.113.7") == 0
     assert await failed_hello(url, "203.0.113.7") == pytest.approx(0.1)
@@ -250,7 +217,7 @@ async def test_failed_sign_ins_are_throttled_per_client_behind_a_trusted_proxy(
 async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    url = await start(nursery, jwt_secret=SECRET, trusted_proxies=())
+    url = await start_server(nursery, jwt_secret=SECRET, trusted_proxies=())
     for n in range(10):
         assert await failed_hello(url, f"198.51.100.{n}") == 0
     assert await failed_hello(url, "198.51.100.99") == pytest.approx(0.1)  # all are 127.0.0.1

@@ -6,7 +6,14 @@ synchronously: a relayed message costs no task switch and no await.
 
 Every call gets its own nursery, inside its own cancel scope. The call's timers (each invitee's ring
 timeout, the expiry warning, the duration cap) are tasks in that nursery, so when the call ends for
-any reason one `cancel()` stops all of them: nothing has to remember to disarm a timer.
+any reason one `cancel()` stops all of them: nothing has to remember to disarm a timer
+(tests/server/test_call_tasks.py ends a call in every way and finds none of its tasks left).
+Each timer also has a cancel scope of its own, for the one case the nursery cannot serve: a single
+timer stopped while the call goes on (an invitee answers or declines, and its ring timer stops).
+The call's participants are not tasks in that nursery: each is a connection, served by the
+transport's task for it (docs/decisions/0007-call-tasks.md says why). Session timers (hello,
+reconnect grace, ICE refresh) are entries in one heap run by one task (`SessionTimers`): a task
+each cost memory for the connection's life (docs/decisions/0005-hardening.md).
 """
 
 from __future__ import annotations
@@ -94,16 +101,19 @@ class CallTasks:
     """A call's nursery and the timers running in it."""
 
     cancel_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    """Cancelled when the call ends: it takes the nursery and every timer in it."""
     nursery: trio.Nursery | None = None
-    pending: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = field(factory=list)
-    """Tasks asked for before the call's task has opened its nursery."""
+    pending: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...], str]] = field(factory=list)
+    """Tasks asked for before the call's task has opened its nursery (a `StartTimer` in the same
+    batch of actions as the `OpenCall`), with their names."""
     timers: dict[TimerKey, trio.CancelScope] = field(factory=dict)
+    """Each running timer's own scope, to stop that timer alone while the call goes on."""
 
-    def start_soon(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def start_soon(self, task: Callable[..., Awaitable[None]], *args: Any, name: str) -> None:
         if self.nursery is None:
-            self.pending.append((task, args))
+            self.pending.append((task, args, name))
         else:
-            self.nursery.start_soon(task, *args)
+            self.nursery.start_soon(task, *args, name=name)
 
 
 class SignalingServer:
@@ -198,7 +208,7 @@ class SignalingServer:
         if previous is not None:
             previous.cancel()
         scope = tasks.timers[key] = trio.CancelScope()
-        tasks.start_soon(self._run_timer, key, deadline, scope, tasks.timers)
+        tasks.start_soon(self._run_timer, key, deadline, scope, tasks.timers, name=f"timer {key!r}")
 
     def _cancel_timer(self, key: TimerKey) -> None:
         if not isinstance(key, CALL_TIMERS):
@@ -214,8 +224,8 @@ class SignalingServer:
         with tasks.cancel_scope:
             async with trio.open_nursery() as nursery:
                 tasks.nursery = nursery
-                for task, args in tasks.pending:
-                    nursery.start_soon(task, *args)
+                for task, args, name in tasks.pending:
+                    nursery.start_soon(task, *args, name=name)
                 tasks.pending.clear()
                 await trio.sleep_forever()
 

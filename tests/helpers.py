@@ -1,0 +1,79 @@
+"""Helpers shared by test modules, so that no test module imports from another.
+
+`start_server` is the one way the tests run the real server in-process; `conftest.py` wraps it in
+the `url` fixture for tests that need a server with the default configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from callbox.config import Config
+from callbox.server.app import serve
+from tests.server.wsclient import Client
+
+SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+"""A minimal session description: the server relays SDP without reading it."""
+
+
+def server_url(listeners: list[trio.SocketListener]) -> str:
+    """The WebSocket URL of the first of `serve`'s listeners."""
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"ws://{host}:{port}/ws"
+
+
+async def start_server(nursery: trio.Nursery, **settings: Any) -> str:
+    """Runs `serve` in `nursery` on a free port with `settings` over the defaults,
+    and returns its URL once it accepts connections."""
+    config = Config(port=0).with_overrides(**settings)
+    return server_url(await nursery.start(serve, config))
+
+
+SHORT_LIMITS = {
+    "ring_timeout_ms": 1000,
+    "max_call_duration_ms": 3000,
+    "call_expiring_warning_ms": 1000,
+    "reconnect_grace_ms": 500,
+    "max_room_members": 4,
+    "replay_buffer_messages": 64,
+    "hello_timeout_ms": 1000,
+}
+"""Timers short enough for every case to run in seconds, limits small enough to be reached."""
+
+
+async def start_conformance_server(nursery: trio.Nursery, **settings: Any) -> str:
+    """Our server with `SHORT_LIMITS` (and `settings` over them), for the suite to run against."""
+    return await start_server(nursery, **{**SHORT_LIMITS, **settings})
+
+
+def initiate(call_id: str, *to: str, **extra: Any) -> dict[str, Any]:
+    """A `call_initiate` on the wire, audio and video."""
+    media = {"audio": True, "video": True}
+    return {"type": "call_initiate", "call_id": call_id, "to": list(to), "media": media, **extra}
+
+
+async def accepted_call(alice: Client, bob: Client, call_id: str = "call-0001") -> None:
+    """alice calls bob and bob answers: both have seen `call_accepted`."""
+    await alice.send(initiate(call_id, "bob"))
+    await alice.expect("call_ringing")
+    await bob.expect("call_incoming", call_id=call_id)
+    await bob.send({"type": "call_answer", "call_id": call_id})
+    await bob.expect("call_accepted", by="bob")
+    await alice.expect("call_accepted", by="bob")
+
+
+def running_task_names() -> list[str]:
+    """The name of every task of the run, walked from the root task: what is really running,
+    whatever the server's own bookkeeping says."""
+
+    def walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+        yield task
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                yield from walk(child)
+
+    return [task.name for task in walk(trio.lowlevel.current_root_task())]
