@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from callbox.config import environment_variables
-from callbox.core import switchboard
+from callbox.core import actions
 
 ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "run: python tools/gen_protocol_docs.py"
@@ -144,8 +144,9 @@ def test_every_setting_is_in_the_deployment_table(deployment_md: str) -> None:
 
 
 def test_every_close_code_the_server_sends_is_documented(protocol_md: str) -> None:
-    """The codes are read off the code: switchboard's CLOSE_* constants, and every websockets
-    CloseCode the transport names (plus 1009, which websockets sends for `max_size`)."""
+    """The codes are read off the code: the core's CLOSE_* constants (core/actions.py), and
+    every websockets CloseCode the transport names (plus 1009, which websockets sends for
+    `max_size`)."""
     table = protocol_md.split("### Close codes", 1)[1].split("\n\n", 2)[1]
     documented = {int(code) for code in re.findall(r"^\| (\d{4}) \|", table, re.MULTILINE)}
     from websockets.frames import CloseCode  # noqa: PLC0415
@@ -154,7 +155,7 @@ def test_every_close_code_the_server_sends_is_documented(protocol_md: str) -> No
     sent = {int(CloseCode[name]) for name in re.findall(r"CloseCode\.([A-Z_]+)", transport)}
     sent |= {
         value
-        for name, value in vars(switchboard).items()
+        for name, value in vars(actions).items()
         if name.startswith("CLOSE_") and isinstance(value, int)
     }
     sent.add(int(CloseCode.MESSAGE_TOO_BIG))

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from callbox.__main__ import main
+from callbox.core.outbox import Outbox
 from callbox.core.sessions import Session
-from callbox.core.switchboard import Switchboard
 from callbox.messages import CallEnded, Error, ServerMessage
 from tests.helpers import start_conformance_server
 
@@ -143,13 +143,13 @@ async def test_a_broken_server_fails_the_right_case(
     capsys: pytest.CaptureFixture[str],
     broken: Broken,
 ) -> None:
-    send = Switchboard._send
+    send = Outbox.send
 
-    def broken_send(self: Switchboard, session: Session, message: ServerMessage) -> None:
+    def broken_send(self: Outbox, session: Session, message: ServerMessage) -> None:
         for sent in broken.breakage(message):
             send(self, session, sent)
 
-    monkeypatch.setattr(Switchboard, "_send", broken_send)
+    monkeypatch.setattr(Outbox, "send", broken_send)
     url = await start_conformance_server(nursery)
     assert await conformance(url, "--only", broken.only) == 1
     out = capsys.readouterr().out
@@ -163,9 +163,9 @@ async def test_a_server_sending_invalid_messages_fails(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The relayed offer loses its `from`: every message is checked against the schemas."""
-    from callbox.core import switchboard  # noqa: PLC0415
+    from callbox.core import outbox  # noqa: PLC0415
 
-    encode = switchboard.encode
+    encode = outbox.encode
 
     def without_from(message: ServerMessage, *, seq: int | None = None) -> bytes:
         wire = orjson.loads(encode(message, seq=seq))
@@ -173,7 +173,7 @@ async def test_a_server_sending_invalid_messages_fails(
             del wire["from"]
         return orjson.dumps(wire)
 
-    monkeypatch.setattr(switchboard, "encode", without_from)
+    monkeypatch.setattr(outbox, "encode", without_from)
     url = await start_conformance_server(nursery)
     assert await conformance(url, "--only", "relay") == 1
     out = capsys.readouterr().out

@@ -25,6 +25,7 @@ from callbox.core.actions import (
     StartTimer,
     TimerKey,
 )
+from callbox.core.outbox import Outbox
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
 
@@ -32,8 +33,8 @@ Wire = dict[str, Any]
 
 
 class Harness:
-    switchboard_type: type[Switchboard] = Switchboard
-    """What is driven: a subclass may record more of what the core does (see test_model.py)."""
+    outbox_type: type[Outbox] = Outbox
+    """Where the core writes what it decides: a subclass may record more (see test_model.py)."""
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).with_overrides(**overrides)
@@ -43,12 +44,13 @@ class Harness:
         self.ice_refresh: float | None = None
         self.refused_users: set[str] = set()
         tokens = itertools.count(1)
-        self.switchboard = self.switchboard_type(
+        self.switchboard = Switchboard(
             config=self.config,
             authenticate=self._authenticate,
             ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],
             ice_refresh_in=lambda: self.ice_refresh,
             new_token=lambda n: f"t{next(tokens)}",
+            outbox=self.outbox_type(),
         )
         self.inbox: dict[int, list[Wire]] = {}
         self.closed: dict[int, tuple[int, str]] = {}

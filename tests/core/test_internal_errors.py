@@ -14,6 +14,11 @@ import pytest
 
 from callbox.core import states, switchboard
 from callbox.core.actions import RingTimer
+from callbox.core.calls import Calling
+from callbox.core.presence import Watchers
+from callbox.core.relay import Relay
+from callbox.core.rooms import Rooms
+from callbox.core.sessions import Sessions
 from callbox.core.states import CallEvent, CallState
 from callbox.core.switchboard import Switchboard
 from callbox.messages import CLIENT_MESSAGES
@@ -22,28 +27,28 @@ from .harness import Harness, call_between, initiate
 
 EXAMPLES = Path(__file__).parents[2] / "protocol" / "examples" / "valid" / "client"
 
-HANDLER_OF = {
-    "hello": "_hello",
-    "ping": "Pong",  # answered inline: the reply's constructor is what fails
-    "ack": "_acknowledge",
-    "bye": "_end_session",
-    "call_initiate": "_initiate",
-    "call_answer": "_answer",
-    "call_join": "_answer",
-    "call_reject": "_reject",
-    "call_invite": "_invite",
-    "hangup": "_hangup",
-    "sdp_offer": "_relay",
-    "sdp_answer": "_relay",
-    "ice_candidate": "_relay",
-    "room_join": "_room_join",
-    "room_leave": "_room_leave",
-    "room_broadcast": "_room_broadcast",
-    "presence_subscribe": "_presence_subscribe",
-    "presence_unsubscribe": "_presence_unsubscribe",
-    "presence_set": "_refresh_presence",
+HANDLER_OF: dict[str, tuple[Any, str]] = {
+    "hello": (Sessions, "hello"),
+    "ping": (switchboard, "Pong"),  # answered inline: the reply's constructor is what fails
+    "ack": (Sessions, "acknowledge"),
+    "bye": (Switchboard, "_end_session"),
+    "call_initiate": (Calling, "initiate"),
+    "call_answer": (Calling, "answer"),
+    "call_join": (Calling, "answer"),
+    "call_reject": (Calling, "reject"),
+    "call_invite": (Calling, "invite"),
+    "hangup": (Calling, "hangup"),
+    "sdp_offer": (Relay, "relay"),
+    "sdp_answer": (Relay, "relay"),
+    "ice_candidate": (Relay, "relay"),
+    "room_join": (Rooms, "join"),
+    "room_leave": (Rooms, "leave"),
+    "room_broadcast": (Rooms, "broadcast"),
+    "presence_subscribe": (Watchers, "subscribe"),
+    "presence_unsubscribe": (Watchers, "unsubscribe"),
+    "presence_set": (Watchers, "refresh"),
 }
-"""What handles each client message, made to fail in turn: the switchboard method it is
+"""What handles each client message, made to fail in turn: the method of the core module it is
 dispatched to, or (`ping`) the module-level name its inline handling calls."""
 
 
@@ -71,8 +76,7 @@ def test_a_failing_handler_answers_its_sender_internal_and_nobody_else(
         h.take_all(conn)
     message = orjson.loads((EXAMPLES / f"{type_}.json").read_bytes())
     message |= {"rid": f"r-{type_}"} | ({"user_id": "dave"} if type_ == "hello" else {})
-    owner = switchboard if HANDLER_OF[type_] == "Pong" else Switchboard
-    monkeypatch.setattr(owner, HANDLER_OF[type_], fail)
+    monkeypatch.setattr(*HANDLER_OF[type_], fail)
 
     with caplog.at_level(logging.ERROR, logger="callbox.core"):
         h.send(sender, message)
@@ -105,7 +109,7 @@ def test_a_failing_timer_is_logged_and_nobody_is_told(
     h.send(alice, initiate("call-0001", "bob"))
     h.take_all(alice)
     h.take_all(bob)
-    monkeypatch.setattr(Switchboard, "_drop_out", fail)
+    monkeypatch.setattr(Calling, "_drop_out", fail)
     with caplog.at_level(logging.ERROR, logger="callbox.core"):
         h.advance(h.config.ring_timeout_ms / 1000)
     [logged] = caplog.records

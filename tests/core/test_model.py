@@ -20,7 +20,7 @@ resume) and resumes whose `welcome` is lost (the token the client still holds mu
 the main run keeps a buffer it cannot fill and loses no `welcome`.
 
 The model reads the core's private indexes in two places only, both to check the core against
-itself: `RecordingSwitchboard` records every message numbered for a session, including those kept
+itself: `RecordingOutbox` records every message numbered for a session, including those kept
 for a client that is away (no `Send` shows them), and `core_inconsistencies` compares the indexes
 with each other and with the timers the shell holds.
 
@@ -59,8 +59,10 @@ from callbox.core.actions import (
     RingTimer,
     Send,
 )
+from callbox.core.outbox import Outbox
 from callbox.core.sessions import Session
 from callbox.core.states import CallState, PartyState
+from callbox.core.store import LocalStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import ServerMessage
 
@@ -132,20 +134,20 @@ class Involvement(Enum):
 
 
 @define(eq=False)
-class RecordingSwitchboard(Switchboard):
+class RecordingOutbox(Outbox):
     """Records every message the core numbers for a session: the ones it sends and the ones it
     keeps for a client that is away, which no `Send` shows but a resume must replay."""
 
     numbered: list[tuple[str, int, ServerMessage]] = field(factory=list, init=False)
 
-    def _send(self, session: Session, message: ServerMessage) -> None:
+    def send(self, session: Session, message: ServerMessage) -> None:
         seq = session.next_seq
-        super()._send(session, message)
+        super().send(session, message)
         self.numbered.append((session.session_id, seq, message))
 
 
 class ModelHarness(Harness):
-    switchboard_type = RecordingSwitchboard
+    outbox_type = RecordingOutbox
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**overrides)
@@ -233,9 +235,13 @@ class ProtocolModel(RuleBasedStateMachine):
             replay_buffer_bytes=16 * 1024 * 1024,  # the count binds, never the bytes
         )
         self.h.ice_refresh = ICE_REFRESH_S
-        sb = self.h.switchboard
-        assert isinstance(sb, RecordingSwitchboard)
-        self.sb = sb
+        self.sb = self.h.switchboard
+        outbox = self.sb.outbox
+        assert isinstance(outbox, RecordingOutbox)
+        self.outbox = outbox
+        store = self.sb.store
+        assert isinstance(store, LocalStore)
+        self.store = store
         self.devices = [Device(u, i) for u in USERS for i in range(DEVICES_PER_USER)]
         self.sessions: dict[str, Told] = {}
         self.by_token: dict[str, Told] = {}
@@ -656,9 +662,9 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def _settle(self) -> None:
         """Check every message numbered by the last event, then which sessions still exist."""
-        for session_id, seq, message in self.sb.numbered:
+        for session_id, seq, message in self.outbox.numbered:
             self._tell(session_id, seq, message)
-        self.sb.numbered.clear()
+        self.outbox.numbered.clear()
         self._check_session_ends()
         self.request = None
 
@@ -729,7 +735,7 @@ class ProtocolModel(RuleBasedStateMachine):
         return told.detached_at is not None and away > self.replay_messages
 
     def _check_session_ends(self) -> None:
-        core = self.sb._sessions
+        core = self.store.sessions
         for told in self.sessions.values():
             if told.ended:
                 continue
@@ -762,7 +768,7 @@ class ProtocolModel(RuleBasedStateMachine):
         for told in self.sessions.values():
             if told.ended:
                 continue
-            session = self.sb._sessions[told.session_id]
+            session = self.store.sessions[told.session_id]
             for call_id, how in told.calls.items():
                 if self.sb.call_state(call_id) is None:
                     raise ProtocolViolation(
@@ -817,7 +823,9 @@ class ProtocolModel(RuleBasedStateMachine):
 
 def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
     """What in the core's indexes, or in the timers it left running, belongs to nothing."""
-    calls, sessions = sb._calls, sb._sessions
+    store = sb.store
+    assert isinstance(store, LocalStore)
+    calls, sessions = store.calls, store.sessions
     if set(calls) != h.open_calls:
         yield f"calls held {set(calls)} but open in the shell {h.open_calls}"
     for key in h.timers:
@@ -849,24 +857,24 @@ def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
             yield f"{session.session_id} connected={session.conn is not None}, grace: {running}"
         if session.conn is not None and IceRefreshTimer(session.session_id) not in h.timers:
             yield f"{session.session_id} is connected with no ICE refresh"
-        if sb._by_resume_token.get(session.resume_token) is not session:
+        if store.by_resume_token.get(session.resume_token) is not session:
             yield f"{session.session_id} is not found by its resume token"
     tokens = len(sessions) + sum(s.previous_token is not None for s in sessions.values())
-    if len(sb._by_resume_token) != tokens:
-        yield f"{len(sb._by_resume_token)} resume tokens for {len(sessions)} sessions"
-    for user_id, user in sb._users.items():
+    if len(store.by_resume_token) != tokens:
+        yield f"{len(store.by_resume_token)} resume tokens for {len(sessions)} sessions"
+    for user_id, user in store.users.items():
         if not user.sessions and not user.calls:
             yield f"idle user {user_id} still indexed"
         if not set(user.calls) <= set(calls):
             yield f"user {user_id} indexed in ended calls {set(user.calls) - set(calls)}"
         if not set(user.sessions) <= set(sessions):
             yield f"user {user_id} indexed with ended sessions"
-    for room in sb._rooms.values():
+    for room in store.rooms.values():
         if not room.sessions or not set(room.sessions) <= set(sessions):
             yield f"room {room.name} holds {set(room.sessions)}"
         if room.call_id is not None and room.call_id not in calls:
             yield f"room {room.name} points at ended call {room.call_id}"
-    for user_id, watchers in sb._watchers.items():
+    for user_id, watchers in store.watching.items():
         if not watchers or any(w.session_id not in sessions for w in watchers):
             yield f"presence of {user_id} watched by ended sessions"
 

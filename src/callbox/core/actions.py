@@ -13,6 +13,13 @@ from callbox.messages import EndReason
 
 ConnId = int
 
+# The WebSocket close codes the core closes a connection with (docs/protocol.md, "Close codes").
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_AUTH_FAILED = 4001
+CLOSE_TAKEN_OVER = 4002
+CLOSE_HELLO_TIMEOUT = 4003
+
 
 @frozen
 class Send:

@@ -7,10 +7,28 @@ and leaves the room when its last device does.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
+import orjson
 from attrs import define, field
 
-from callbox.core.sessions import Session
+from callbox.config import Config
+from callbox.core.errors import Refused
+from callbox.core.sessions import Session, TokenBucket, add_to, discard_from
+from callbox.messages import (
+    RoomBroadcast,
+    RoomJoin,
+    RoomJoined,
+    RoomLeave,
+    RoomLeft,
+    RoomMemberJoined,
+    RoomMemberLeft,
+    RoomMessage,
+)
+
+if TYPE_CHECKING:
+    from callbox.core.outbox import Outbox
+    from callbox.core.store import Store
 
 
 @define(eq=False)
@@ -41,3 +59,81 @@ class Room:
 
     def other_users_sessions(self, user_id: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.user_id != user_id]
+
+
+def room_of_member(store: Store, session: Session, name: str) -> Room:
+    """The room `session` is in, or a `Refused` saying it is not."""
+    room = store.room(name)
+    if room is None or name not in session.rooms:
+        raise Refused("not_in_room", f"you are not in room {name}: room_join it first", "/room")
+    return room
+
+
+@define(eq=False)
+class Rooms:
+    """Joining and leaving rooms, and broadcasting to their members."""
+
+    config: Config
+    store: Store
+    out: Outbox
+
+    def join(self, session: Session, msg: RoomJoin) -> None:
+        room = self.store.room(msg.room)
+        if msg.room not in session.rooms:
+            if len(session.rooms) >= self.config.max_rooms_per_session:
+                limit = self.config.max_rooms_per_session
+                raise Refused(
+                    "limit_reached", f"a session may be in at most {limit} rooms", "/room"
+                )
+            full = room is not None and len(room.devices_per_user) >= self.config.max_room_members
+            if full and room is not None and session.user_id not in room.devices_per_user:
+                limit = self.config.max_room_members
+                raise Refused("room_full", f"room {msg.room} has {limit} members already", "/room")
+            room = self.store.room_or_new(msg.room)
+            session.rooms = add_to(session.rooms, msg.room)
+            if room.add(session):
+                joined = RoomMemberJoined(room=room.name, user_id=session.user_id)
+                for other in room.other_users_sessions(session.user_id):
+                    self.out.send(other, joined)
+        assert room is not None
+        members = room.members()
+        self.out.send(
+            session, RoomJoined(room=room.name, members=members, call_id=room.call_id, rid=msg.rid)
+        )
+
+    def leave(self, session: Session, msg: RoomLeave) -> None:
+        self.leave_room(room_of_member(self.store, session, msg.room), session)
+        self.out.send(session, RoomLeft(room=msg.room, rid=msg.rid))
+
+    def leave_all(self, session: Session) -> None:
+        """The session has ended: it leaves every room it was in."""
+        for name in list(session.rooms):
+            room = self.store.room(name)
+            assert room is not None, f"session {session.session_id} is in a room that is gone"
+            self.leave_room(room, session)
+
+    def leave_room(self, room: Room, session: Session) -> None:
+        discard_from(session.rooms, room.name)
+        if room.remove(session):
+            left = RoomMemberLeft(room=room.name, user_id=session.user_id)
+            for other in room.sessions.values():
+                self.out.send(other, left)
+        if not room.sessions:
+            self.store.remove_room(room.name)
+
+    def broadcast(self, session: Session, msg: RoomBroadcast, now: float) -> None:
+        room = room_of_member(self.store, session, msg.room)
+        size = len(orjson.dumps(msg.data))
+        if size > self.config.max_broadcast_bytes:
+            limit = self.config.max_broadcast_bytes
+            reason = f"data is {size} bytes encoded, at most {limit} are allowed"
+            raise Refused("message_too_large", reason, "/data")
+        rate = self.config.broadcasts_per_second
+        if session.broadcast_bucket is None:  # full, as it would be had it been made at hello
+            session.broadcast_bucket = TokenBucket.full(rate, 2 * rate, now)
+        if not session.broadcast_bucket.take(now):
+            raise Refused("rate_limited", f"at most {rate} broadcasts a second")
+        message = RoomMessage(room=room.name, from_=session.user_id, data=msg.data)
+        for member in room.sessions.values():
+            if member is not session:
+                self.out.send(member, message)

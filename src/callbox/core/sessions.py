@@ -1,4 +1,5 @@
-"""Sessions and connections as the core sees them: sequencing, replay and rate limits.
+"""Sessions and connections as the core sees them: signing in, sequencing, replay, resuming,
+acknowledging, rate limits, and the session's own timers.
 
 A session outlives its connection: while it is in its reconnect grace period it has no connection,
 still counts as connected, and keeps what is sent to it so a resuming client can be given every
@@ -8,12 +9,41 @@ message after the last `seq` it processed.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from attrs import define
+from attrs import define, field
 
+from callbox.auth import AuthError
 from callbox.codec import positional_constructor
-from callbox.core.actions import ConnId, Send
-from callbox.messages import Hello, PresenceStatus
+from callbox.config import Config
+from callbox.core.actions import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_HELLO_TIMEOUT,
+    CLOSE_POLICY,
+    CLOSE_TAKEN_OVER,
+    ConnId,
+    GraceTimer,
+    HelloDelayTimer,
+    HelloTimer,
+    IceRefreshTimer,
+    Send,
+)
+from callbox.core.errors import Refused
+from callbox.core.throttle import AuthThrottle
+from callbox.messages import (
+    Ack,
+    ErrorCode,
+    Hello,
+    IceServer,
+    IceServersUpdate,
+    PresenceStatus,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from callbox.core.outbox import Outbox
+    from callbox.core.store import Store, User
 
 RECENTLY_ENDED_CALLS = 16
 """Ended calls a session remembers, so a late message about one gets `invalid_state`."""
@@ -202,3 +232,191 @@ class Link:
     session: Session | None = None
     delayed_hello: Hello | None = None
     """A `hello` waiting out its address's sign-in throttle."""
+
+
+@define(eq=False)
+class Sessions:
+    """Signing in (throttled per address), resuming, acknowledging, losing a connection, and
+    the timers of a session or of a connection still without one."""
+
+    config: Config
+    store: Store
+    out: Outbox
+    links: dict[ConnId, Link]
+    """The connections of this process, shared with the switchboard."""
+    authenticate: Callable[[Hello], str]
+    """Returns the user id for a `hello`, or raises `AuthError`."""
+    ice_servers: Callable[[str], list[IceServer]]
+    ice_refresh_in: Callable[[], float | None]
+    new_token: Callable[[int], str]
+    end_session: Callable[[Session], None]
+    """The switchboard's end of a session, everything it was in included: a resume that cannot
+    be honoured ends the session it names."""
+    auth_throttle: AuthThrottle = field(factory=AuthThrottle)
+
+    def hello(self, link: Link, hello: Hello, now: float) -> Session | None:
+        """Answer `hello` now, or once its address's sign-in throttle allows; returns the new
+        session it started, if it did."""
+        if link.delayed_hello is not None:
+            reason = "a hello is already waiting for its answer"
+            self.out.error(link, "invalid_state", reason, "/type", hello.rid)
+            return None
+        delay = self.auth_throttle.delay(link.address, now)
+        if delay > 0:
+            link.delayed_hello = hello
+            self.out.start_timer(HelloDelayTimer(link.conn), now + delay)
+            return None
+        return self._sign_in(link, hello, now)
+
+    def _sign_in(self, link: Link, hello: Hello, now: float) -> Session | None:
+        """Resume the session `hello` names, or start a new one (returned), or turn it away."""
+        try:
+            user_id = self.authenticate(hello)
+        except AuthError as exc:
+            self.auth_throttle.failed(link.address, now)
+            closing = (CLOSE_AUTH_FAILED, "authentication failed")
+            self._turn_away(link, "auth_failed", str(exc), hello.rid, closing)
+            return None
+        if hello.resume is not None and hello.last_seq is not None:
+            old = self.store.session_by_token(hello.resume)
+            if old is not None and old.user_id == user_id and old.takes_token(hello.resume, now):
+                if old.can_replay_after(hello.last_seq):
+                    self._resume(link, old, hello, now)
+                    return None
+                self._take_connection(old)
+                self.end_session(old)
+        user = self.store.user(user_id)
+        if user is not None and len(user.sessions) >= self.config.max_sessions_per_user:
+            limit = self.config.max_sessions_per_user
+            message = f"user {user_id} already has {limit} sessions, the most allowed"
+            closing = (CLOSE_POLICY, "too many sessions")
+            self._turn_away(link, "session_limit", message, hello.rid, closing)
+            return None
+        session = Session(
+            session_id=self.new_token(12),
+            user_id=user_id,
+            device_id=hello.device_id,
+            resume_token=self.new_token(24),
+            replay_messages=self.config.replay_buffer_messages,
+            replay_bytes=self.config.replay_buffer_bytes,
+        )
+        self.store.add_session(session)
+        self._attach(link, session)
+        self._welcome(session, resumed=False, rid=hello.rid, now=now)
+        return session
+
+    def _turn_away(
+        self, link: Link, code: ErrorCode, message: str, rid: str | None, closing: tuple[int, str]
+    ) -> None:
+        """Refuse a `hello`: say why (an `error`), close the connection with `closing`'s code and
+        reason, and forget it."""
+        self.out.error(link, code, message, None, rid)
+        self.out.close(link.conn, *closing)
+        self.out.cancel_timer(HelloTimer(link.conn))
+        del self.links[link.conn]
+
+    def _attach(self, link: Link, session: Session) -> None:
+        """`link`'s connection carries `session` from now on: its `hello` has been answered."""
+        session.conn = link.conn
+        link.session = session
+        self.out.cancel_timer(HelloTimer(link.conn))
+
+    def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
+        assert session.conn is not None
+        welcome = Welcome(
+            user_id=session.user_id,
+            session_id=session.session_id,
+            resume_token=session.resume_token,
+            resumed=resumed,
+            ice_servers=self.ice_servers(session.user_id),
+            heartbeat_ms=self.config.heartbeat_ms,
+            limits=self.config.limits(),
+            rid=rid,
+        )
+        self.out.send_unnumbered(session.conn, welcome)
+        self._arm_ice_refresh(session, now)
+
+    def _arm_ice_refresh(self, session: Session, now: float) -> None:
+        refresh_in = self.ice_refresh_in()
+        if refresh_in is not None:
+            self.out.start_timer(IceRefreshTimer(session.session_id), now + refresh_in)
+
+    def _take_connection(self, session: Session) -> None:
+        """A `hello` with `session`'s token takes the session from its connection, if it still
+        has one (half-open, or another tab), whether the resume is honoured or not: closed with
+        4002 and forgotten, so that neither its loss (a grace timer) nor what still arrives on it
+        acts for the session any more."""
+        if session.conn is not None:
+            self.links.pop(session.conn, None)
+            self.out.close(session.conn, CLOSE_TAKEN_OVER, "session taken over")
+
+    def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
+        assert hello.last_seq is not None and hello.resume is not None
+        self._take_connection(session)
+        if session.conn is None:
+            self.out.cancel_timer(GraceTimer(session.session_id))
+            session.grace_deadline = None
+        for token in session.rotate_token(
+            hello.resume, self.new_token(24), now + self.config.reconnect_grace_ms / 1000
+        ):
+            self.store.drop_token(token)
+        self.store.index_token(session.resume_token, session)
+        if session.previous_token is not None:
+            self.store.index_token(session.previous_token, session)
+        self._attach(link, session)
+        self._welcome(session, resumed=True, rid=hello.rid, now=now)
+        self.out.actions.extend(session.replay_after(hello.last_seq))
+
+    def acknowledge(self, session: Session, ack: Ack) -> None:
+        sent = session.next_seq - 1
+        if ack.last_seq > sent:
+            reason = f"last_seq {ack.last_seq} is ahead of the last seq sent ({sent})"
+            raise Refused("invalid_state", reason, "/last_seq")
+        session.acknowledge(ack.last_seq)
+
+    def detach(self, session: Session, now: float) -> None:
+        """The session's connection is lost: its grace period starts."""
+        deadline = now + self.config.reconnect_grace_ms / 1000
+        session.detach(deadline)
+        self.out.cancel_timer(IceRefreshTimer(session.session_id))
+        self.out.start_timer(GraceTimer(session.session_id), deadline)
+
+    def forget(self, session: Session) -> User:
+        """The session's own part of its end: its records and timers go. Returns its user."""
+        user = self.store.remove_session(session)
+        if session.conn is None:
+            self.out.cancel_timer(GraceTimer(session.session_id))
+        self.out.cancel_timer(IceRefreshTimer(session.session_id))
+        return user
+
+    # -----------------------------------------------------------------------------------------
+    # Timers
+
+    def hello_timed_out(self, conn: ConnId) -> None:
+        """A connection that has not sent `hello` in time is closed (unless one is waiting out
+        the throttle: that one is answered when it may be)."""
+        link = self.links.get(conn)
+        if link is not None and link.session is None and link.delayed_hello is None:
+            del self.links[conn]
+            self.out.close(conn, CLOSE_HELLO_TIMEOUT, "hello timeout")
+
+    def throttle_passed(self, conn: ConnId, now: float) -> Session | None:
+        """The `hello` held back by the sign-in throttle is answered now."""
+        link = self.links.get(conn)
+        if link is None or link.delayed_hello is None:
+            return None
+        hello, link.delayed_hello = link.delayed_hello, None
+        return self._sign_in(link, hello, now)
+
+    def grace_over(self, session_id: str, now: float) -> Session | None:
+        """The session whose reconnect grace has run out, if it has and nothing resumed it."""
+        session = self.store.session(session_id)
+        deadline = None if session is None else session.grace_deadline
+        return session if deadline is not None and now >= deadline else None
+
+    def refresh_ice(self, session_id: str, now: float) -> None:
+        """Push fresh TURN credentials to a connected session, and arm the next refresh."""
+        session = self.store.session(session_id)
+        if session is not None and session.conn is not None:
+            self.out.send(session, IceServersUpdate(ice_servers=self.ice_servers(session.user_id)))
+            self._arm_ice_refresh(session, now)
