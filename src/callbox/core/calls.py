@@ -4,7 +4,7 @@ and the call's timers. Relaying SDP and ICE within a call is `relay.py`.
 
 Each call is a self-contained shard: nothing here looks at other calls, so handling a message
 costs the size of one call, never the number of calls on the server. Every move of a call or a
-party goes through the state table (`states.py`, generated from protocol/call-states.yaml), which
+party goes through the state table (`states.py`, checked against protocol/call-states.yaml), which
 refuses a move it has no row for before anything changes.
 """
 
