@@ -857,7 +857,7 @@ def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
             yield f"{session.session_id} connected={session.conn is not None}, grace: {running}"
         if session.conn is not None and IceRefreshTimer(session.session_id) not in h.timers:
             yield f"{session.session_id} is connected with no ICE refresh"
-        if store.by_resume_token.get(session.resume_token) is not session:
+        if store.by_resume_token.get(session.resume_token) != session.session_id:
             yield f"{session.session_id} is not found by its resume token"
     tokens = len(sessions) + sum(s.previous_token is not None for s in sessions.values())
     if len(store.by_resume_token) != tokens:
@@ -875,7 +875,7 @@ def core_inconsistencies(sb: Switchboard, h: Harness) -> Iterator[str]:
         if room.call_id is not None and room.call_id not in calls:
             yield f"room {room.name} points at ended call {room.call_id}"
     for user_id, watchers in store.watching.items():
-        if not watchers or any(w.session_id not in sessions for w in watchers):
+        if not watchers or any(w not in sessions for w in watchers):
             yield f"presence of {user_id} watched by ended sessions"
 
 

@@ -27,7 +27,7 @@ from callbox.core.actions import (
 from callbox.core.errors import Refused
 from callbox.core.presence import Watchers
 from callbox.core.rooms import room_of_member
-from callbox.core.sessions import Session, add_to, discard_from
+from callbox.core.sessions import Session, add_to, discard_from, held_session
 from callbox.core.states import (
     CallEvent,
     CallState,
@@ -581,13 +581,11 @@ class Calling:
         return call
 
     def _session(self, session_id: str | None) -> Session:
-        session = None if session_id is None else self.store.session(session_id)
-        assert session is not None, f"session {session_id} is in a call but not held"
-        return session
+        assert session_id is not None, "a joined party has its session"
+        return held_session(self.store, session_id)
 
     def _devices(self, user_id: str) -> list[Session]:
-        user = self.store.user(user_id)
-        return [] if user is None else list(user.sessions.values())
+        return self.store.devices(user_id)
 
     def _user_calls(self, user_id: str) -> set[str] | frozenset[str]:
         user = self.store.user(user_id)

@@ -14,7 +14,7 @@ from attrs import define, field
 
 from callbox.codec import encode, with_seq
 from callbox.core.actions import Action, CancelTimer, Close, ConnId, Send, StartTimer, TimerKey
-from callbox.core.sessions import Link, ReplayOverflow, Session
+from callbox.core.sessions import ReplayOverflow, Session
 from callbox.messages import Error, ErrorCode, ServerMessage
 
 
@@ -54,15 +54,21 @@ class Outbox:
         self.actions.append(Send(conn, encode(message)))
 
     def error(
-        self, link: Link, code: ErrorCode, message: str, path: str | None, rid: str | None
+        self,
+        to: Session | ConnId,
+        code: ErrorCode,
+        message: str,
+        path: str | None,
+        rid: str | None,
     ) -> None:
-        """Answer `link`'s client with an `error`: numbered once it has a session."""
+        """Answer a client with an `error`: numbered in its session's sequence, or to its
+        connection (`to`) as it is if it has no session yet."""
         error = Error(code=code, message=message, path=path, rid=rid)
         self.errors[code] += 1
-        if link.session is None:
-            self.send_unnumbered(link.conn, error)
+        if isinstance(to, Session):
+            self.send(to, error)
         else:
-            self.send(link.session, error)
+            self.send_unnumbered(to, error)
 
     def close(self, conn: ConnId, code: int, reason: str) -> None:
         self.actions.append(Close(conn, code, reason))

@@ -16,7 +16,7 @@ from attrs import define
 
 from callbox.config import Config
 from callbox.core.errors import Refused
-from callbox.core.sessions import Session, add_to, discard_from
+from callbox.core.sessions import Session, add_to, discard_from, held_session
 from callbox.messages import (
     Presence,
     PresenceSet,
@@ -29,6 +29,7 @@ from callbox.messages import (
 if TYPE_CHECKING:
     from callbox.core.outbox import Outbox
     from callbox.core.store import Store
+
 
 MOST_AVAILABLE_FIRST: tuple[PresenceStatus, ...] = ("online", "away", "dnd")
 LAST_SEEN_REMEMBERED = 65_536
@@ -103,22 +104,21 @@ class Watchers:
         self.store.record_last_seen(user_id, self._unix_ms())
 
     def presence_of(self, user_id: str, rid: str | None = None) -> Presence:
-        user = self.store.user(user_id)
-        status = merged_status(() if user is None else user.sessions.values())
+        status = merged_status(self.store.devices(user_id))
         last_seen = self.store.last_seen(user_id) if status == "offline" else self._unix_ms()
         return Presence(user_id=user_id, status=status, last_seen=last_seen, rid=rid)
 
     def refresh(self, user_id: str) -> None:
         """Tell `user_id`'s watchers if its merged status changed; O(1) when nobody watches."""
-        watchers = self.store.watchers(user_id)
+        watchers = list(self.store.watchers(user_id))
         if not watchers:
             return
         current = self.presence_of(user_id)
         if self.store.published(user_id) == current.status:
             return
         self.store.set_published(user_id, current.status)
-        for watcher in list(watchers):
-            self.out.send(watcher, current)
+        for watcher in watchers:
+            self.out.send(held_session(self.store, watcher), current)
 
     def _unix_ms(self) -> int:
         return int(self.wall * 1000)

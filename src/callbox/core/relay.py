@@ -59,5 +59,5 @@ class Relay:
         else:
             relayed = _NEW_RELAYED_SDP_ANSWER(msg.call_id, session.user_id, msg.sdp, None)
         receiver = self.store.session(target.session_id or "")
-        assert receiver is not None, f"{msg.to} relays on session {target.session_id}, not held"
+        assert receiver is not None, f"{msg.to} is joined on session {target.session_id}, not held"
         self.out.send(receiver, relayed)

@@ -14,7 +14,7 @@ from attrs import define, field
 
 from callbox.config import Config
 from callbox.core.errors import Refused
-from callbox.core.sessions import Session, TokenBucket, add_to, discard_from
+from callbox.core.sessions import Session, TokenBucket, add_to, discard_from, held_session
 from callbox.messages import (
     RoomBroadcast,
     RoomJoin,
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 @define(eq=False)
 class Room:
     name: str
-    sessions: dict[str, Session] = field(factory=dict)
+    sessions: dict[str, str] = field(factory=dict)
+    """The ids of the member devices' sessions, to their users' ids, in the order they joined."""
     devices_per_user: Counter[str] = field(factory=Counter)
     call_id: str | None = None
     """The room's running call, started with `call_initiate {room}`."""
@@ -44,7 +45,7 @@ class Room:
 
     def add(self, session: Session) -> bool:
         """Adds a device; True when that makes its user a new member."""
-        self.sessions[session.session_id] = session
+        self.sessions[session.session_id] = session.user_id
         self.devices_per_user[session.user_id] += 1
         return self.devices_per_user[session.user_id] == 1
 
@@ -57,8 +58,9 @@ class Room:
             return True
         return False
 
-    def other_users_sessions(self, user_id: str) -> list[Session]:
-        return [s for s in self.sessions.values() if s.user_id != user_id]
+    def other_users_devices(self, user_id: str) -> list[str]:
+        """The session ids of the members other than `user_id`."""
+        return [sid for sid, uid in self.sessions.items() if uid != user_id]
 
 
 def room_of_member(store: Store, session: Session, name: str) -> Room:
@@ -93,8 +95,8 @@ class Rooms:
             session.rooms = add_to(session.rooms, msg.room)
             if room.add(session):
                 joined = RoomMemberJoined(room=room.name, user_id=session.user_id)
-                for other in room.other_users_sessions(session.user_id):
-                    self.out.send(other, joined)
+                for other in room.other_users_devices(session.user_id):
+                    self.out.send(held_session(self.store, other), joined)
         assert room is not None
         members = room.members()
         self.out.send(
@@ -116,8 +118,8 @@ class Rooms:
         discard_from(session.rooms, room.name)
         if room.remove(session):
             left = RoomMemberLeft(room=room.name, user_id=session.user_id)
-            for other in room.sessions.values():
-                self.out.send(other, left)
+            for other in room.sessions:
+                self.out.send(held_session(self.store, other), left)
         if not room.sessions:
             self.store.remove_room(room.name)
 
@@ -134,6 +136,6 @@ class Rooms:
         if not session.broadcast_bucket.take(now):
             raise Refused("rate_limited", f"at most {rate} broadcasts a second")
         message = RoomMessage(room=room.name, from_=session.user_id, data=msg.data)
-        for member in room.sessions.values():
-            if member is not session:
-                self.out.send(member, message)
+        for member in room.sessions:
+            if member != session.session_id:
+                self.out.send(held_session(self.store, member), message)

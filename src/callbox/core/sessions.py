@@ -229,9 +229,17 @@ class Link:
     bucket: TokenBucket
     address: str
     """What failed sign-ins on this connection count against (`throttle.address_key`)."""
-    session: Session | None = None
+    session_id: str | None = None
+    """The session this connection carries, once its `hello` has been answered."""
     delayed_hello: Hello | None = None
     """A `hello` waiting out its address's sign-in throttle."""
+
+
+def held_session(store: Store, session_id: str) -> Session:
+    """A session another record names: it must exist (records name only live sessions)."""
+    session = store.session(session_id)
+    assert session is not None, f"session {session_id} is named by a record but not held"
+    return session
 
 
 @define(eq=False)
@@ -259,7 +267,7 @@ class Sessions:
         session it started, if it did."""
         if link.delayed_hello is not None:
             reason = "a hello is already waiting for its answer"
-            self.out.error(link, "invalid_state", reason, "/type", hello.rid)
+            self.out.error(link.conn, "invalid_state", reason, "/type", hello.rid)
             return None
         delay = self.auth_throttle.delay(link.address, now)
         if delay > 0:
@@ -310,7 +318,7 @@ class Sessions:
     ) -> None:
         """Refuse a `hello`: say why (an `error`), close the connection with `closing`'s code and
         reason, and forget it."""
-        self.out.error(link, code, message, None, rid)
+        self.out.error(link.conn, code, message, None, rid)
         self.out.close(link.conn, *closing)
         self.out.cancel_timer(HelloTimer(link.conn))
         del self.links[link.conn]
@@ -318,7 +326,7 @@ class Sessions:
     def _attach(self, link: Link, session: Session) -> None:
         """`link`'s connection carries `session` from now on: its `hello` has been answered."""
         session.conn = link.conn
-        link.session = session
+        link.session_id = session.session_id
         self.out.cancel_timer(HelloTimer(link.conn))
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
@@ -396,7 +404,7 @@ class Sessions:
         """A connection that has not sent `hello` in time is closed (unless one is waiting out
         the throttle: that one is answered when it may be)."""
         link = self.links.get(conn)
-        if link is not None and link.session is None and link.delayed_hello is None:
+        if link is not None and link.session_id is None and link.delayed_hello is None:
             del self.links[conn]
             self.out.close(conn, CLOSE_HELLO_TIMEOUT, "hello timeout")
 

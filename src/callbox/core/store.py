@@ -5,12 +5,17 @@ times, the resume index), reached only through the `Store` port.
 a store shared by many nodes goes (docs/decisions/0008-core-layout.md). What is not a record
 stays out of it: the connections of this process (`Link`s) belong to the node that holds them.
 
+Records name each other by key, never hold each other: a user lists its sessions' ids, a room
+its members' session ids, a call its parties' session ids. So whatever the core reads, it read
+through a lookup here, which is what a store shared by many nodes must be able to see.
+
 Each operation costs the size of what it touches: calls by `call_id`, sessions by id and by resume
 token, and per user the sessions and calls it is in. Nothing scans all calls or all users.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from attrs import define, field
@@ -26,7 +31,8 @@ from callbox.messages import UserStatus
 class User:
     """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
 
-    sessions: dict[str, Session] = field(factory=dict)
+    sessions: list[str] = field(factory=list)
+    """The ids of its sessions, oldest first (a few: `max_sessions_per_user`)."""
     calls: set[str] | frozenset[str] = NOTHING
 
 
@@ -36,6 +42,10 @@ class Store(Protocol):
     # Sessions, and the resume index that finds one by any token still good for a resume
     def session(self, session_id: str) -> Session | None: ...
     def session_by_token(self, token: str) -> Session | None: ...
+    def devices(self, user_id: str) -> list[Session]:
+        """The user's sessions, oldest first."""
+        ...
+
     def add_session(self, session: Session) -> None: ...
     def remove_session(self, session: Session) -> User:
         """Forgets `session` and its tokens; returns its user, who may have no session left."""
@@ -61,7 +71,10 @@ class Store(Protocol):
     def remove_room(self, name: str) -> None: ...
 
     # Presence: who watches whom, what they were last told, when the offline were last seen
-    def watchers(self, user_id: str) -> set[Session] | None: ...
+    def watchers(self, user_id: str) -> Iterable[str]:
+        """The ids of the sessions watching `user_id` (none: empty)."""
+        ...
+
     def add_watcher(self, user_id: str, session: Session, told: UserStatus) -> None: ...
     def remove_watcher(self, user_id: str, session: Session) -> None: ...
     def published(self, user_id: str) -> UserStatus: ...
@@ -80,12 +93,13 @@ class LocalStore:
     the indexes against each other (tests/core/test_model.py)."""
 
     sessions: dict[str, Session] = field(factory=dict)
-    by_resume_token: dict[str, Session] = field(factory=dict)
+    by_resume_token: dict[str, str] = field(factory=dict)
+    """Every token still good for a resume, to its session's id."""
     users: dict[str, User] = field(factory=dict)
     calls: dict[str, Call] = field(factory=dict)
     rooms: dict[str, Room] = field(factory=dict)
-    watching: dict[str, set[Session]] = field(factory=dict)
-    """Per watched user, the sessions subscribed to its presence."""
+    watching: dict[str, dict[str, None]] = field(factory=dict)
+    """Per watched user, the ids of the sessions subscribed to its presence (a dict: ordered)."""
     told: dict[str, UserStatus] = field(factory=dict)
     """Per watched user, the status its watchers were last told."""
     seen: LastSeen = field(factory=LastSeen)
@@ -94,12 +108,17 @@ class LocalStore:
         return self.sessions.get(session_id)
 
     def session_by_token(self, token: str) -> Session | None:
-        return self.by_resume_token.get(token)
+        session_id = self.by_resume_token.get(token)
+        return None if session_id is None else self.sessions.get(session_id)
+
+    def devices(self, user_id: str) -> list[Session]:
+        user = self.users.get(user_id)
+        return [] if user is None else [self.sessions[sid] for sid in user.sessions]
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.session_id] = session
-        self.by_resume_token[session.resume_token] = session
-        self.users.setdefault(session.user_id, User()).sessions[session.session_id] = session
+        self.by_resume_token[session.resume_token] = session.session_id
+        self.users.setdefault(session.user_id, User()).sessions.append(session.session_id)
 
     def remove_session(self, session: Session) -> User:
         del self.sessions[session.session_id]
@@ -107,11 +126,11 @@ class LocalStore:
         if session.previous_token is not None:
             del self.by_resume_token[session.previous_token]
         user = self.users[session.user_id]
-        del user.sessions[session.session_id]
+        user.sessions.remove(session.session_id)
         return user
 
     def index_token(self, token: str, session: Session) -> None:
-        self.by_resume_token[token] = session
+        self.by_resume_token[token] = session.session_id
 
     def drop_token(self, token: str) -> None:
         del self.by_resume_token[token]
@@ -155,17 +174,17 @@ class LocalStore:
     def remove_room(self, name: str) -> None:
         del self.rooms[name]
 
-    def watchers(self, user_id: str) -> set[Session] | None:
-        return self.watching.get(user_id)
+    def watchers(self, user_id: str) -> Iterable[str]:
+        return self.watching.get(user_id, ())
 
     def add_watcher(self, user_id: str, session: Session, told: UserStatus) -> None:
-        self.watching.setdefault(user_id, set()).add(session)
+        self.watching.setdefault(user_id, {})[session.session_id] = None
         self.told[user_id] = told
 
     def remove_watcher(self, user_id: str, session: Session) -> None:
         """`session` stops watching `user_id`; the last watcher takes the user's entries along."""
         watchers = self.watching[user_id]
-        watchers.discard(session)
+        watchers.pop(session.session_id, None)
         if not watchers:
             del self.watching[user_id]
             del self.told[user_id]

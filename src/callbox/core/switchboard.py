@@ -49,7 +49,7 @@ from callbox.core.outbox import Outbox
 from callbox.core.presence import Watchers
 from callbox.core.relay import Relay
 from callbox.core.rooms import Rooms
-from callbox.core.sessions import Link, Session, Sessions, TokenBucket
+from callbox.core.sessions import Link, Session, Sessions, TokenBucket, held_session
 from callbox.core.states import CallState
 from callbox.core.store import LocalStore, Store
 from callbox.core.throttle import address_key
@@ -156,14 +156,14 @@ class Switchboard:
         try:
             message = decode_client(data)
         except ProtocolError as exc:
-            out.error(link, exc.code, exc.message, exc.path, exc.rid)
+            out.error(self._client(link), exc.code, exc.message, exc.path, exc.rid)
             return self._end()
         self.received[message.TYPE] += 1
         try:
             self._dispatch(link, message, now)
         except Exception:  # a bug, not a refusal: contained to this message and its sender
             log.exception("internal error handling %s on connection %s", message.TYPE, conn)
-            out.error(link, "internal", INTERNAL_ERROR_MESSAGE, None, message.rid)
+            out.error(self._client(link), "internal", INTERNAL_ERROR_MESSAGE, None, message.rid)
         return self._end()
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
@@ -173,7 +173,7 @@ class Switchboard:
         self.outbox.begin()
         if link.bucket.take(now):
             reason = "binary frames are not accepted: send JSON as text frames"
-            self.outbox.error(link, "invalid_message", reason, None, None)
+            self.outbox.error(self._client(link), "invalid_message", reason, None, None)
         else:
             self._rate_limited(link, None)
         return self._end()
@@ -181,12 +181,13 @@ class Switchboard:
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (clean close or not): its session enters the grace period."""
         link = self._links.pop(conn, None)
-        if link is not None and link.session is None:
+        if link is not None and link.session_id is None:
             return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
-        if link is None or link.session is None or link.session.conn != conn:
+        session = None if link is None else self._client(link)
+        if not isinstance(session, Session) or session.conn != conn:
             return []
         self.outbox.begin()
-        self._sessions.detach(link.session, now)
+        self._sessions.detach(session, now)
         return self._end()
 
     def timer_fired(self, key: TimerKey, now: float, wall: float) -> list[Action]:
@@ -230,21 +231,30 @@ class Switchboard:
                 self._end_session(session)
         return self.outbox.actions
 
+    def _client(self, link: Link) -> Session | ConnId:
+        """Who answers go to on `link`: its session, or the bare connection before `hello`."""
+        session_id = link.session_id
+        return link.conn if session_id is None else held_session(self.store, session_id)
+
     def _rate_limited(self, link: Link, rid: str | None) -> None:
         limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
-        self.outbox.error(link, "rate_limited", f"too many messages ({limit})", None, rid)
+        self.outbox.error(
+            self._client(link), "rate_limited", f"too many messages ({limit})", None, rid
+        )
 
     def _dispatch(self, link: Link, message: ClientMessage, now: float) -> None:
         """Hand `message` to the module that owns it; a refusal is answered with an `error`."""
-        session = link.session
-        if session is None:
+        session_id = link.session_id
+        if session_id is None:
             if isinstance(message, Hello):
                 self._started(self._sessions.hello(link, message, now), now)
             else:
                 self.outbox.error(
-                    link, "not_authenticated", "send hello first", "/type", message.rid
+                    link.conn, "not_authenticated", "send hello first", "/type", message.rid
                 )
             return
+        session = self.store.session(session_id)  # not held_session: this is every message
+        assert session is not None, f"connection {link.conn} carries ended session {session_id}"
         try:
             if isinstance(message, (IceCandidate, SdpOffer, SdpAnswer)):
                 self._relay.relay(session, message)  # most of the traffic: spare it the match
@@ -252,7 +262,7 @@ class Switchboard:
             match message:
                 case Hello():
                     reason = "already authenticated: hello is sent once"
-                    self.outbox.error(link, "invalid_state", reason, "/type", message.rid)
+                    self.outbox.error(session, "invalid_state", reason, "/type", message.rid)
                 case Ping():
                     self.outbox.send_unnumbered(link.conn, Pong(ts=message.ts, rid=message.rid))
                 case Ack():
@@ -284,7 +294,7 @@ class Switchboard:
                 case PresenceSet():
                     self._watchers.set_status(session, message)
         except Refused as refusal:
-            self.outbox.error(link, refusal.code, refusal.message, refusal.path, message.rid)
+            self.outbox.error(session, refusal.code, refusal.message, refusal.path, message.rid)
 
     def _timer(self, key: TimerKey, now: float) -> None:
         if isinstance(key, CALL_TIMERS):
