@@ -110,14 +110,14 @@ class Watchers:
 
     def refresh(self, user_id: str) -> None:
         """Tell `user_id`'s watchers if its merged status changed; O(1) when nobody watches."""
-        watchers = list(self.store.watchers(user_id))
-        if not watchers:
+        watchers = self.store.watchers(user_id)
+        if not watchers:  # most users: refreshed after every call event, so kept cheap
             return
         current = self.presence_of(user_id)
         if self.store.published(user_id) == current.status:
             return
         self.store.set_published(user_id, current.status)
-        for watcher in watchers:
+        for watcher in list(watchers):
             self.out.send(held_session(self.store, watcher), current)
 
     def _unix_ms(self) -> int:

@@ -15,7 +15,7 @@ token, and per user the sessions and calls it is in. Nothing scans all calls or 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Protocol
 
 from attrs import define, field
@@ -71,7 +71,7 @@ class Store(Protocol):
     def remove_room(self, name: str) -> None: ...
 
     # Presence: who watches whom, what they were last told, when the offline were last seen
-    def watchers(self, user_id: str) -> Iterable[str]:
+    def watchers(self, user_id: str) -> Collection[str]:
         """The ids of the sessions watching `user_id` (none: empty)."""
         ...
 
@@ -174,7 +174,7 @@ class LocalStore:
     def remove_room(self, name: str) -> None:
         del self.rooms[name]
 
-    def watchers(self, user_id: str) -> Iterable[str]:
+    def watchers(self, user_id: str) -> Collection[str]:
         return self.watching.get(user_id, ())
 
     def add_watcher(self, user_id: str, session: Session, told: UserStatus) -> None:
