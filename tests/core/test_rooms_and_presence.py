@@ -6,7 +6,7 @@ import pytest
 
 from callbox.core.states import CallState
 
-from .harness import Harness
+from .harness import Harness, call_between
 
 
 @pytest.fixture
@@ -193,6 +193,30 @@ def test_last_seen_is_the_unix_time_passed_with_the_event(h: Harness) -> None:
     assert h.expect(watcher, "presence", status="offline")["last_seen"] == 123_456_789
     h.send(watcher, {"type": "presence_subscribe", "users": ["a"], "rid": "again"})
     assert h.expect(watcher, "presence", rid="again")["last_seen"] == 123_456_789
+
+
+@pytest.mark.parametrize("ending", ["bye", "grace"])
+def test_a_session_that_watches_its_peer_ends_cleanly(
+    h: Harness, ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ending a session that watches the user it is in a call with ends the call, which changes
+    that user's presence: the ended session is no longer told (it has stopped watching first),
+    nothing fails, and the peer sees its call end. Found by the browser tests, where the demo page
+    watches the user it calls."""
+    a, b = h.login("a"), h.login("b")
+    for conn, peer in ((a, "b"), (b, "a")):
+        h.send(conn, {"type": "presence_subscribe", "users": [peer]})
+    call_between(h, a, b)
+    h.take_all(a)
+    h.take_all(b)
+    if ending == "bye":
+        h.send(a, {"type": "bye"})
+    else:
+        h.drop(a)
+        h.advance(h.config.reconnect_grace_ms / 1000)
+    assert sorted(m["type"] for m in h.take_all(b)) == ["call_ended", "presence"]
+    assert h.switchboard.call_state("call-0001") is None
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_most_available_device_wins(h: Harness) -> None:

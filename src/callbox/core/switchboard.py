@@ -325,9 +325,9 @@ class Switchboard:
     def _end_session(self, session: Session) -> None:
         """The session is over for good: its calls go on (or end) without it."""
         user = self._sessions.forget(session)
+        self._watchers.stop_watching(session)  # first: what follows changes others' presence
         self._calling.leave_on_end(session)
         self._rooms.leave_all(session)
-        self._watchers.stop_watching(session)
         if not user.sessions:
             self._watchers.last_seen_now(session.user_id)
         self._watchers.refresh(session.user_id)
