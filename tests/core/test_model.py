@@ -31,6 +31,7 @@ steps, roughly ten minutes), with a fresh random seed each time.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -126,6 +127,20 @@ class ReplayOverflowEndsResumableSession(FixedFinding):
 class PreviousTokenRefused(FixedFinding):
     """Issue 10, finding 2: after a resume whose `welcome` was lost, the previous resume token
     (the only one the client has) is refused instead of being honoured once."""
+
+
+CORE_LOG = logging.getLogger("callbox.core")
+
+
+class CoreFailures(logging.Handler):
+    """Keeps what the core logs as a failure (`internal error handling ...`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class Involvement(Enum):
@@ -235,6 +250,8 @@ class ProtocolModel(RuleBasedStateMachine):
             replay_buffer_bytes=16 * 1024 * 1024,  # the count binds, never the bytes
         )
         self.h.ice_refresh = ICE_REFRESH_S
+        self.failures = CoreFailures()
+        CORE_LOG.addHandler(self.failures)
         self.sb = self.h.switchboard
         outbox = self.sb.outbox
         assert isinstance(outbox, RecordingOutbox)
@@ -661,7 +678,15 @@ class ProtocolModel(RuleBasedStateMachine):
     # Checking what the core numbered --------------------------------------------------------------
 
     def _settle(self) -> None:
-        """Check every message numbered by the last event, then which sessions still exist."""
+        """Check every message numbered by the last event, then which sessions still exist.
+
+        First, that the core failed nowhere: a bug in a handler is answered `internal` and one
+        in a timer only logged, so neither would otherwise stop the run."""
+        if self.failures.records:
+            record = self.failures.records[0]
+            raise ProtocolViolation(f"the core failed: {record.getMessage()}") from (
+                None if record.exc_info is None else record.exc_info[1]
+            )
         for session_id, seq, message in self.outbox.numbered:
             self._tell(session_id, seq, message)
         self.outbox.numbered.clear()
@@ -796,6 +821,12 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Everyone reads, hangs up, rejects and says bye; time passes; nothing may remain."""
+        try:
+            self._everyone_leaves()
+        finally:
+            CORE_LOG.removeHandler(self.failures)
+
+    def _everyone_leaves(self) -> None:
         if sys.exc_info()[0] is not None:  # a step failed: report that, not a consequence
             return
         self.notice_dead_connections()
