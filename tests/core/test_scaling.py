@@ -44,6 +44,7 @@ def cost_of_room_broadcast(unrelated: int, members: int) -> int:
     for conn in conns:
         h.send(conn, {"type": "room_join", "room": "lobby"})
     message = {"type": "room_broadcast", "room": "lobby", "data": {"hello": "world"}}
+    h.send(conns[0], message)  # the first in a process costs more (caches warm up): not counted
     return function_calls(lambda: h.send(conns[0], message))
 
 
