@@ -44,20 +44,22 @@ async def hangup(alice: Client, bob: Client, running: CallIsRunning) -> str:
     return CALL
 
 
-async def rejected(alice: Client, bob: Client, running: CallIsRunning) -> str:
-    await ringing(alice, bob)
-    await running(CALL)
-    await bob.send({"type": "call_reject", "call_id": CALL, "reason": "declined"})
-    await bob.expect("call_ended", reason="rejected")
-    return CALL
+def rejection(reason: str, ended: str) -> Scenario:
+    """bob rejects the ringing call with `reason`; the call ends as `ended`."""
+
+    async def scenario(alice: Client, bob: Client, running: CallIsRunning) -> str:
+        await ringing(alice, bob)
+        await running(CALL)
+        await bob.send({"type": "call_reject", "call_id": CALL, "reason": reason})
+        await bob.expect("call_ended", reason=ended)
+        return CALL
+
+    scenario.__name__ = ended
+    return scenario
 
 
-async def busy(alice: Client, bob: Client, running: CallIsRunning) -> str:
-    await ringing(alice, bob)
-    await running(CALL)
-    await bob.send({"type": "call_reject", "call_id": CALL, "reason": "busy"})
-    await bob.expect("call_ended", reason="busy")
-    return CALL
+rejected = rejection("declined", "rejected")
+busy = rejection("busy", "busy")
 
 
 async def ring_timeout(alice: Client, bob: Client, running: CallIsRunning) -> str:
