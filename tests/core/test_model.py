@@ -302,11 +302,17 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @initialize()
     def everyone_says_hello(self) -> None:
-        """Each user's first device starts online, so calls start from the first step."""
-        for device in self.devices[::DEVICES_PER_USER]:
+        """Each user's first device starts online, so calls start from the first step, and
+        watches everyone else's presence, as a contact list does: every call event then changes
+        what watchers are told, including the ends of sessions that watch their call's peer."""
+        first_devices = self.devices[::DEVICES_PER_USER]
+        for device in first_devices:
             conn, hello = self.h.open(), {"type": "hello", "user_id": device.user}
             self.h.send(conn, hello)
             self._welcomed(device, conn, self.h.inbox[conn].pop(0), hello, None)
+        for device in first_devices:
+            others = [user for user in USERS if user != device.user]
+            self._send(device, {"type": "presence_subscribe", "users": others})
 
     @precondition(lambda self: self.offline())
     @rule(data=st.data())
