@@ -18,12 +18,18 @@ class Fired:
         self.at.append((key, trio.current_time()))
 
 
-async def test_timers_fire_when_due_in_deadline_order(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+def running_timers(nursery: trio.Nursery) -> tuple[SessionTimers, Fired]:
+    """Session timers whose task runs in `nursery`, and what they fire, with its time."""
     fired = Fired()
     timers = SessionTimers(fired)
     nursery.start_soon(timers.run)
+    return timers, fired
+
+
+async def test_timers_fire_when_due_in_deadline_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    timers, fired = running_timers(nursery)
     start = trio.current_time()
     timers.start(HelloTimer(1), start + 10)
     await trio.sleep(1)
@@ -36,9 +42,7 @@ async def test_timers_fire_when_due_in_deadline_order(
 async def test_a_cancelled_or_rearmed_timer_does_not_fire_at_its_old_deadline(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    fired = Fired()
-    timers = SessionTimers(fired)
-    nursery.start_soon(timers.run)
+    timers, fired = running_timers(nursery)
     start = trio.current_time()
     timers.start(HelloTimer(1), start + 5)
     timers.start(HelloTimer(2), start + 5)
@@ -72,9 +76,7 @@ async def test_cancelled_timers_do_not_pile_up(
 ) -> None:
     """Every connection's hello timeout is cancelled at its hello: 10,000 of them in a row
     leave a heap of a bounded size, and the live timer among them still fires."""
-    fired = Fired()
-    timers = SessionTimers(fired)
-    nursery.start_soon(timers.run)
+    timers, fired = running_timers(nursery)
     start = trio.current_time()
     timers.start(HelloTimer(0), start + 20)
     for conn in range(1, 10_001):
