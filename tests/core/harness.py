@@ -26,6 +26,7 @@ from callbox.core.actions import (
     TimerKey,
 )
 from callbox.core.outbox import Outbox
+from callbox.core.store import LocalStore, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
 
@@ -34,7 +35,11 @@ Wire = dict[str, Any]
 
 class Harness:
     outbox_type: type[Outbox] = Outbox
-    """Where the core writes what it decides: a subclass may record more (see test_model.py)."""
+    """Where the core writes what it decides: a subclass may record more."""
+    store_type: type[LocalStore] = TrackingStore
+    """Where the core keeps its records: tracking by default, so every core test also checks
+    that an event the core calls read-only changes nothing, and what each event read and wrote
+    is there to look at (`store.committed`); a subclass may record more (see test_model.py)."""
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).with_overrides(**overrides)
@@ -51,6 +56,7 @@ class Harness:
             ice_refresh_in=lambda: self.ice_refresh,
             new_token=lambda n: f"t{next(tokens)}",
             outbox=self.outbox_type(),
+            store=self.store_type(),
         )
         self.inbox: dict[int, list[Wire]] = {}
         self.closed: dict[int, tuple[int, str]] = {}

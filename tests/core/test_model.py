@@ -20,7 +20,7 @@ resume) and resumes whose `welcome` is lost (the token the client still holds mu
 the main run keeps a buffer it cannot fill and loses no `welcome`.
 
 The model reads the core's private indexes in two places only, both to check the core against
-itself: `RecordingOutbox` records every message numbered for a session, including those kept
+itself: `RecordingStore` records every message numbered for a session, including those kept
 for a client that is away (no `Send` shows them), and `core_inconsistencies` compares the indexes
 with each other and with the timers the shell holds.
 
@@ -60,10 +60,10 @@ from callbox.core.actions import (
     RingTimer,
     Send,
 )
-from callbox.core.outbox import Outbox
-from callbox.core.sessions import Session
+from callbox.codec import decode_server, with_seq
+from callbox.core.outbox import Delivery
 from callbox.core.states import CallState, PartyState
-from callbox.core.store import LocalStore
+from callbox.core.store import LocalStore, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import ServerMessage
 
@@ -149,20 +149,35 @@ class Involvement(Enum):
 
 
 @define(eq=False)
-class RecordingOutbox(Outbox):
+class RecordingStore(TrackingStore):
     """Records every message the core numbers for a session: the ones it sends and the ones it
     keeps for a client that is away, which no `Send` shows but a resume must replay."""
 
     numbered: list[tuple[str, int, ServerMessage]] = field(factory=list, init=False)
+    overflowed: dict[str, int] = field(factory=dict, init=False)
+    """Sessions the core ended for a replay overflow, with how many messages, never numbered,
+    would have overflowed it."""
 
-    def send(self, session: Session, message: ServerMessage) -> None:
-        seq = session.next_seq
-        super().send(session, message)
-        self.numbered.append((session.session_id, seq, message))
+    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
+        found = super().overflowing(actions)
+        for session_id in found:
+            pending = [a for a in actions if isinstance(a, Delivery)]
+            self.overflowed[session_id] = sum(a.session_id == session_id for a in pending)
+        return found
+
+    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
+        next_seq: dict[str, int] = {}
+        for action in actions:
+            if isinstance(action, Delivery):
+                session_id = action.session_id
+                seq = next_seq.get(session_id, self.sessions[session_id].next_seq)
+                next_seq[session_id] = seq + 1
+                self.numbered.append((session_id, seq, decode_server(with_seq(action.frame, seq))))
+        return super().deliver(actions)
 
 
 class ModelHarness(Harness):
-    outbox_type = RecordingOutbox
+    store_type = RecordingStore
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**overrides)
@@ -253,11 +268,8 @@ class ProtocolModel(RuleBasedStateMachine):
         self.failures = CoreFailures()
         CORE_LOG.addHandler(self.failures)
         self.sb = self.h.switchboard
-        outbox = self.sb.outbox
-        assert isinstance(outbox, RecordingOutbox)
-        self.outbox = outbox
         store = self.sb.store
-        assert isinstance(store, LocalStore)
+        assert isinstance(store, RecordingStore)
         self.store = store
         self.devices = [Device(u, i) for u in USERS for i in range(DEVICES_PER_USER)]
         self.sessions: dict[str, Told] = {}
@@ -693,9 +705,9 @@ class ProtocolModel(RuleBasedStateMachine):
             raise ProtocolViolation(f"the core failed: {record.getMessage()}") from (
                 None if record.exc_info is None else record.exc_info[1]
             )
-        for session_id, seq, message in self.outbox.numbered:
+        for session_id, seq, message in self.store.numbered:
             self._tell(session_id, seq, message)
-        self.outbox.numbered.clear()
+        self.store.numbered.clear()
         self._check_session_ends()
         self.request = None
 
@@ -761,9 +773,11 @@ class ProtocolModel(RuleBasedStateMachine):
 
     def _overflowed(self, told: Told) -> bool:
         """More messages arrived while away than the buffer holds: the session may end (the fixed
-        rule of issue 10's finding 1; only the resume is then certain to be refused)."""
+        rule of issue 10's finding 1; only the resume is then certain to be refused). The
+        messages that would have overflowed it are never numbered: the store says how many."""
         away = len(told.messages) - told.numbered_at_detach
-        return told.detached_at is not None and away > self.replay_messages
+        never_numbered = self.store.overflowed.get(told.session_id, 0)
+        return told.detached_at is not None and away + never_numbered > self.replay_messages
 
     def _check_session_ends(self) -> None:
         core = self.store.sessions

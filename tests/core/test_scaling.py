@@ -11,6 +11,8 @@ import cProfile
 import pstats
 from collections.abc import Callable
 
+from callbox.core.store import LocalStore
+
 from .harness import Harness, call_between, initiate
 
 MEDIA = {"audio": True, "video": False}
@@ -24,9 +26,14 @@ def function_calls(operation: Callable[[], None]) -> int:
     return pstats.Stats(profiler).total_calls  # type: ignore[attr-defined, no-any-return]
 
 
+class CountedHarness(Harness):
+    store_type = LocalStore
+    """What a server runs: not the tracking store the other core tests check transactions with."""
+
+
 def populated(unrelated: int) -> Harness:
     """A server with `unrelated` busy users: each in its own room, watched, and half in calls."""
-    h = Harness()
+    h = CountedHarness()
     conns = [h.login(f"bystander-{n}") for n in range(unrelated)]
     for n, conn in enumerate(conns):
         h.send(conn, {"type": "room_join", "room": f"room-{n}"})

@@ -26,6 +26,7 @@ from callbox.core.actions import (
 )
 from callbox.core.errors import Refused
 from callbox.core.presence import Watchers
+from callbox.core.records import shallow_copy
 from callbox.core.rooms import room_of_member
 from callbox.core.sessions import Session, add_to, discard_from, held_session
 from callbox.core.states import (
@@ -85,6 +86,11 @@ class Party:
     def apply(self, event: PartyEvent) -> None:
         self.state = next_party_state(self.state, event)
 
+    def copy(self) -> Party:
+        copy = shallow_copy(self)
+        copy.ringing_sessions = set(self.ringing_sessions)
+        return copy
+
 
 @define(eq=False)
 class Call:
@@ -98,6 +104,12 @@ class Call:
     state: CallState = CallState.RINGING
     ends_at: float | None = None
     """When the duration cap ends the call; set when it first becomes active."""
+
+    def copy(self) -> Call:
+        """A copy that shares no container the core changes in place (see core/records.py)."""
+        copy = shallow_copy(self)
+        copy.parties = {user_id: party.copy() for user_id, party in self.parties.items()}
+        return copy
 
     def joined(self) -> list[Party]:
         return [party for party in self.parties.values() if party.state is PartyState.JOINED]
@@ -140,11 +152,11 @@ def _count_change(before: PartyState, after: PartyState, counted: PartyState) ->
 class Reply:
     """The request being answered: its `rid` is echoed on what is sent to the requesting session."""
 
-    session: Session
+    session_id: str
     rid: str | None
 
-    def rid_for(self, session: Session) -> str | None:
-        return self.rid if session is self.session else None
+    def rid_for(self, session_id: str | None) -> str | None:
+        return self.rid if session_id == self.session_id else None
 
 
 def device_busy(session: Session) -> Refused:
@@ -285,7 +297,7 @@ class Calling:
                 unavailable.append((party, reason))
         if available:
             ringing = CallRinging(call_id=call.call_id, to=[p.user_id for p in available], rid=rid)
-            self.out.send(by, ringing)
+            self.out.send(by.session_id, ringing)
         for party in available:
             party.ring_deadline = now + self.config.ring_timeout_ms / 1000
             self.out.start_timer(RingTimer(call.call_id, party.user_id), party.ring_deadline)
@@ -293,7 +305,7 @@ class Calling:
                 self._ring_device(call, party, session, now)
         for party, reason in unavailable:
             if call.state is not CallState.ENDED:
-                self._drop_out(call, party, reason, Reply(by, rid))
+                self._drop_out(call, party, reason, Reply(by.session_id, rid))
 
     def _unavailable(self, user_id: str, call_id: str) -> DropoutReason | None:
         devices = self._devices(user_id)
@@ -318,7 +330,7 @@ class Calling:
             expires_in_ms=max(0, round((party.ring_deadline - now) * 1000)),
             metadata=call.metadata,
         )
-        self.out.send(session, incoming)
+        self.out.send(session.session_id, incoming)
 
     def _merge_glare(self, session: Session, msg: CallInitiate, callee: str, now: float) -> bool:
         """Two users calling each other at once get one call: the lesser `call_id` survives."""
@@ -334,8 +346,9 @@ class Calling:
             if not crossed or mine is None:
                 continue
             if call.call_id < msg.call_id:
-                self.out.send(session, CallEnded(call_id=msg.call_id, reason="merged", rid=msg.rid))
-                self._join(call, mine, session, Reply(session, msg.rid), now)
+                ended = CallEnded(call_id=msg.call_id, reason="merged", rid=msg.rid)
+                self.out.send(session.session_id, ended)
+                self._join(call, mine, session, Reply(session.session_id, msg.rid), now)
                 return True
             their_session = self._session(call.parties[callee].session_id)
             call.apply(CallEvent.MERGE)
@@ -352,7 +365,8 @@ class Calling:
             self.store.add_call_of_user(callee, merged.call_id)
             session.call_id = merged.call_id
             self.out.actions.append(OpenCall(merged.call_id))
-            self._join(merged, merged.parties[callee], their_session, Reply(session, msg.rid), now)
+            reply = Reply(session.session_id, msg.rid)
+            self._join(merged, merged.parties[callee], their_session, reply, now)
             return True
         return False
 
@@ -370,7 +384,7 @@ class Calling:
             self._drop_out(call, party, "call_full")
             limit = self.config.max_participants
             raise Refused("call_full", f"call {call.call_id} already has {limit} participants")
-        self._join(call, party, session, Reply(session, msg.rid), now)
+        self._join(call, party, session, Reply(session.session_id, msg.rid), now)
 
     def _admit_room_member(self, session: Session, call_id: str) -> None:
         """A member of a room may join the room's call without having been rung."""
@@ -398,7 +412,7 @@ class Calling:
             other = self._session(other_id)
             other.forget_call(call.call_id)
             self.out.send(
-                other,
+                other_id,
                 CallEnded(call_id=call.call_id, reason="answered_elsewhere", by=party.user_id),
             )
         party.ringing_sessions.clear()
@@ -407,12 +421,11 @@ class Calling:
             self._arm_duration_cap(call, now)
         participants = call.joined_user_ids()
         for member in call.joined():
-            member_session = self._session(member.session_id)
-            echo = reply.rid_for(member_session)
+            echo = reply.rid_for(member.session_id)
             accepted = CallAccepted(
                 call_id=call.call_id, by=party.user_id, participants=participants, rid=echo
             )
-            self.out.send(member_session, accepted)
+            self.send_party(member, accepted)
         if was_active:
             for member in already_in:
                 self.send_party(
@@ -434,7 +447,7 @@ class Calling:
     def reject(self, session: Session, msg: CallReject) -> None:
         call = call_of_invitee(self.store, session, msg.call_id)
         party = call.parties[session.user_id]
-        self._drop_out(call, party, msg.reason, Reply(session, msg.rid))
+        self._drop_out(call, party, msg.reason, Reply(session.session_id, msg.rid))
 
     def hangup(self, session: Session, msg: Hangup) -> None:
         call = call_of_member(self.store, session, msg.call_id)
@@ -467,7 +480,7 @@ class Calling:
         session.forget_call(call.call_id)
         if reason == "hangup":
             self.out.send(
-                session,
+                session.session_id,
                 CallEnded(
                     call_id=call.call_id, reason="hangup", by=party.user_id, detail=detail, rid=rid
                 ),
@@ -496,18 +509,17 @@ class Calling:
         for session_id in party.ringing_sessions:
             device = self._session(session_id)
             device.forget_call(call.call_id)
-            echo = None if reply is None else reply.rid_for(device)
+            echo = None if reply is None else reply.rid_for(session_id)
             self.out.send(
-                device,
+                session_id,
                 CallEnded(call_id=call.call_id, reason=end_reason, by=party.user_id, rid=echo),
             )
         party.ringing_sessions.clear()
         self._unlink(party.user_id, call.call_id)
         for member in call.joined():
-            member_session = self._session(member.session_id)
-            rid = None if reply is None else reply.rid_for(member_session)
+            rid = None if reply is None else reply.rid_for(member.session_id)
             rejected = CallRejected(call_id=call.call_id, by=party.user_id, reason=reason, rid=rid)
-            self.out.send(member_session, rejected)
+            self.send_party(member, rejected)
         if state is CallState.ENDED:
             self._end_call(call, end_reason, by=party.user_id)
 
@@ -524,7 +536,7 @@ class Calling:
             for session_id in devices:
                 session = self._session(session_id)
                 session.forget_call(call.call_id)
-                self.out.send(session, ended)
+                self.out.send(session_id, ended)
             party.ringing_sessions.clear()
             party.session_id = None
             self._unlink(party.user_id, call.call_id)
@@ -573,7 +585,7 @@ class Calling:
 
     def send_party(self, party: Party, message: ServerMessage) -> None:
         if party.session_id is not None:
-            self.out.send(self._session(party.session_id), message)
+            self.out.send(party.session_id, message)
 
     def _call(self, call_id: str) -> Call:
         call = self.store.call(call_id)

@@ -1,32 +1,46 @@
-"""What the event being handled asks of the shell: frames to send, connections to close, timers.
+"""What the event being handled decides: messages for sessions, frames for connections, closes,
+timers, and the changes to this process's connections that wait for the event's commit.
 
 Every module of the core writes here, and the switchboard hands the lot to the shell at the end
-of the event, in the order it was decided. A message for a session is numbered in the session's
-sequence and kept for replay by `Session.deliver`; one that is not (`welcome`, `pong`, an `error`
-before `hello`) is sent as it is.
+of the event, in the order it was decided. A message for a session is a `Delivery`: encoded once,
+not yet numbered; the store numbers it in the session's sequence (and keeps it for replay) only
+when the event commits, so an event rolled back or run again has numbered nothing. One that is not
+for a session's sequence (`welcome`, `pong`, an `error` before `hello`) is a `Send` as it is.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
-from attrs import define, field
+from attrs import define, field, frozen
 
-from callbox.codec import encode, with_seq
+from callbox.codec import encode, positional_constructor
 from callbox.core.actions import Action, CancelTimer, Close, ConnId, Send, StartTimer, TimerKey
-from callbox.core.sessions import ReplayOverflow, Session
 from callbox.messages import Error, ErrorCode, ServerMessage
+
+
+@frozen
+class Delivery:
+    """`frame`, encoded without `seq`, for session `session_id`: numbered at commit."""
+
+    session_id: str
+    frame: bytes
+
+
+_NEW_DELIVERY = positional_constructor(Delivery)  # once per message for a session
 
 
 @define(eq=False)
 class Outbox:
-    actions: list[Action] = field(factory=list, init=False)
-    """This event's actions, in order."""
-    overflowed: list[Session] = field(factory=list, init=False)
-    """Sessions whose replay overflowed while they were away: the switchboard ends them once the
-    event's own work is done, so ending one never happens in the middle of another change."""
+    actions: list[Action | Delivery] = field(factory=list, init=False)
+    """This event's actions and deliveries, in order."""
+    after_commit: list[Callable[[], object]] = field(factory=list, init=False)
+    """Changes to this process's connections (`Link`s), made once the event commits: an event
+    that is rolled back and run again must find them as they were."""
     errors: Counter[str] = field(factory=Counter, init=False)
-    """`error` messages sent, by code (for metrics)."""
+    """`error` messages sent, by code (for metrics): counted when their event commits."""
+    _error_codes: list[str] = field(factory=list, init=False)
     _encoded: ServerMessage | None = field(default=None, init=False)
     """The message last sent: it is immutable, so it is sent to the next session (a broadcast,
     `call_ended` to every party) without being encoded again."""
@@ -34,19 +48,23 @@ class Outbox:
     """`_encoded`, encoded without `seq`: each session's frame splices its own `seq` in."""
 
     def begin(self) -> None:
+        """A new event (or the same one again, after a rollback): nothing decided yet."""
         self.actions = []
+        if self.after_commit:
+            self.after_commit = []
+        if self._error_codes:
+            self._error_codes = []
 
-    def send(self, session: Session, message: ServerMessage) -> None:
-        """Number `message` in `session`'s sequence and send it (or keep it, if it is away)."""
+    def committed(self) -> None:
+        """The event's decisions stand: count its errors."""
+        for code in self._error_codes:
+            self.errors[code] += 1
+
+    def send(self, session_id: str, message: ServerMessage) -> None:
+        """Send `message` to the session, numbered in its sequence when the event commits."""
         if message is not self._encoded:  # else the same to another session: a room broadcast
             self._encoded, self._unnumbered = message, encode(message)
-        try:
-            send = session.deliver(with_seq(self._unnumbered, session.next_seq))
-        except ReplayOverflow:
-            self.overflowed.append(session)
-            return
-        if send is not None:
-            self.actions.append(send)
+        self.actions.append(_NEW_DELIVERY(session_id, self._unnumbered))
 
     def send_unnumbered(self, conn: ConnId, message: ServerMessage) -> None:
         """Send outside the session's sequence: not replayed (`welcome`, `pong`, `error`s
@@ -55,17 +73,17 @@ class Outbox:
 
     def error(
         self,
-        to: Session | ConnId,
+        to: str | ConnId,
         code: ErrorCode,
         message: str,
         path: str | None,
         rid: str | None,
     ) -> None:
-        """Answer a client with an `error`: numbered in its session's sequence, or to its
-        connection (`to`) as it is if it has no session yet."""
+        """Answer a client with an `error`: numbered in the sequence of its session (`to`, a
+        session id), or to its connection (`to`, a `ConnId`) as it is if it has no session yet."""
         error = Error(code=code, message=message, path=path, rid=rid)
-        self.errors[code] += 1
-        if isinstance(to, Session):
+        self._error_codes.append(code)
+        if isinstance(to, str):
             self.send(to, error)
         else:
             self.send_unnumbered(to, error)

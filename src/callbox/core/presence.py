@@ -16,7 +16,7 @@ from attrs import define
 
 from callbox.config import Config
 from callbox.core.errors import Refused
-from callbox.core.sessions import Session, add_to, discard_from, held_session
+from callbox.core.sessions import Session, add_to, discard_from
 from callbox.messages import (
     Presence,
     PresenceSet,
@@ -52,14 +52,33 @@ class LastSeen:
         self._capacity = capacity
         self._seen: OrderedDict[str, int] = OrderedDict()
 
-    def record(self, user_id: str, unix_ms: int) -> None:
+    def record(self, user_id: str, unix_ms: int) -> tuple[str, int] | None:
+        """Remember `user_id` as seen at `unix_ms`; returns the entry this forgot, if any."""
         self._seen[user_id] = unix_ms
         self._seen.move_to_end(user_id)
         if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+            return self._seen.popitem(last=False)
+        return None
 
     def get(self, user_id: str) -> int | None:
         return self._seen.get(user_id)
+
+    def restore(self, user_id: str, unix_ms: int | None, *, oldest: bool = False) -> None:
+        """Undo a `record`: put back what `user_id` had (None: nothing), as the oldest entry if
+        it is one `record` forgot. An entry put back otherwise counts as the newest: a rolled
+        back event can only make a user's last-seen time forgotten later, never change it."""
+        if unix_ms is None:
+            self._seen.pop(user_id, None)
+            return
+        self._seen[user_id] = unix_ms
+        if oldest:
+            self._seen.move_to_end(user_id, last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._seen
 
 
 @define(eq=False)
@@ -82,7 +101,7 @@ class Watchers:
             session.watching = add_to(session.watching, user_id)
             current = self.presence_of(user_id, rid=msg.rid)
             self.store.add_watcher(user_id, session, current.status)
-            self.out.send(session, current)
+            self.out.send(session.session_id, current)
 
     def unsubscribe(self, session: Session, msg: PresenceUnsubscribe) -> None:
         for user_id in msg.users:
@@ -118,7 +137,7 @@ class Watchers:
             return
         self.store.set_published(user_id, current.status)
         for watcher in list(watchers):
-            self.out.send(held_session(self.store, watcher), current)
+            self.out.send(watcher, current)
 
     def _unix_ms(self) -> int:
         return int(self.wall * 1000)

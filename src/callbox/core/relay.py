@@ -1,7 +1,8 @@
 """Relay: SDP offers and answers and ICE candidates, passed from one participant to another.
 
-Most of the traffic is this, so the path is kept short: one lookup of the call, one of the
-target's session, a message built positionally, one `Outbox.send`.
+Most of the traffic is this, so the path is kept short: one lookup of the call, a message built
+positionally, one `Outbox.send` to the target's session id (looked up when the event commits).
+A relay only reads records: its event copies nothing for a rollback.
 """
 
 from __future__ import annotations
@@ -58,6 +59,5 @@ class Relay:
             relayed = _NEW_RELAYED_SDP_OFFER(msg.call_id, session.user_id, msg.sdp, None)
         else:
             relayed = _NEW_RELAYED_SDP_ANSWER(msg.call_id, session.user_id, msg.sdp, None)
-        receiver = self.store.session(target.session_id or "")
-        assert receiver is not None, f"{msg.to} is joined on session {target.session_id}, not held"
-        self.out.send(receiver, relayed)
+        assert target.session_id is not None, f"{msg.to} is joined without a session"
+        self.out.send(target.session_id, relayed)

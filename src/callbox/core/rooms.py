@@ -14,7 +14,7 @@ from attrs import define, field
 
 from callbox.config import Config
 from callbox.core.errors import Refused
-from callbox.core.sessions import Session, TokenBucket, add_to, discard_from, held_session
+from callbox.core.sessions import Session, TokenBucket, add_to, discard_from
 from callbox.messages import (
     RoomBroadcast,
     RoomJoin,
@@ -39,6 +39,10 @@ class Room:
     devices_per_user: Counter[str] = field(factory=Counter)
     call_id: str | None = None
     """The room's running call, started with `call_initiate {room}`."""
+
+    def copy(self) -> Room:
+        """A copy that shares no container the core changes in place (see core/records.py)."""
+        return Room(self.name, dict(self.sessions), self.devices_per_user.copy(), self.call_id)
 
     def members(self) -> list[str]:
         return list(self.devices_per_user)
@@ -96,16 +100,17 @@ class Rooms:
             if room.add(session):
                 joined = RoomMemberJoined(room=room.name, user_id=session.user_id)
                 for other in room.other_users_devices(session.user_id):
-                    self.out.send(held_session(self.store, other), joined)
+                    self.out.send(other, joined)
         assert room is not None
         members = room.members()
         self.out.send(
-            session, RoomJoined(room=room.name, members=members, call_id=room.call_id, rid=msg.rid)
+            session.session_id,
+            RoomJoined(room=room.name, members=members, call_id=room.call_id, rid=msg.rid),
         )
 
     def leave(self, session: Session, msg: RoomLeave) -> None:
         self.leave_room(room_of_member(self.store, session, msg.room), session)
-        self.out.send(session, RoomLeft(room=msg.room, rid=msg.rid))
+        self.out.send(session.session_id, RoomLeft(room=msg.room, rid=msg.rid))
 
     def leave_all(self, session: Session) -> None:
         """The session has ended: it leaves every room it was in."""
@@ -119,7 +124,7 @@ class Rooms:
         if room.remove(session):
             left = RoomMemberLeft(room=room.name, user_id=session.user_id)
             for other in room.sessions:
-                self.out.send(held_session(self.store, other), left)
+                self.out.send(other, left)
         if not room.sessions:
             self.store.remove_room(room.name)
 
@@ -138,4 +143,4 @@ class Rooms:
         message = RoomMessage(room=room.name, from_=session.user_id, data=msg.data)
         for member in room.sessions:
             if member != session.session_id:
-                self.out.send(held_session(self.store, member), message)
+                self.out.send(member, message)

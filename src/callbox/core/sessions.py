@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from attrs import define, field
 
 from callbox.auth import AuthError
-from callbox.codec import positional_constructor
+from callbox.codec import positional_constructor, with_seq
 from callbox.config import Config
 from callbox.core.actions import (
     CLOSE_AUTH_FAILED,
@@ -30,6 +31,7 @@ from callbox.core.actions import (
     Send,
 )
 from callbox.core.errors import Refused
+from callbox.core.records import shallow_copy
 from callbox.core.throttle import AuthThrottle
 from callbox.messages import (
     Ack,
@@ -82,6 +84,9 @@ class TokenBucket:
     def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
         return cls(rate=rate, burst=burst, tokens=burst, updated=now)
 
+    def copy(self) -> TokenBucket:
+        return shallow_copy(self)
+
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
@@ -129,6 +134,21 @@ class Session:
     broadcast_bucket: TokenBucket | None = None
     """Made at the first `room_broadcast`: most sessions never send one."""
 
+    def copy(self) -> Session:
+        """A copy that shares no container the core changes in place (see core/records.py)."""
+        copy = shallow_copy(self)
+        if self.replay is not None:
+            copy.replay = self.replay.copy()
+        if isinstance(self.recently_ended, deque):
+            copy.recently_ended = self.recently_ended.copy()
+        for name in ("ringing", "rooms", "watching"):
+            items = getattr(self, name)
+            if isinstance(items, set):
+                setattr(copy, name, set(items))
+        if self.broadcast_bucket is not None:
+            copy.broadcast_bucket = self.broadcast_bucket.copy()
+        return copy
+
     def deliver(self, frame: bytes) -> Send | None:
         """Keep `frame`, the message numbered `next_seq`, for replay, and say where to send it
         now (if connected). The oldest frames make room when a replay limit is passed.
@@ -152,6 +172,17 @@ class Session:
             held -= len(replay.popleft())
         self.replay_held = held
         return None if self.conn is None else _NEW_SEND(self.conn, frame)
+
+    def overflows_with(self, frames: list[bytes]) -> bool:
+        """Whether delivering `frames` (unnumbered) would end the session (`ReplayOverflow`):
+        tried on a copy, so the rule stays `deliver`'s alone."""
+        probe = self.copy()
+        try:
+            for frame in frames:
+                probe.deliver(with_seq(frame, probe.next_seq))
+        except ReplayOverflow:
+            return True
+        return False
 
     def detach(self, grace_deadline: float) -> None:
         """The connection is lost: what is sent from now on waits for a resume."""
@@ -271,7 +302,7 @@ class Sessions:
             return None
         delay = self.auth_throttle.delay(link.address, now)
         if delay > 0:
-            link.delayed_hello = hello
+            self.out.after_commit.append(partial(setattr, link, "delayed_hello", hello))
             self.out.start_timer(HelloDelayTimer(link.conn), now + delay)
             return None
         return self._sign_in(link, hello, now)
@@ -281,7 +312,7 @@ class Sessions:
         try:
             user_id = self.authenticate(hello)
         except AuthError as exc:
-            self.auth_throttle.failed(link.address, now)
+            self.out.after_commit.append(partial(self.auth_throttle.failed, link.address, now))
             closing = (CLOSE_AUTH_FAILED, "authentication failed")
             self._turn_away(link, "auth_failed", str(exc), hello.rid, closing)
             return None
@@ -321,12 +352,12 @@ class Sessions:
         self.out.error(link.conn, code, message, None, rid)
         self.out.close(link.conn, *closing)
         self.out.cancel_timer(HelloTimer(link.conn))
-        del self.links[link.conn]
+        self.out.after_commit.append(partial(self.links.pop, link.conn, None))
 
     def _attach(self, link: Link, session: Session) -> None:
         """`link`'s connection carries `session` from now on: its `hello` has been answered."""
         session.conn = link.conn
-        link.session_id = session.session_id
+        self.out.after_commit.append(partial(setattr, link, "session_id", session.session_id))
         self.out.cancel_timer(HelloTimer(link.conn))
 
     def _welcome(self, session: Session, *, resumed: bool, rid: str | None, now: float) -> None:
@@ -355,7 +386,7 @@ class Sessions:
         4002 and forgotten, so that neither its loss (a grace timer) nor what still arrives on it
         acts for the session any more."""
         if session.conn is not None:
-            self.links.pop(session.conn, None)
+            self.out.after_commit.append(partial(self.links.pop, session.conn, None))
             self.out.close(session.conn, CLOSE_TAKEN_OVER, "session taken over")
 
     def _resume(self, link: Link, session: Session, hello: Hello, now: float) -> None:
@@ -405,7 +436,7 @@ class Sessions:
         the throttle: that one is answered when it may be)."""
         link = self.links.get(conn)
         if link is not None and link.session_id is None and link.delayed_hello is None:
-            del self.links[conn]
+            self.out.after_commit.append(partial(self.links.pop, conn, None))
             self.out.close(conn, CLOSE_HELLO_TIMEOUT, "hello timeout")
 
     def throttle_passed(self, conn: ConnId, now: float) -> Session | None:
@@ -413,7 +444,8 @@ class Sessions:
         link = self.links.get(conn)
         if link is None or link.delayed_hello is None:
             return None
-        hello, link.delayed_hello = link.delayed_hello, None
+        hello = link.delayed_hello
+        self.out.after_commit.append(partial(setattr, link, "delayed_hello", None))
         return self._sign_in(link, hello, now)
 
     def grace_over(self, session_id: str, now: float) -> Session | None:
@@ -426,5 +458,6 @@ class Sessions:
         """Push fresh TURN credentials to a connected session, and arm the next refresh."""
         session = self.store.session(session_id)
         if session is not None and session.conn is not None:
-            self.out.send(session, IceServersUpdate(ice_servers=self.ice_servers(session.user_id)))
+            update = IceServersUpdate(ice_servers=self.ice_servers(session.user_id))
+            self.out.send(session.session_id, update)
             self._arm_ice_refresh(session, now)

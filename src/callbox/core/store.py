@@ -9,19 +9,31 @@ Records name each other by key, never hold each other: a user lists its sessions
 its members' session ids, a call its parties' session ids. So whatever the core reads, it read
 through a lookup here, which is what a store shared by many nodes must be able to see.
 
+Each event is a transaction (docs/decisions/0010-events-as-transactions.md): `begin` says whether
+the event may change records, `commit` keeps what it did, `rollback` undoes it. An event that may
+change records has each record copied at its first lookup, and every insertion and deletion
+journaled; an event that only reads (a relay, most of the traffic) pays nothing for that.
+`TrackingStore` also reports each event's read set with versions and its write and delete sets,
+and `Missing` is what a lookup raises when the record is not at hand: the event is rolled back
+and run again once it is.
+
 Each operation costs the size of what it touches: calls by `call_id`, sessions by id and by resume
 token, and per user the sessions and calls it is in. Nothing scans all calls or all users.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Protocol
+from collections.abc import Collection, MutableMapping
+from typing import Any, Final, Protocol
 
-from attrs import define, field
+from attrs import define, field, frozen
 
+from callbox.codec import with_seq
+from callbox.core.actions import Action
 from callbox.core.calls import Call
+from callbox.core.outbox import Delivery
 from callbox.core.presence import LastSeen
+from callbox.core.records import put_back, shallow_copy, value_of
 from callbox.core.rooms import Room
 from callbox.core.sessions import NOTHING, Session, add_to, discard_from
 from callbox.messages import UserStatus
@@ -31,9 +43,44 @@ from callbox.messages import UserStatus
 class User:
     """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
 
+    user_id: str
     sessions: list[str] = field(factory=list)
     """The ids of its sessions, oldest first (a few: `max_sessions_per_user`)."""
     calls: set[str] | frozenset[str] = NOTHING
+
+    def copy(self) -> User:
+        copy = shallow_copy(self)
+        copy.sessions = list(self.sessions)
+        if isinstance(self.calls, set):
+            copy.calls = set(self.calls)
+        return copy
+
+
+Record = Session | User | Call | Room
+RecordKey = tuple[str, str]
+"""A record's kind ("session", "user", "call", "room", "token", "watchers", "presence",
+"last_seen") and its key within that kind."""
+
+
+class Missing(Exception):
+    """The record under `key` is not at hand: the event is rolled back, and run again once the
+    store has fetched it. `LocalStore` holds every record, so only a store that caches a shared
+    one (or a test, `tests/core/test_transactions.py`) raises it."""
+
+    def __init__(self, key: RecordKey) -> None:
+        super().__init__(f"{key[0]} {key[1]!r} is not at hand")
+        self.key = key
+
+
+@frozen
+class Transaction:
+    """What one committed event did to the store (`TrackingStore.committed`)."""
+
+    reads: tuple[tuple[RecordKey, int], ...]
+    """Each key looked up, with the version it had (0: absent), in the order first looked up."""
+    writes: frozenset[RecordKey]
+    """Keys whose value the event created or changed."""
+    deletes: frozenset[RecordKey]
 
 
 class Store(Protocol):
@@ -86,6 +133,36 @@ class Store(Protocol):
         """How many records of each kind there are (for metrics and tests)."""
         ...
 
+    # Transactions: one per event
+    def begin(self, *, changing: bool) -> None:
+        """An event starts; `changing`: it may change records (else it only reads them)."""
+        ...
+
+    def changing(self) -> None:
+        """The event turns out to change records after all (a relay whose receiver's replay
+        overflowed ends that session): from now on, records are kept for a rollback."""
+        ...
+
+    def commit(self) -> None: ...
+    def rollback(self) -> None:
+        """Undo every change since `begin`."""
+        ...
+
+    # Deliveries: numbered once the event's changes are in
+    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
+        """The sessions, away from their connection, whose replay these deliveries would
+        overflow (`Session.deliver`): they end within the event, before anything is numbered."""
+        ...
+
+    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
+        """`actions` with each delivery numbered in its session's sequence and kept for replay:
+        a `Send` if the session is connected, nothing yet if it is away."""
+        ...
+
+
+_ABSENT: Final[Any] = object()
+"""In the journal: the key had no entry before the event."""
+
 
 @define(eq=False)
 class LocalStore:
@@ -104,88 +181,223 @@ class LocalStore:
     """Per watched user, the status its watchers were last told."""
     seen: LastSeen = field(factory=LastSeen)
 
+    _changing: bool = field(default=False, init=False)
+    """Whether the event being handled may change records: if so, each is copied once."""
+    _copies: dict[int, tuple[Record, Record]] = field(factory=dict, init=False)
+    """The records the event may have changed, by `id`: the live record and its copy."""
+    _journal: list[tuple[str, str, Any]] = field(factory=list, init=False)
+    """Every entry the event added, replaced or removed: (kind, key, what it was before)."""
+    _mappings: dict[str, MutableMapping[str, Any]] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._mappings = {
+            "session": self.sessions,
+            "token": self.by_resume_token,
+            "user": self.users,
+            "call": self.calls,
+            "room": self.rooms,
+            "watchers": self.watching,
+            "presence": self.told,
+        }
+
+    # Transactions ----------------------------------------------------------------------------
+
+    def begin(self, *, changing: bool) -> None:
+        self._changing = changing
+
+    def changing(self) -> None:
+        self._changing = True
+
+    def commit(self) -> None:
+        self._copies.clear()
+        self._journal.clear()
+
+    def rollback(self) -> None:
+        for live, copy in self._copies.values():
+            put_back(live, copy)
+        for kind, key, before in reversed(self._journal):
+            if kind == "last_seen":
+                self.seen.restore(key, None if before is _ABSENT else before)
+            elif kind == "last_seen_forgotten":
+                self.seen.restore(key, before, oldest=True)
+            else:
+                mapping = self._mappings[kind]
+                if before is _ABSENT:
+                    mapping.pop(key, None)
+                else:
+                    mapping[key] = before
+        self.commit()
+
+    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
+        frames: dict[str, list[bytes]] = {}
+        for action in actions:
+            if type(action) is Delivery:
+                session = self.sessions.get(action.session_id)
+                if session is None:  # records name only live sessions: a bug, rolled back
+                    raise AssertionError(f"a message for session {action.session_id}, ended")
+                if session.conn is None:
+                    frames.setdefault(action.session_id, []).append(action.frame)
+        return [sid for sid, sent in frames.items() if self.sessions[sid].overflows_with(sent)]
+
+    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
+        sessions = self.sessions
+        done: list[Action] = []
+        for action in actions:
+            if type(action) is Delivery:  # to a live session: `overflowing` checked that
+                session = sessions[action.session_id]
+                send = session.deliver(with_seq(action.frame, session.next_seq))
+                if send is not None:
+                    done.append(send)
+            else:
+                done.append(action)  # type: ignore[arg-type]
+        return done
+
+    def _keep(self, record: Record) -> None:
+        """Copy `record` before the event changes it (once per event)."""
+        if self._changing and id(record) not in self._copies:
+            self._copies[id(record)] = (record, record.copy())
+
+    def _note(self, kind: str, key: str) -> None:
+        """Journal the entry `key` of `kind` before the event adds, replaces or removes it."""
+        before = self._mappings[kind].get(key, _ABSENT)
+        if isinstance(before, dict):  # a watcher set, changed in place: keep it as it was
+            before = dict(before)
+        self._journal.append((kind, key, before))
+
+    # Sessions and the resume index -----------------------------------------------------------
+
     def session(self, session_id: str) -> Session | None:
-        return self.sessions.get(session_id)
+        session = self.sessions.get(session_id)
+        if self._changing and session is not None:
+            self._keep(session)
+        return session
 
     def session_by_token(self, token: str) -> Session | None:
         session_id = self.by_resume_token.get(token)
-        return None if session_id is None else self.sessions.get(session_id)
+        return None if session_id is None else self.session(session_id)
 
     def devices(self, user_id: str) -> list[Session]:
-        user = self.users.get(user_id)
-        return [] if user is None else [self.sessions[sid] for sid in user.sessions]
+        user = self.user(user_id)
+        if user is None:
+            return []
+        devices = [self.sessions[sid] for sid in user.sessions]
+        if self._changing:
+            for session in devices:
+                self._keep(session)
+        return devices
 
     def add_session(self, session: Session) -> None:
+        self._note("session", session.session_id)
+        self._note("token", session.resume_token)
         self.sessions[session.session_id] = session
         self.by_resume_token[session.resume_token] = session.session_id
-        self.users.setdefault(session.user_id, User()).sessions.append(session.session_id)
+        self._user_to_change(session.user_id).sessions.append(session.session_id)
 
     def remove_session(self, session: Session) -> User:
+        self._note("session", session.session_id)
         del self.sessions[session.session_id]
-        del self.by_resume_token[session.resume_token]
+        self.drop_token(session.resume_token)
         if session.previous_token is not None:
-            del self.by_resume_token[session.previous_token]
+            self.drop_token(session.previous_token)
         user = self.users[session.user_id]
+        self._keep(user)
         user.sessions.remove(session.session_id)
         return user
 
     def index_token(self, token: str, session: Session) -> None:
+        self._note("token", token)
         self.by_resume_token[token] = session.session_id
 
     def drop_token(self, token: str) -> None:
+        self._note("token", token)
         del self.by_resume_token[token]
 
+    # Users -----------------------------------------------------------------------------------
+
     def user(self, user_id: str) -> User | None:
-        return self.users.get(user_id)
+        user = self.users.get(user_id)
+        if self._changing and user is not None:
+            self._keep(user)
+        return user
+
+    def _user_to_change(self, user_id: str) -> User:
+        """The user's record, made if it has none yet, copied before it changes."""
+        user = self.users.get(user_id)
+        if user is None:
+            self._note("user", user_id)
+            user = self.users[user_id] = User(user_id)
+        else:
+            self._keep(user)
+        return user
 
     def add_call_of_user(self, user_id: str, call_id: str) -> None:
         """`user_id` is now a party of `call_id` (a user rung while offline is indexed too)."""
-        user = self.users.setdefault(user_id, User())
+        user = self._user_to_change(user_id)
         user.calls = add_to(user.calls, call_id)
 
     def remove_call_of_user(self, user_id: str, call_id: str) -> None:
         user = self.users.get(user_id)
         if user is not None:
+            self._keep(user)
             discard_from(user.calls, call_id)
 
     def forget_user_if_idle(self, user_id: str) -> None:
         user = self.users.get(user_id)
         if user is not None and not user.sessions and not user.calls:
+            self._note("user", user_id)
             del self.users[user_id]
 
+    # Calls and rooms -------------------------------------------------------------------------
+
     def call(self, call_id: str) -> Call | None:
-        return self.calls.get(call_id)
+        call = self.calls.get(call_id)
+        if self._changing and call is not None:
+            self._keep(call)
+        return call
 
     def add_call(self, call: Call) -> None:
+        self._note("call", call.call_id)
         self.calls[call.call_id] = call
 
     def remove_call(self, call_id: str) -> None:
+        self._note("call", call_id)
         del self.calls[call_id]
 
     def room(self, name: str) -> Room | None:
-        return self.rooms.get(name)
+        room = self.rooms.get(name)
+        if self._changing and room is not None:
+            self._keep(room)
+        return room
 
     def room_or_new(self, name: str) -> Room:
-        room = self.rooms.get(name)
+        room = self.room(name)
         if room is None:
+            self._note("room", name)
             room = self.rooms[name] = Room(name=name)
         return room
 
     def remove_room(self, name: str) -> None:
+        self._note("room", name)
         del self.rooms[name]
+
+    # Presence --------------------------------------------------------------------------------
 
     def watchers(self, user_id: str) -> Collection[str]:
         return self.watching.get(user_id, ())
 
     def add_watcher(self, user_id: str, session: Session, told: UserStatus) -> None:
+        self._note("watchers", user_id)
+        self._note("presence", user_id)
         self.watching.setdefault(user_id, {})[session.session_id] = None
         self.told[user_id] = told
 
     def remove_watcher(self, user_id: str, session: Session) -> None:
         """`session` stops watching `user_id`; the last watcher takes the user's entries along."""
+        self._note("watchers", user_id)
         watchers = self.watching[user_id]
         watchers.pop(session.session_id, None)
         if not watchers:
+            self._note("presence", user_id)
             del self.watching[user_id]
             del self.told[user_id]
 
@@ -193,10 +405,15 @@ class LocalStore:
         return self.told[user_id]
 
     def set_published(self, user_id: str, status: UserStatus) -> None:
+        self._note("presence", user_id)
         self.told[user_id] = status
 
     def record_last_seen(self, user_id: str, unix_ms: int) -> None:
-        self.seen.record(user_id, unix_ms)
+        before = self.seen.get(user_id)
+        self._journal.append(("last_seen", user_id, _ABSENT if before is None else before))
+        forgotten = self.seen.record(user_id, unix_ms)
+        if forgotten is not None:
+            self._journal.append(("last_seen_forgotten", *forgotten))
 
     def last_seen(self, user_id: str) -> int | None:
         return self.seen.get(user_id)
@@ -209,3 +426,124 @@ class LocalStore:
             "rooms": len(self.rooms),
             "watched_users": len(self.watching),
         }
+
+
+def key_of(record: Record) -> RecordKey:
+    if isinstance(record, Session):
+        return ("session", record.session_id)
+    if isinstance(record, Call):
+        return ("call", record.call_id)
+    if isinstance(record, Room):
+        return ("room", record.name)
+    return ("user", record.user_id)
+
+
+@define(eq=False)
+class TrackingStore(LocalStore):
+    """A `LocalStore` that says what each event read (with versions) and wrote: what a store
+    shared by many nodes checks and applies at commit. Versions count the commits that changed
+    a key. It also checks the core's side of the bargain: an event begun as read-only changes
+    nothing (the records it looked up are compared at commit)."""
+
+    versions: dict[RecordKey, int] = field(factory=dict, init=False)
+    committed: Transaction | None = field(default=None, init=False)
+    """What the last committed event did."""
+    _reads: dict[RecordKey, int] = field(factory=dict, init=False)
+    _read_values: list[tuple[Record, Any]] = field(factory=list, init=False)
+    """Records an event looked up while read-only, with their values then."""
+
+    def begin(self, *, changing: bool) -> None:
+        super().begin(changing=changing)
+        self._reads = {}
+        self._read_values = []
+
+    def looked_up(self, key: RecordKey) -> None:
+        """Every lookup comes here first (a subclass may raise `Missing`)."""
+        self._reads.setdefault(key, self.versions.get(key, 0))
+
+    def _looked_up_record(self, key: RecordKey, record: Any) -> None:
+        self.looked_up(key)
+        if record is not None and not self._changing:
+            self._read_values.append((record, value_of(record)))
+
+    def session(self, session_id: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        self._looked_up_record(("session", session_id), session)
+        return super().session(session_id)
+
+    def session_by_token(self, token: str) -> Session | None:
+        self.looked_up(("token", token))
+        return super().session_by_token(token)
+
+    def user(self, user_id: str) -> User | None:
+        self._looked_up_record(("user", user_id), self.users.get(user_id))
+        return super().user(user_id)
+
+    def devices(self, user_id: str) -> list[Session]:
+        devices = super().devices(user_id)
+        for session in devices:
+            self._looked_up_record(("session", session.session_id), session)
+        return devices
+
+    def call(self, call_id: str) -> Call | None:
+        self._looked_up_record(("call", call_id), self.calls.get(call_id))
+        return super().call(call_id)
+
+    def room(self, name: str) -> Room | None:
+        self._looked_up_record(("room", name), self.rooms.get(name))
+        return super().room(name)
+
+    def watchers(self, user_id: str) -> Collection[str]:
+        self.looked_up(("watchers", user_id))
+        return super().watchers(user_id)
+
+    def published(self, user_id: str) -> UserStatus:
+        self.looked_up(("presence", user_id))
+        return super().published(user_id)
+
+    def last_seen(self, user_id: str) -> int | None:
+        self.looked_up(("last_seen", user_id))
+        return super().last_seen(user_id)
+
+    def _keep(self, record: Record) -> None:
+        """What the event changes it has read: a shared store checks its version too."""
+        key = key_of(record)
+        self._reads.setdefault(key, self.versions.get(key, 0))
+        super()._keep(record)
+
+    def _note(self, kind: str, key: str) -> None:
+        assert self._changing, f"a read-only event changes {kind} {key!r}"
+        self._reads.setdefault((kind, key), self.versions.get((kind, key), 0))
+        super()._note(kind, key)
+
+    def record_last_seen(self, user_id: str, unix_ms: int) -> None:
+        assert self._changing, f"a read-only event records when {user_id} was last seen"
+        self._reads.setdefault(("last_seen", user_id), self.versions.get(("last_seen", user_id), 0))
+        super().record_last_seen(user_id, unix_ms)
+
+    def commit(self) -> None:
+        for record, value in self._read_values:
+            if id(record) not in self._copies:
+                assert value_of(record) == value, f"a read-only event changed {key_of(record)}"
+        writes: set[RecordKey] = set()
+        deletes: set[RecordKey] = set()
+        for live, copy in self._copies.values():
+            if value_of(live) != value_of(copy):
+                writes.add(key_of(live))
+        existed: dict[RecordKey, bool] = {}
+        for journaled, key, before in self._journal:
+            kind = "last_seen" if journaled == "last_seen_forgotten" else journaled
+            existed.setdefault((kind, key), before is not _ABSENT)
+        for (kind, key), was in existed.items():
+            mapping = self.seen if kind == "last_seen" else self._mappings[kind]
+            if key in mapping:
+                writes.add((kind, key))
+            elif was:
+                deletes.add((kind, key))
+        writes -= deletes
+        for changed in writes | deletes:
+            self.versions[changed] = self.versions.get(changed, 0) + 1
+        self.committed = Transaction(
+            reads=tuple(self._reads.items()), writes=frozenset(writes), deletes=frozenset(deletes)
+        )
+        super().commit()

@@ -25,6 +25,8 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from attrs import define, field
 
@@ -45,13 +47,13 @@ from callbox.core.actions import (
 )
 from callbox.core.calls import Calling
 from callbox.core.errors import Refused
-from callbox.core.outbox import Outbox
+from callbox.core.outbox import Delivery, Outbox
 from callbox.core.presence import Watchers
 from callbox.core.relay import Relay
 from callbox.core.rooms import Rooms
 from callbox.core.sessions import Link, Session, Sessions, TokenBucket, held_session
 from callbox.core.states import CallState
-from callbox.core.store import LocalStore, Store
+from callbox.core.store import LocalStore, Missing, Store
 from callbox.core.throttle import address_key
 from callbox.messages import (
     Ack,
@@ -82,6 +84,37 @@ log = logging.getLogger("callbox.core")
 
 INTERNAL_ERROR_MESSAGE = "the server failed to handle this message; it has been logged"
 
+READ_ONLY_MESSAGES: frozenset[type[ClientMessage]] = frozenset(
+    {IceCandidate, SdpOffer, SdpAnswer, Ping}
+)
+"""Messages whose handling changes no record (a relay, a ping): their events copy nothing for a
+rollback. `TrackingStore` checks the claim under every core test."""
+
+
+@define(eq=False)
+class TokenTape:
+    """The tokens (session ids, resume tokens) drawn during an event, drawn again in the same
+    order if the event is run again after `Missing`: the rerun names the same session."""
+
+    draw: Callable[[int], str]
+    _drawn: list[str] = field(factory=list)
+    _next: int = 0
+
+    def __call__(self, nbytes: int) -> str:
+        if self._next < len(self._drawn):
+            token = self._drawn[self._next]
+        else:
+            token = self.draw(nbytes)
+            self._drawn.append(token)
+        self._next += 1
+        return token
+
+    def rewind(self, *, keep: bool) -> None:
+        """The event is over: `keep` its tokens for its rerun, or forget them."""
+        if not keep and self._drawn:
+            self._drawn = []
+        self._next = 0
+
 
 @define(eq=False)
 class Switchboard:
@@ -108,9 +141,11 @@ class Switchboard:
     _relay: Relay = field(init=False)
     _rooms: Rooms = field(init=False)
     _watchers: Watchers = field(init=False)
+    _tokens: TokenTape = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         config, store, out = self.config, self.store, self.outbox
+        self._tokens = TokenTape(self.new_token)
         self._watchers = Watchers(config, store, out)
         self._rooms = Rooms(config, store, out)
         self._calling = Calling(config, store, out, self._watchers)
@@ -123,7 +158,7 @@ class Switchboard:
             authenticate=self.authenticate,
             ice_servers=self.ice_servers,
             ice_refresh_in=self.ice_refresh_in,
-            new_token=self.new_token,
+            new_token=self._tokens,
             end_session=self._end_session,
         )
 
@@ -139,69 +174,75 @@ class Switchboard:
     def receive(self, conn: ConnId, data: bytes, now: float, wall: float) -> list[Action]:
         """A text message arrived on `conn` at monotonic `now`, Unix time `wall`.
 
-        An exception other than a refusal is a bug: it is logged once and the sender is answered
-        `internal`; the connection stays open and nobody else is told anything. The actions the
-        message decided before it failed are still returned, since the changes they go with have
-        been made: undoing those needs transactions the core does not have yet.
+        An exception other than a refusal is a bug: the message's changes are rolled back, it is
+        logged once and the sender is answered `internal`; the connection stays open and nobody
+        else is told anything. `Missing` (a record not at hand) leaves everything as it was,
+        the connection's rate limit included: the caller runs the same message again.
         """
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
-        out = self.outbox
-        out.begin()
         self._watchers.wall = wall
-        if not link.bucket.take(now):  # before decoding: a refusal costs more than a message
-            self._rate_limited(link, rid_of(data))
-            return self._end()
+        bucket = link.bucket
+        tokens, updated = bucket.tokens, bucket.updated
         try:
-            message = decode_client(data)
-        except ProtocolError as exc:
-            out.error(self._client(link), exc.code, exc.message, exc.path, exc.rid)
-            return self._end()
+            if not bucket.take(now):  # before decoding: a refusal costs more than a message
+                return self._transact(False, self._rate_limited, link, rid_of(data))
+            try:
+                message = decode_client(data)
+            except ProtocolError as exc:
+                return self._transact(False, self._undecodable, link, exc)
+            changing = type(message) not in READ_ONLY_MESSAGES
+            try:
+                actions = self._transact(changing, self._dispatch, link, message, now)
+            except Missing:
+                raise
+            except Exception:  # a bug, not a refusal: contained to this message and its sender
+                log.exception("internal error handling %s on connection %s", message.TYPE, conn)
+                actions = self._transact(False, self._internal_error, link, message.rid)
+        except Missing:
+            bucket.tokens, bucket.updated = tokens, updated
+            raise
         self.received[message.TYPE] += 1
-        try:
-            self._dispatch(link, message, now)
-        except Exception:  # a bug, not a refusal: contained to this message and its sender
-            log.exception("internal error handling %s on connection %s", message.TYPE, conn)
-            out.error(self._client(link), "internal", INTERNAL_ERROR_MESSAGE, None, message.rid)
-        return self._end()
+        return actions
 
     def receive_binary(self, conn: ConnId, now: float) -> list[Action]:
         link = self._links.get(conn)
         if link is None:
             return []
-        self.outbox.begin()
-        if link.bucket.take(now):
-            reason = "binary frames are not accepted: send JSON as text frames"
-            self.outbox.error(self._client(link), "invalid_message", reason, None, None)
-        else:
-            self._rate_limited(link, None)
-        return self._end()
+        bucket = link.bucket
+        tokens, updated = bucket.tokens, bucket.updated
+        try:
+            if bucket.take(now):
+                return self._transact(False, self._binary_refused, link)
+            return self._transact(False, self._rate_limited, link, None)
+        except Missing:
+            bucket.tokens, bucket.updated = tokens, updated
+            raise
 
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """The connection is gone (clean close or not): its session enters the grace period."""
-        link = self._links.pop(conn, None)
-        if link is not None and link.session_id is None:
-            return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
-        session = None if link is None else self._client(link)
-        if not isinstance(session, Session) or session.conn != conn:
+        link = self._links.get(conn)
+        if link is None:
             return []
-        self.outbox.begin()
-        self._sessions.detach(session, now)
-        return self._end()
+        if link.session_id is None:
+            del self._links[conn]
+            return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
+        return self._transact(True, self._lost, conn, link.session_id, now)
 
     def timer_fired(self, key: TimerKey, now: float, wall: float) -> list[Action]:
         """A timer the core started has expired. Stale firings (already resolved) are ignored.
 
-        A bug while handling it is logged and the actions decided so far are returned: there is
-        no sender to answer, and letting it escape would take down the call's nursery."""
-        self.outbox.begin()
+        A bug while handling it is logged and the timer's changes are rolled back: there is no
+        sender to answer, and letting it escape would take down the call's nursery."""
         self._watchers.wall = wall
         try:
-            self._timer(key, now)
+            return self._transact(True, self._timer, key, now)
+        except Missing:
+            raise
         except Exception:
             log.exception("internal error handling timer %r", key)
-        return self._end()
+            return []
 
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
@@ -221,26 +262,76 @@ class Switchboard:
     # -----------------------------------------------------------------------------------------
     # Dispatch
 
-    def _end(self) -> list[Action]:
-        """The actions of the event just handled, after ending the sessions whose replay
-        overflowed while they were away (see `Outbox.overflowed`)."""
-        overflowed = self.outbox.overflowed
-        while overflowed:
-            session = overflowed.pop()
-            if self.store.session(session.session_id) is session:
-                self._end_session(session)
-        return self.outbox.actions
+    def _transact(self, changing: bool, handle: Callable[..., None], *args: Any) -> list[Action]:
+        """Run one event as a transaction: `handle(*args)` decides, and its decisions are
+        committed, or rolled back if it raises (`Missing` or a bug), which it passes on.
+        `changing`: whether the event may change records (see `Store.begin`)."""
+        store, out = self.store, self.outbox
+        store.begin(changing=changing)
+        out.begin()
+        try:
+            handle(*args)
+            return self._commit()
+        except BaseException as exc:
+            store.rollback()
+            out.begin()
+            self._tokens.rewind(keep=isinstance(exc, Missing))
+            raise
 
-    def _client(self, link: Link) -> Session | ConnId:
+    def _commit(self) -> list[Action]:
+        """The event's decisions stand. First, within the event, the sessions away from their
+        connection whose replay its deliveries would overflow end (their client could never be
+        given every message); then its records are committed, its deliveries numbered, and this
+        process's connections changed."""
+        store, out = self.store, self.outbox
+        overflowing = store.overflowing(out.actions)
+        while overflowing:
+            store.changing()
+            for session_id in overflowing:
+                self._end_session(held_session(store, session_id))
+            ended = set(overflowing)
+            out.actions = [
+                action
+                for action in out.actions
+                if not (isinstance(action, Delivery) and action.session_id in ended)
+            ]
+            overflowing = store.overflowing(out.actions)
+        store.commit()
+        actions = store.deliver(out.actions)
+        out.committed()
+        self._tokens.rewind(keep=False)
+        for change in out.after_commit:
+            change()
+        return actions
+
+    def _client(self, link: Link) -> str | ConnId:
         """Who answers go to on `link`: its session, or the bare connection before `hello`."""
         session_id = link.session_id
-        return link.conn if session_id is None else held_session(self.store, session_id)
+        return link.conn if session_id is None else session_id
 
     def _rate_limited(self, link: Link, rid: str | None) -> None:
         limit = f"{self.config.messages_per_second}/s, bursts of {self.config.message_burst}"
         self.outbox.error(
             self._client(link), "rate_limited", f"too many messages ({limit})", None, rid
         )
+
+    def _undecodable(self, link: Link, exc: ProtocolError) -> None:
+        self.outbox.error(self._client(link), exc.code, exc.message, exc.path, exc.rid)
+
+    def _binary_refused(self, link: Link) -> None:
+        reason = "binary frames are not accepted: send JSON as text frames"
+        self.outbox.error(self._client(link), "invalid_message", reason, None, None)
+
+    def _internal_error(self, link: Link, rid: str | None) -> None:
+        self.outbox.error(self._client(link), "internal", INTERNAL_ERROR_MESSAGE, None, rid)
+
+    def _lost(self, conn: ConnId, session_id: str, now: float) -> None:
+        """`conn`, which carried `session_id`, is gone: unless another connection has taken
+        the session over, its grace period starts."""
+        self.outbox.after_commit.append(partial(self._links.pop, conn, None))
+        session = self.store.session(session_id)
+        if session is not None and session.conn == conn:
+            self._sessions.detach(session, now)
 
     def _dispatch(self, link: Link, message: ClientMessage, now: float) -> None:
         """Hand `message` to the module that owns it; a refusal is answered with an `error`."""
@@ -262,14 +353,14 @@ class Switchboard:
             match message:
                 case Hello():
                     reason = "already authenticated: hello is sent once"
-                    self.outbox.error(session, "invalid_state", reason, "/type", message.rid)
+                    self.outbox.error(session_id, "invalid_state", reason, "/type", message.rid)
                 case Ping():
                     self.outbox.send_unnumbered(link.conn, Pong(ts=message.ts, rid=message.rid))
                 case Ack():
                     self._sessions.acknowledge(session, message)
                 case Bye():
                     self._end_session(session)
-                    self._links.pop(link.conn, None)
+                    self.outbox.after_commit.append(partial(self._links.pop, link.conn, None))
                     self.outbox.close(link.conn, CLOSE_NORMAL, "bye")
                 case CallInitiate():
                     self._calling.initiate(session, message, now)
@@ -294,7 +385,7 @@ class Switchboard:
                 case PresenceSet():
                     self._watchers.set_status(session, message)
         except Refused as refusal:
-            self.outbox.error(session, refusal.code, refusal.message, refusal.path, message.rid)
+            self.outbox.error(session_id, refusal.code, refusal.message, refusal.path, message.rid)
 
     def _timer(self, key: TimerKey, now: float) -> None:
         if isinstance(key, CALL_TIMERS):
