@@ -51,6 +51,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from callbox.codec import decode_server, with_seq
 from callbox.core.actions import (
     CALL_TIMERS,
     Action,
@@ -60,7 +61,6 @@ from callbox.core.actions import (
     RingTimer,
     Send,
 )
-from callbox.codec import decode_server, with_seq
 from callbox.core.outbox import Delivery
 from callbox.core.states import CallState, PartyState
 from callbox.core.store import LocalStore, TrackingStore
