@@ -1,10 +1,12 @@
-"""Fixtures every test directory may use (pytest-trio provides `nursery` and `autojump_clock`)."""
+"""Fixtures every test directory may use (pytest-trio provides `nursery` and `autojump_clock`),
+and the option `--inject-misses` of the core tests."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
+from tests.core.harness import Harness
 from tests.helpers import start_server
 
 
@@ -12,3 +14,17 @@ from tests.helpers import start_server
 async def url(nursery: trio.Nursery) -> str:
     """The URL of a server with the default configuration, running for the test."""
     return await start_server(nursery)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--inject-misses",
+        action="store_true",
+        help="core tests: run every event again after a Missing at each of its lookups in turn, "
+        "checking that each miss left nothing behind and that the event finally did what it "
+        "does with nothing missing (tests/core/harness.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Harness.inject_misses = bool(config.getoption("--inject-misses"))

@@ -2,12 +2,19 @@
 
 Every frame the switchboard sends is decoded with schema validation and kept per connection as its
 wire dict, so each test also proves that what it saw is valid against `schemas/`.
+
+With `pytest --inject-misses` (tests/core/conftest.py), every event is also run as a store shared
+by many nodes would run it: the store raises `Missing` at its first lookup, and the event must
+leave everything as it was; then at its second, and so on until the event gets through. What it
+finally does must equal what a shadow switchboard, never missing anything, did with the same event.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import orjson
 
@@ -26,14 +33,80 @@ from callbox.core.actions import (
     TimerKey,
 )
 from callbox.core.outbox import Outbox
-from callbox.core.store import LocalStore, TrackingStore
+from callbox.core.records import value_of
+from callbox.core.sessions import Session
+from callbox.core.store import LocalStore, Missing, RecordKey, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
 
 Wire = dict[str, Any]
 
 
+class MissAt:
+    """Mixed into a `TrackingStore`: the lookup numbered `miss_at` (from 1) in an event raises
+    `Missing`, as a node's cache would for a record it does not hold."""
+
+    miss_at: int | None = None
+    lookups = 0
+
+    def looked_up(self, key: RecordKey) -> None:
+        self.lookups += 1
+        if self.lookups == self.miss_at:
+            raise Missing(key)
+        super().looked_up(key)  # type: ignore[misc]
+
+
+def state_of(switchboard: Switchboard, *, traffic: bool = True) -> Any:
+    """Everything an event may change, as one comparable value: the records, this process's
+    connections, the sign-in throttle. The order of the indexes themselves is left out (a
+    rollback may put an entry back last; nothing iterates them), not the order within a record
+    (a room's members are told in the order they joined). Without `traffic`, what each session
+    has been sent and what each connection has spent of its rate limit are left out too."""
+    store = switchboard.store
+    assert isinstance(store, LocalStore)
+    sessions: dict[str, Any] = store.sessions
+    links: dict[int, Any] = switchboard._links
+    if not traffic:
+        sessions = {key: _unsent(session) for key, session in sessions.items()}
+        links = {conn: value_of(link)[1][2:] for conn, link in links.items()}
+    indexes: list[dict[Any, Any]] = [
+        sessions,
+        store.by_resume_token,
+        store.users,
+        store.calls,
+        store.rooms,
+        store.watching,
+        store.told,
+        dict(store.seen._seen),
+        links,
+        dict(switchboard._sessions.auth_throttle._failures),
+    ]
+    return tuple(tuple(sorted(value_of(index), key=lambda item: item[0])) for index in indexes)
+
+
+def _unsent(session: Session) -> Session:
+    copy = session.copy()
+    copy.next_seq, copy.replay, copy.replay_held, copy.unsent_from = 0, None, 0, 0
+    return copy
+
+
+def first_difference(before: Any, after: Any, within: Any = None) -> str:
+    """Where two values of `state_of` first differ, and how."""
+    if (
+        isinstance(before, tuple)
+        and isinstance(after, tuple)
+        and len(before) == len(after)
+        and before != after
+    ):
+        for old, new in zip(before, after, strict=True):
+            if old != new:
+                return first_difference(old, new, before)
+    return f"{before!r} became {after!r}, in {within!r}"
+
+
 class Harness:
+    inject_misses: ClassVar[bool] = False
+    """Set by `pytest --inject-misses`: run every event with a miss at each lookup in turn."""
     outbox_type: type[Outbox] = Outbox
     """Where the core writes what it decides: a subclass may record more."""
     store_type: type[LocalStore] = TrackingStore
@@ -48,16 +121,11 @@ class Harness:
         """Unix time minus `now`: a test may move it, as a wall clock can be set."""
         self.ice_refresh: float | None = None
         self.refused_users: set[str] = set()
-        tokens = itertools.count(1)
-        self.switchboard = Switchboard(
-            config=self.config,
-            authenticate=self._authenticate,
-            ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],
-            ice_refresh_in=lambda: self.ice_refresh,
-            new_token=lambda n: f"t{next(tokens)}",
-            outbox=self.outbox_type(),
-            store=self.store_type(),
-        )
+        self.switchboard = self._switchboard(missing=self.inject_misses)
+        self.shadow = self._switchboard(missing=False) if self.inject_misses else None
+        """With `inject_misses`: the same switchboard, fed the same events, missing nothing."""
+        self.misses = 0
+        """Misses injected so far (each one an event rolled back and run again)."""
         self.inbox: dict[int, list[Wire]] = {}
         self.closed: dict[int, tuple[int, str]] = {}
         self.timers: dict[TimerKey, float] = {}
@@ -67,6 +135,54 @@ class Harness:
         self.user_of: dict[int, str] = {}
         self.welcome_of: dict[int, Wire] = {}
         self._conns = itertools.count(1)
+
+    def _switchboard(self, *, missing: bool) -> Switchboard:
+        tokens = itertools.count(1)
+        store_type = self.store_type
+        if missing:
+            assert issubclass(store_type, TrackingStore), "misses are injected in lookups"
+            store_type = type(f"Missing{store_type.__name__}", (MissAt, store_type), {})
+        return Switchboard(
+            config=self.config,
+            authenticate=self._authenticate,
+            ice_servers=lambda user_id: [IceServer(urls=["stun:stun.example.org"])],
+            ice_refresh_in=lambda: self.ice_refresh,
+            new_token=lambda n: f"t{next(tokens)}",
+            outbox=self.outbox_type(),
+            store=store_type(),
+        )
+
+    def _event(self, event: Callable[[Switchboard], list[Action]]) -> list[Action]:
+        """Feed the switchboard one event (with misses injected, if asked) and return its
+        actions."""
+        if self.shadow is None:
+            return event(self.switchboard)
+        core_log = logging.getLogger("callbox.core")
+        core_log.disabled = True  # a bug the event hits is logged once, by the switchboard
+        try:
+            expected = event(self.shadow)
+        finally:
+            core_log.disabled = False
+        store = self.switchboard.store
+        assert isinstance(store, MissAt)
+        for miss_at in itertools.count(1):
+            before = state_of(self.switchboard)
+            store.miss_at, store.lookups = miss_at, 0
+            try:
+                actions = event(self.switchboard)
+            except Missing as missing:
+                self.misses += 1
+                after = state_of(self.switchboard)
+                assert after == before, (
+                    f"a miss at lookup {miss_at} ({missing.key}) left changes behind:"
+                    f" {first_difference(before, after)}"
+                )
+                continue
+            finally:
+                store.miss_at = None
+            assert actions == expected, f"after {miss_at - 1} misses: {actions} != {expected}"
+            return actions
+        raise AssertionError("unreachable: itertools.count never ends")
 
     @property
     def wall(self) -> float:
@@ -83,7 +199,8 @@ class Harness:
     def open(self, address: str = "192.0.2.1") -> int:
         conn = next(self._conns)
         self.inbox[conn] = []
-        self._apply(self.switchboard.connect(conn, self.now, address))
+        now = self.now
+        self._apply(self._event(lambda sb: sb.connect(conn, now, address)))
         return conn
 
     def login(self, user_id: str, **hello: Any) -> int:
@@ -105,13 +222,16 @@ class Harness:
 
     def send(self, conn: int, message: Wire | bytes) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message)
-        self._apply(self.switchboard.receive(conn, data, self.now, self.wall))
+        now, wall = self.now, self.wall
+        self._apply(self._event(lambda sb: sb.receive(conn, data, now, wall)))
 
     def receive_binary(self, conn: int) -> None:
-        self._apply(self.switchboard.receive_binary(conn, self.now))
+        now = self.now
+        self._apply(self._event(lambda sb: sb.receive_binary(conn, now)))
 
     def drop(self, conn: int) -> None:
-        self._apply(self.switchboard.disconnect(conn, self.now))
+        now = self.now
+        self._apply(self._event(lambda sb: sb.disconnect(conn, now)))
 
     def advance(self, seconds: float) -> None:
         """Let time pass, firing due timers in deadline order (as the shell's tasks would)."""
@@ -123,7 +243,8 @@ class Harness:
             deadline, key = min(due, key=lambda item: item[0])
             del self.timers[key]
             self.now = max(self.now, deadline)
-            self._apply(self.switchboard.timer_fired(key, self.now, self.wall))
+            now, wall = self.now, self.wall
+            self._apply(self._event(lambda sb: sb.timer_fired(key, now, wall)))  # noqa: B023
         self.now = target
 
     def _apply(self, actions: list[Action]) -> None:

@@ -27,8 +27,11 @@ def function_calls(operation: Callable[[], None]) -> int:
 
 
 class CountedHarness(Harness):
+    """What a server runs: not the tracking store the other core tests check transactions
+    with, nor misses injected into it (`--inject-misses`)."""
+
     store_type = LocalStore
-    """What a server runs: not the tracking store the other core tests check transactions with."""
+    inject_misses = False
 
 
 def populated(unrelated: int) -> Harness:

@@ -105,7 +105,7 @@ def test_bad_input_gets_an_error_and_the_connection_survives(
 
 def test_binary_frames_are_refused(h: Harness) -> None:
     conn = h.login("alice")
-    h._apply(h.switchboard.receive_binary(conn, h.now))
+    h.receive_binary(conn)
     h.expect(conn, "error", code="invalid_message")
 
 

@@ -209,6 +209,9 @@ class LocalStore:
         self._changing = True
 
     def commit(self) -> None:
+        self._forget_event()
+
+    def _forget_event(self) -> None:
         self._copies.clear()
         self._journal.clear()
 
@@ -226,7 +229,7 @@ class LocalStore:
                     mapping.pop(key, None)
                 else:
                     mapping[key] = before
-        self.commit()
+        self._forget_event()
 
     def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
         frames: dict[str, list[bytes]] = {}
