@@ -63,7 +63,7 @@ from callbox.core.actions import (
 )
 from callbox.core.outbox import Delivery
 from callbox.core.states import CallState, PartyState
-from callbox.core.store import LocalStore, TrackingStore
+from callbox.core.store import LocalStore, Overflow, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import ServerMessage
 
@@ -158,22 +158,25 @@ class RecordingStore(TrackingStore):
     """Sessions the core ended for a replay overflow, with how many messages, never numbered,
     would have overflowed it."""
 
-    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
-        found = super().overflowing(actions)
-        for session_id in found:
-            pending = [a for a in actions if isinstance(a, Delivery)]
-            self.overflowed[session_id] = sum(a.session_id == session_id for a in pending)
-        return found
-
-    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
+    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
         next_seq: dict[str, int] = {}
+        numbered = []
         for action in actions:
-            if isinstance(action, Delivery):
-                session_id = action.session_id
+            if type(action) is tuple:
+                session_id, frame = action
                 seq = next_seq.get(session_id, self.sessions[session_id].next_seq)
                 next_seq[session_id] = seq + 1
-                self.numbered.append((session_id, seq, decode_server(with_seq(action.frame, seq))))
-        return super().deliver(actions)
+                numbered.append((session_id, seq, decode_server(with_seq(frame, seq))))
+        try:
+            done = super().commit(actions)
+        except Overflow as overflow:
+            for session_id in overflow.session_ids:
+                self.overflowed[session_id] = (
+                    next_seq[session_id] - self.sessions[session_id].next_seq
+                )
+            raise
+        self.numbered.extend(numbered)
+        return done
 
 
 class ModelHarness(Harness):

@@ -6,6 +6,9 @@ of the event, in the order it was decided. A message for a session is a `Deliver
 not yet numbered; the store numbers it in the session's sequence (and keeps it for replay) only
 when the event commits, so an event rolled back or run again has numbered nothing. One that is not
 for a session's sequence (`welcome`, `pong`, an `error` before `hello`) is a `Send` as it is.
+
+A `Delivery` is a plain tuple, the one kind of action that is: most of the traffic is one
+delivery per event, and a tuple costs no constructor call (`type(action) is tuple` finds them).
 """
 
 from __future__ import annotations
@@ -13,22 +16,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from attrs import define, field, frozen
+from attrs import define, field
 
-from callbox.codec import encode, positional_constructor
+from callbox.codec import encode
 from callbox.core.actions import Action, CancelTimer, Close, ConnId, Send, StartTimer, TimerKey
 from callbox.messages import Error, ErrorCode, ServerMessage
 
-
-@frozen
-class Delivery:
-    """`frame`, encoded without `seq`, for session `session_id`: numbered at commit."""
-
-    session_id: str
-    frame: bytes
-
-
-_NEW_DELIVERY = positional_constructor(Delivery)  # once per message for a session
+Delivery = tuple[str, bytes]
+"""(session id, frame encoded without `seq`): numbered in the session's sequence at commit."""
 
 
 @define(eq=False)
@@ -40,7 +35,8 @@ class Outbox:
     that is rolled back and run again must find them as they were."""
     errors: Counter[str] = field(factory=Counter, init=False)
     """`error` messages sent, by code (for metrics): counted when their event commits."""
-    _error_codes: list[str] = field(factory=list, init=False)
+    error_codes: list[str] = field(factory=list, init=False)
+    """The codes of this event's `error`s, until it commits."""
     _encoded: ServerMessage | None = field(default=None, init=False)
     """The message last sent: it is immutable, so it is sent to the next session (a broadcast,
     `call_ended` to every party) without being encoded again."""
@@ -48,23 +44,26 @@ class Outbox:
     """`_encoded`, encoded without `seq`: each session's frame splices its own `seq` in."""
 
     def begin(self) -> None:
-        """A new event (or the same one again, after a rollback): nothing decided yet."""
+        """A new event: nothing decided yet (what the last one decided has been taken)."""
         self.actions = []
-        if self.after_commit:
-            self.after_commit = []
-        if self._error_codes:
-            self._error_codes = []
 
-    def committed(self) -> None:
-        """The event's decisions stand: count its errors."""
-        for code in self._error_codes:
+    def discard(self) -> None:
+        """The event is rolled back: nothing it decided happens."""
+        self.actions = []
+        self.after_commit = []
+        self.error_codes = []
+
+    def count_errors(self) -> None:
+        """The event committed: its errors count."""
+        for code in self.error_codes:
             self.errors[code] += 1
+        self.error_codes = []
 
     def send(self, session_id: str, message: ServerMessage) -> None:
         """Send `message` to the session, numbered in its sequence when the event commits."""
         if message is not self._encoded:  # else the same to another session: a room broadcast
             self._encoded, self._unnumbered = message, encode(message)
-        self.actions.append(_NEW_DELIVERY(session_id, self._unnumbered))
+        self.actions.append((session_id, self._unnumbered))
 
     def send_unnumbered(self, conn: ConnId, message: ServerMessage) -> None:
         """Send outside the session's sequence: not replayed (`welcome`, `pong`, `error`s
@@ -82,7 +81,7 @@ class Outbox:
         """Answer a client with an `error`: numbered in the sequence of its session (`to`, a
         session id), or to its connection (`to`, a `ConnId`) as it is if it has no session yet."""
         error = Error(code=code, message=message, path=path, rid=rid)
-        self._error_codes.append(code)
+        self.error_codes.append(code)
         if isinstance(to, str):
             self.send(to, error)
         else:

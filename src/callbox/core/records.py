@@ -17,14 +17,10 @@ from attrs import fields
 _R = TypeVar("_R")
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _field_names(cls: type) -> tuple[str, ...]:
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(a.name for a in fields(cls))
-    return names
+def _field_names(cls: type) -> list[str]:
+    """The names of an attrs class's fields (from the tuple attrs keeps on the class: no cache
+    to fill, so a first copy costs what every copy does)."""
+    return [attribute.name for attribute in fields(cls)]
 
 
 def shallow_copy(record: _R) -> _R:

@@ -9,10 +9,11 @@ Records name each other by key, never hold each other: a user lists its sessions
 its members' session ids, a call its parties' session ids. So whatever the core reads, it read
 through a lookup here, which is what a store shared by many nodes must be able to see.
 
-Each event is a transaction (docs/decisions/0010-events-as-transactions.md): `begin` says whether
-the event may change records, `commit` keeps what it did, `rollback` undoes it. An event that may
-change records has each record copied at its first lookup, and every insertion and deletion
-journaled; an event that only reads (a relay, most of the traffic) pays nothing for that.
+Each event is a transaction (docs/decisions/0010-events-as-transactions.md): `changing` says the
+event may change records, `commit` keeps what it did and numbers what it sends, `rollback` undoes
+it. An event that may change records has each record copied at its first lookup, and every
+insertion and deletion journaled; an event that only reads (a relay, most of the traffic) pays
+nothing for that.
 `TrackingStore` also reports each event's read set with versions and its write and delete sets,
 and `Missing` is what a lookup raises when the record is not at hand: the event is rolled back
 and run again once it is.
@@ -60,6 +61,15 @@ Record = Session | User | Call | Room
 RecordKey = tuple[str, str]
 """A record's kind ("session", "user", "call", "room", "token", "watchers", "presence",
 "last_seen") and its key within that kind."""
+
+
+class Overflow(Exception):
+    """Committing these deliveries would overflow the replay of sessions away from their
+    connection (`Session.deliver`): those sessions must end, within the event, first."""
+
+    def __init__(self, session_ids: list[str]) -> None:
+        super().__init__(f"replay overflow: {session_ids}")
+        self.session_ids = session_ids
 
 
 class Missing(Exception):
@@ -133,30 +143,21 @@ class Store(Protocol):
         """How many records of each kind there are (for metrics and tests)."""
         ...
 
-    # Transactions: one per event
-    def begin(self, *, changing: bool) -> None:
-        """An event starts; `changing`: it may change records (else it only reads them)."""
-        ...
-
+    # Transactions: one per event. Between events, and in an event until `changing`, the
+    # store is read-only: lookups keep nothing for a rollback.
     def changing(self) -> None:
-        """The event turns out to change records after all (a relay whose receiver's replay
-        overflowed ends that session): from now on, records are kept for a rollback."""
+        """The event may change records: from now on, what it touches is kept for a rollback."""
         ...
 
-    def commit(self) -> None: ...
+    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+        """The event's changes stand, and its deliveries are numbered, each in its session's
+        sequence and kept for replay: returned is `actions` with a `Send` for each delivery to a
+        connected session. Raises `Overflow`, with nothing changed, if a delivery would overflow
+        the replay of a session away from its connection."""
+        ...
+
     def rollback(self) -> None:
-        """Undo every change since `begin`."""
-        ...
-
-    # Deliveries: numbered once the event's changes are in
-    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
-        """The sessions, away from their connection, whose replay these deliveries would
-        overflow (`Session.deliver`): they end within the event, before anything is numbered."""
-        ...
-
-    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
-        """`actions` with each delivery numbered in its session's sequence and kept for replay:
-        a `Send` if the session is connected, nothing yet if it is away."""
+        """Undo every change the event made."""
         ...
 
 
@@ -202,16 +203,41 @@ class LocalStore:
 
     # Transactions ----------------------------------------------------------------------------
 
-    def begin(self, *, changing: bool) -> None:
-        self._changing = changing
-
     def changing(self) -> None:
         self._changing = True
 
-    def commit(self) -> None:
-        self._forget_event()
+    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+        sessions = self.sessions
+        away: dict[str, list[bytes]] | None = None
+        for action in actions:
+            if type(action) is tuple:
+                session = sessions.get(action[0])
+                if session is None:  # records name only live sessions: a bug, rolled back
+                    raise AssertionError(f"a message for session {action[0]}, which has ended")
+                if session.conn is None:
+                    away = away or {}
+                    away.setdefault(action[0], []).append(action[1])
+        if away is not None:
+            overflowing = [
+                sid for sid, frames in away.items() if sessions[sid].overflows_with(frames)
+            ]
+            if overflowing:
+                raise Overflow(overflowing)
+        if self._changing:
+            self._forget_event()
+        done: list[Action] = []
+        for action in actions:
+            if type(action) is tuple:
+                session = sessions[action[0]]
+                send = session.deliver(with_seq(action[1], session.next_seq))
+                if send is not None:
+                    done.append(send)
+            else:
+                done.append(action)  # type: ignore[arg-type]
+        return done
 
     def _forget_event(self) -> None:
+        self._changing = False
         self._copies.clear()
         self._journal.clear()
 
@@ -230,30 +256,6 @@ class LocalStore:
                 else:
                     mapping[key] = before
         self._forget_event()
-
-    def overflowing(self, actions: list[Action | Delivery]) -> list[str]:
-        frames: dict[str, list[bytes]] = {}
-        for action in actions:
-            if type(action) is Delivery:
-                session = self.sessions.get(action.session_id)
-                if session is None:  # records name only live sessions: a bug, rolled back
-                    raise AssertionError(f"a message for session {action.session_id}, ended")
-                if session.conn is None:
-                    frames.setdefault(action.session_id, []).append(action.frame)
-        return [sid for sid, sent in frames.items() if self.sessions[sid].overflows_with(sent)]
-
-    def deliver(self, actions: list[Action | Delivery]) -> list[Action]:
-        sessions = self.sessions
-        done: list[Action] = []
-        for action in actions:
-            if type(action) is Delivery:  # to a live session: `overflowing` checked that
-                session = sessions[action.session_id]
-                send = session.deliver(with_seq(action.frame, session.next_seq))
-                if send is not None:
-                    done.append(send)
-            else:
-                done.append(action)  # type: ignore[arg-type]
-        return done
 
     def _keep(self, record: Record) -> None:
         """Copy `record` before the event changes it (once per event)."""
@@ -455,11 +457,6 @@ class TrackingStore(LocalStore):
     _read_values: list[tuple[Record, Any]] = field(factory=list, init=False)
     """Records an event looked up while read-only, with their values then."""
 
-    def begin(self, *, changing: bool) -> None:
-        super().begin(changing=changing)
-        self._reads = {}
-        self._read_values = []
-
     def looked_up(self, key: RecordKey) -> None:
         """Every lookup comes here first (a subclass may raise `Missing`)."""
         self._reads.setdefault(key, self.versions.get(key, 0))
@@ -524,7 +521,24 @@ class TrackingStore(LocalStore):
         self._reads.setdefault(("last_seen", user_id), self.versions.get(("last_seen", user_id), 0))
         super().record_last_seen(user_id, unix_ms)
 
-    def commit(self) -> None:
+    def rollback(self) -> None:
+        super().rollback()
+        self._reads, self._read_values = {}, []
+
+    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+        writes, deletes = self._changes()
+        done = super().commit(actions)  # raises `Overflow` before changing anything
+        for changed in writes | deletes:
+            self.versions[changed] = self.versions.get(changed, 0) + 1
+        self.committed = Transaction(
+            reads=tuple(self._reads.items()), writes=frozenset(writes), deletes=frozenset(deletes)
+        )
+        self._reads, self._read_values = {}, []
+        return done
+
+    def _changes(self) -> tuple[set[RecordKey], set[RecordKey]]:
+        """What the event wrote and deleted (before its deliveries are numbered). Checks that
+        what it looked up while read-only has not changed."""
         for record, value in self._read_values:
             if id(record) not in self._copies:
                 assert value_of(record) == value, f"a read-only event changed {key_of(record)}"
@@ -543,10 +557,4 @@ class TrackingStore(LocalStore):
                 writes.add((kind, key))
             elif was:
                 deletes.add((kind, key))
-        writes -= deletes
-        for changed in writes | deletes:
-            self.versions[changed] = self.versions.get(changed, 0) + 1
-        self.committed = Transaction(
-            reads=tuple(self._reads.items()), writes=frozenset(writes), deletes=frozenset(deletes)
-        )
-        super().commit()
+        return writes - deletes, deletes

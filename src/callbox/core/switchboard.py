@@ -47,13 +47,13 @@ from callbox.core.actions import (
 )
 from callbox.core.calls import Calling
 from callbox.core.errors import Refused
-from callbox.core.outbox import Delivery, Outbox
+from callbox.core.outbox import Outbox
 from callbox.core.presence import Watchers
 from callbox.core.relay import Relay
 from callbox.core.rooms import Rooms
 from callbox.core.sessions import Link, Session, Sessions, TokenBucket, held_session
 from callbox.core.states import CallState
-from callbox.core.store import LocalStore, Missing, Store
+from callbox.core.store import LocalStore, Missing, Overflow, Store
 from callbox.core.throttle import address_key
 from callbox.messages import (
     Ack,
@@ -97,22 +97,23 @@ class TokenTape:
     order if the event is run again after `Missing`: the rerun names the same session."""
 
     draw: Callable[[int], str]
-    _drawn: list[str] = field(factory=list)
+    drawn: list[str] = field(factory=list)
+    """The tokens of the event being handled (or rolled back, to be run again)."""
     _next: int = 0
 
     def __call__(self, nbytes: int) -> str:
-        if self._next < len(self._drawn):
-            token = self._drawn[self._next]
+        if self._next < len(self.drawn):
+            token = self.drawn[self._next]
         else:
             token = self.draw(nbytes)
-            self._drawn.append(token)
+            self.drawn.append(token)
         self._next += 1
         return token
 
     def rewind(self, *, keep: bool) -> None:
         """The event is over: `keep` its tokens for its rerun, or forget them."""
-        if not keep and self._drawn:
-            self._drawn = []
+        if not keep and self.drawn:
+            self.drawn = []
         self._next = 0
 
 
@@ -265,43 +266,48 @@ class Switchboard:
     def _transact(self, changing: bool, handle: Callable[..., None], *args: Any) -> list[Action]:
         """Run one event as a transaction: `handle(*args)` decides, and its decisions are
         committed, or rolled back if it raises (`Missing` or a bug), which it passes on.
-        `changing`: whether the event may change records (see `Store.begin`)."""
+        `changing`: whether the event may change records (see `Store.changing`)."""
         store, out = self.store, self.outbox
-        store.begin(changing=changing)
+        if changing:
+            store.changing()
         out.begin()
         try:
             handle(*args)
             return self._commit()
         except BaseException as exc:
             store.rollback()
-            out.begin()
+            out.discard()
             self._tokens.rewind(keep=isinstance(exc, Missing))
             raise
 
     def _commit(self) -> list[Action]:
-        """The event's decisions stand. First, within the event, the sessions away from their
-        connection whose replay its deliveries would overflow end (their client could never be
-        given every message); then its records are committed, its deliveries numbered, and this
-        process's connections changed."""
+        """The event's decisions stand: its records are committed, its deliveries numbered,
+        this process's connections changed. First, though, within the event, the sessions away
+        from their connection whose replay its deliveries would overflow end (their client could
+        never be given every message)."""
         store, out = self.store, self.outbox
-        overflowing = store.overflowing(out.actions)
-        while overflowing:
-            store.changing()
-            for session_id in overflowing:
-                self._end_session(held_session(store, session_id))
-            ended = set(overflowing)
-            out.actions = [
-                action
-                for action in out.actions
-                if not (isinstance(action, Delivery) and action.session_id in ended)
-            ]
-            overflowing = store.overflowing(out.actions)
-        store.commit()
-        actions = store.deliver(out.actions)
-        out.committed()
-        self._tokens.rewind(keep=False)
-        for change in out.after_commit:
-            change()
+        while True:
+            try:
+                actions = store.commit(out.actions)
+                break
+            except Overflow as overflow:
+                store.changing()
+                for session_id in overflow.session_ids:
+                    self._end_session(held_session(store, session_id))
+                ended = set(overflow.session_ids)
+                out.actions = [
+                    action
+                    for action in out.actions
+                    if not (type(action) is tuple and action[0] in ended)
+                ]
+        if out.error_codes:
+            out.count_errors()
+        if self._tokens.drawn:
+            self._tokens.rewind(keep=False)
+        if out.after_commit:
+            for change in out.after_commit:
+                change()
+            out.after_commit = []
         return actions
 
     def _client(self, link: Link) -> str | ConnId:
