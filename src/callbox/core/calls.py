@@ -26,7 +26,7 @@ from callbox.core.actions import (
 )
 from callbox.core.errors import Refused
 from callbox.core.presence import Watchers
-from callbox.core.records import shallow_copy
+from callbox.core.records import shallow_copier
 from callbox.core.rooms import room_of_member
 from callbox.core.sessions import Session, add_to, discard_from, held_session
 from callbox.core.states import (
@@ -87,7 +87,7 @@ class Party:
         self.state = next_party_state(self.state, event)
 
     def copy(self) -> Party:
-        copy = shallow_copy(self)
+        copy = _copy_party(self)
         copy.ringing_sessions = set(self.ringing_sessions)
         return copy
 
@@ -107,7 +107,7 @@ class Call:
 
     def copy(self) -> Call:
         """A copy that shares no container the core changes in place (see core/records.py)."""
-        copy = shallow_copy(self)
+        copy = _copy_call(self)
         copy.parties = {user_id: party.copy() for user_id, party in self.parties.items()}
         return copy
 
@@ -142,6 +142,10 @@ class Call:
             party.apply(party_event)
         self.state = new_state
         return new_state
+
+
+_copy_party = shallow_copier(Party)
+_copy_call = shallow_copier(Call)
 
 
 def _count_change(before: PartyState, after: PartyState, counted: PartyState) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from attrs import define, field
@@ -31,7 +32,7 @@ from callbox.core.actions import (
     Send,
 )
 from callbox.core.errors import Refused
-from callbox.core.records import shallow_copy
+from callbox.core.records import shallow_copier
 from callbox.core.throttle import AuthThrottle
 from callbox.messages import (
     Ack,
@@ -85,7 +86,7 @@ class TokenBucket:
         return cls(rate=rate, burst=burst, tokens=burst, updated=now)
 
     def copy(self) -> TokenBucket:
-        return shallow_copy(self)
+        return _copy_bucket(self)
 
     def take(self, now: float) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
@@ -135,16 +136,18 @@ class Session:
     """Made at the first `room_broadcast`: most sessions never send one."""
 
     def copy(self) -> Session:
-        """A copy that shares no container the core changes in place (see core/records.py)."""
-        copy = shallow_copy(self)
-        if self.replay is not None:
-            copy.replay = self.replay.copy()
-        if isinstance(self.recently_ended, deque):
+        """A copy that shares no container an event changes in place (see core/records.py).
+        The replay is shared: an event never changes it in place (its deliveries are numbered
+        after its copies are dropped, and an `ack` makes a new one)."""
+        copy = _copy_session(self)
+        if type(self.recently_ended) is deque:
             copy.recently_ended = self.recently_ended.copy()
-        for name in ("ringing", "rooms", "watching"):
-            items = getattr(self, name)
-            if isinstance(items, set):
-                setattr(copy, name, set(items))
+        if type(self.ringing) is set:  # else `NOTHING`, never changed in place
+            copy.ringing = set(self.ringing)
+        if type(self.rooms) is set:
+            copy.rooms = set(self.rooms)
+        if type(self.watching) is set:
+            copy.watching = set(self.watching)
         if self.broadcast_bucket is not None:
             copy.broadcast_bucket = self.broadcast_bucket.copy()
         return copy
@@ -177,6 +180,7 @@ class Session:
         """Whether delivering `frames` (unnumbered) would end the session (`ReplayOverflow`):
         tried on a copy, so the rule stays `deliver`'s alone."""
         probe = self.copy()
+        probe.replay = None if self.replay is None else self.replay.copy()
         try:
             for frame in frames:
                 probe.deliver(with_seq(frame, probe.next_seq))
@@ -218,9 +222,10 @@ class Session:
         replay = self.replay
         if replay is None:
             return
-        first_held = self.next_seq - len(replay)
-        for _ in range(min(last_seq - first_held + 1, len(replay))):
-            self.replay_held -= len(replay.popleft())
+        dropped = min(last_seq - (self.next_seq - len(replay)) + 1, len(replay))
+        if dropped > 0:  # a new deque: a rollback puts the old one back (see `copy`)
+            self.replay_held -= sum(len(frame) for frame in islice(replay, dropped))
+            self.replay = deque(islice(replay, dropped, None))
 
     def can_replay_after(self, last_seq: int) -> bool:
         """Whether every message after `last_seq` is still held (or there are none)."""
@@ -246,6 +251,10 @@ class Session:
         if not isinstance(self.recently_ended, deque):
             self.recently_ended = deque(maxlen=RECENTLY_ENDED_CALLS)
         self.recently_ended.append(call_id)
+
+
+_copy_bucket = shallow_copier(TokenBucket)
+_copy_session = shallow_copier(Session)
 
 
 class ReplayOverflow(Exception):

@@ -34,13 +34,13 @@ from callbox.core.actions import Action
 from callbox.core.calls import Call
 from callbox.core.outbox import Delivery
 from callbox.core.presence import LastSeen
-from callbox.core.records import put_back, shallow_copy, value_of
+from callbox.core.records import put_back, shallow_copier, value_of
 from callbox.core.rooms import Room
 from callbox.core.sessions import NOTHING, Session, add_to, discard_from
 from callbox.messages import UserStatus
 
 
-@define
+@define(eq=False)
 class User:
     """Everything indexed per user: its sessions (devices) and the calls it is a party of."""
 
@@ -50,12 +50,14 @@ class User:
     calls: set[str] | frozenset[str] = NOTHING
 
     def copy(self) -> User:
-        copy = shallow_copy(self)
+        copy = _copy_user(self)
         copy.sessions = list(self.sessions)
         if isinstance(self.calls, set):
             copy.calls = set(self.calls)
         return copy
 
+
+_copy_user = shallow_copier(User)
 
 Record = Session | User | Call | Room
 RecordKey = tuple[str, str]
@@ -184,8 +186,9 @@ class LocalStore:
 
     _changing: bool = field(default=False, init=False)
     """Whether the event being handled may change records: if so, each is copied once."""
-    _copies: dict[int, tuple[Record, Record]] = field(factory=dict, init=False)
-    """The records the event may have changed, by `id`: the live record and its copy."""
+    _copies: dict[Record, Record] = field(factory=dict, init=False)
+    """The records the event may have changed (records compare and hash by identity), each
+    to its copy from before the change."""
     _journal: list[tuple[str, str, Any]] = field(factory=list, init=False)
     """Every entry the event added, replaced or removed: (kind, key, what it was before)."""
     _mappings: dict[str, MutableMapping[str, Any]] = field(init=False)
@@ -242,7 +245,7 @@ class LocalStore:
         self._journal.clear()
 
     def rollback(self) -> None:
-        for live, copy in self._copies.values():
+        for live, copy in self._copies.items():
             put_back(live, copy)
         for kind, key, before in reversed(self._journal):
             if kind == "last_seen":
@@ -258,9 +261,10 @@ class LocalStore:
         self._forget_event()
 
     def _keep(self, record: Record) -> None:
-        """Copy `record` before the event changes it (once per event)."""
-        if self._changing and id(record) not in self._copies:
-            self._copies[id(record)] = (record, record.copy())
+        """Copy `record` before the event changes it (once per event; lookups check that
+        before calling, the cheaper for it)."""
+        if self._changing and record not in self._copies:
+            self._copies[record] = record.copy()
 
     def _note(self, kind: str, key: str) -> None:
         """Journal the entry `key` of `kind` before the event adds, replaces or removes it."""
@@ -273,7 +277,7 @@ class LocalStore:
 
     def session(self, session_id: str) -> Session | None:
         session = self.sessions.get(session_id)
-        if self._changing and session is not None:
+        if self._changing and session is not None and session not in self._copies:
             self._keep(session)
         return session
 
@@ -288,7 +292,8 @@ class LocalStore:
         devices = [self.sessions[sid] for sid in user.sessions]
         if self._changing:
             for session in devices:
-                self._keep(session)
+                if session not in self._copies:
+                    self._keep(session)
         return devices
 
     def add_session(self, session: Session) -> None:
@@ -320,10 +325,9 @@ class LocalStore:
     # Users -----------------------------------------------------------------------------------
 
     def user(self, user_id: str) -> User | None:
-        user = self.users.get(user_id)
-        if self._changing and user is not None:
-            self._keep(user)
-        return user
+        """The user's record, to read: only this store's own methods change it (and copy it
+        first), so a lookup need not."""
+        return self.users.get(user_id)
 
     def _user_to_change(self, user_id: str) -> User:
         """The user's record, made if it has none yet, copied before it changes."""
@@ -356,7 +360,7 @@ class LocalStore:
 
     def call(self, call_id: str) -> Call | None:
         call = self.calls.get(call_id)
-        if self._changing and call is not None:
+        if self._changing and call is not None and call not in self._copies:
             self._keep(call)
         return call
 
@@ -461,9 +465,11 @@ class TrackingStore(LocalStore):
         """Every lookup comes here first (a subclass may raise `Missing`)."""
         self._reads.setdefault(key, self.versions.get(key, 0))
 
-    def _looked_up_record(self, key: RecordKey, record: Any) -> None:
+    def _looked_up_record(self, key: RecordKey, record: Any, *, copied: bool = True) -> None:
+        """`copied`: an event that changes records copies this one at its lookup (all but
+        users, which only this store's methods change, copying them first)."""
         self.looked_up(key)
-        if record is not None and not self._changing:
+        if record is not None and not (self._changing and copied):
             self._read_values.append((record, value_of(record)))
 
     def session(self, session_id: str) -> Session | None:
@@ -476,7 +482,7 @@ class TrackingStore(LocalStore):
         return super().session_by_token(token)
 
     def user(self, user_id: str) -> User | None:
-        self._looked_up_record(("user", user_id), self.users.get(user_id))
+        self._looked_up_record(("user", user_id), self.users.get(user_id), copied=False)
         return super().user(user_id)
 
     def devices(self, user_id: str) -> list[Session]:
@@ -540,11 +546,11 @@ class TrackingStore(LocalStore):
         """What the event wrote and deleted (before its deliveries are numbered). Checks that
         what it looked up while read-only has not changed."""
         for record, value in self._read_values:
-            if id(record) not in self._copies:
+            if record not in self._copies:
                 assert value_of(record) == value, f"a read-only event changed {key_of(record)}"
         writes: set[RecordKey] = set()
         deletes: set[RecordKey] = set()
-        for live, copy in self._copies.values():
+        for live, copy in self._copies.items():
             if value_of(live) != value_of(copy):
                 writes.add(key_of(live))
         existed: dict[RecordKey, bool] = {}
