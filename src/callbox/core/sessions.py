@@ -285,7 +285,11 @@ def held_session(store: Store, session_id: str) -> Session:
 @define(eq=False)
 class Sessions:
     """Signing in (throttled per address), resuming, acknowledging, losing a connection, and
-    the timers of a session or of a connection still without one."""
+    the timers of a session or of a connection still without one.
+
+    What changes this process's connections (`links`, a `Link`'s session or held `hello`, the
+    sign-in throttle) waits for the event's commit (`Outbox.after_commit`): an event rolled
+    back and run again must find them as they were."""
 
     config: Config
     store: Store
