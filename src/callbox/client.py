@@ -18,7 +18,7 @@ A closed connection surfaces as trio-websocket's `ConnectionClosed`.
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
@@ -232,6 +232,11 @@ async def _hold_open(
         released.set()
 
 
+UNAPPLIED_KEPT = 1024
+"""Numbered messages a `Client` keeps to send again after a resume: far more than a lost
+connection can swallow between two messages the server applied."""
+
+
 class Client:
     """A session on a callbox server: `hello` done, `welcome` received, `seq` tracked."""
 
@@ -243,6 +248,11 @@ class Client:
         """The latest `welcome`: its `resume_token` is the one to resume with."""
         self.last_seq = 0
         """The `seq` of the last session message received."""
+        self.last_cseq = 0
+        """The `cseq` of the last message this client numbered in the session."""
+        self._unapplied: deque[ClientMessage] = deque(maxlen=UNAPPLIED_KEPT)
+        """The last numbered messages sent, oldest first: after a resume, those above the
+        welcome's `last_cseq` never reached the server and are sent again."""
         self._hello = hello
         self._retired: list[Connection] = []
 
@@ -309,16 +319,25 @@ class Client:
     # The session ------------------------------------------------------------------------------
 
     async def send(self, message: ClientMessage) -> None:
-        """Sends `message` after checking it against its schema (`ProtocolError` if invalid)."""
+        """Sends `message` after checking it against its schema (`ProtocolError` if invalid),
+        numbered with the session's next `cseq` unless it belongs to the connection (`hello`,
+        `ping`) or carries a `cseq` already (a test sending one again on purpose)."""
+        if message.cseq is None and not isinstance(message, (Hello, Ping)):
+            self.last_cseq += 1
+            numbered: Any = message  # every other client message has a `cseq` field
+            message = attrs.evolve(numbered, cseq=self.last_cseq)
+            self._unapplied.append(message)
         await self.connection.send(message)
 
     async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
         """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
 
         `last_seq` defaults to the last one received, `token` to the latest welcome's
-        `resume_token`. If `resumed`, the server replays what followed it through `receive`; if
-        not, a new session started and numbering restarts. The previous connection is left
-        alone: a server still holding it closes it with 4002.
+        `resume_token`. If `resumed`, the server replays what followed it through `receive`,
+        and the numbered messages the server never applied (above `welcome.last_cseq`; the
+        last `UNAPPLIED_KEPT` are kept) are sent again, in order, before this returns; if not, a
+        new session started and numbering restarts. The previous connection is left alone: a
+        server still holding it closes it with 4002.
         """
         claimed = self.last_seq if last_seq is None else last_seq
         connection = await self.connection.reopen()
@@ -329,6 +348,13 @@ class Client:
         self._retired.append(self.connection)
         self.connection = connection
         self.last_seq = claimed if self.welcome.resumed else 0
+        if self.welcome.resumed:
+            applied = self.welcome.last_cseq or 0
+            for message in [m for m in self._unapplied if (m.cseq or 0) > applied]:
+                await connection.send(message)
+        else:
+            self.last_cseq = 0
+            self._unapplied.clear()
         return self.welcome
 
     async def ack(self, *, rid: str | None = None) -> None:

@@ -383,15 +383,17 @@ _NEW_ICE_CANDIDATE = positional_constructor(IceCandidate)
 
 
 def _structure_sdp_offer(obj: dict[str, Any]) -> SdpOffer:
-    return _NEW_SDP_OFFER(obj["call_id"], obj["to"], obj["sdp"], obj.get("rid"))
+    return _NEW_SDP_OFFER(obj["call_id"], obj["to"], obj["sdp"], obj.get("rid"), obj.get("cseq"))
 
 
 def _structure_sdp_answer(obj: dict[str, Any]) -> SdpAnswer:
-    return _NEW_SDP_ANSWER(obj["call_id"], obj["to"], obj["sdp"], obj.get("rid"))
+    return _NEW_SDP_ANSWER(obj["call_id"], obj["to"], obj["sdp"], obj.get("rid"), obj.get("cseq"))
 
 
 def _structure_ice_candidate(obj: dict[str, Any]) -> IceCandidate:
-    return _NEW_ICE_CANDIDATE(obj["call_id"], obj["to"], obj["candidate"], obj.get("rid"))
+    return _NEW_ICE_CANDIDATE(
+        obj["call_id"], obj["to"], obj["candidate"], obj.get("rid"), obj.get("cseq")
+    )
 
 
 def _class_hook(cls: type) -> Callable[[dict[str, Any]], Any]:

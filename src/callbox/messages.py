@@ -122,6 +122,8 @@ class Hello:
     resume: str | None = None
     last_seq: int | None = None
     rid: str | None = None
+    cseq: ClassVar[None] = None
+    """Belongs to the connection: never numbered (see `cseq` on the others)."""
 
 
 @frozen(kw_only=True)
@@ -129,12 +131,15 @@ class Ping:
     TYPE: ClassVar[str] = "ping"
     ts: float | None = None
     rid: str | None = None
+    cseq: ClassVar[None] = None
+    """Belongs to the connection: never numbered (see `cseq` on the others)."""
 
 
 @frozen(kw_only=True)
 class Bye:
     TYPE: ClassVar[str] = "bye"
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -142,6 +147,7 @@ class Ack:
     TYPE: ClassVar[str] = "ack"
     last_seq: int
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -155,6 +161,7 @@ class CallInitiate:
     room: str | None = None
     metadata: JSONObject | None = None
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -163,6 +170,7 @@ class CallAnswer:
     call_id: str
     media: Media | None = None
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -171,6 +179,7 @@ class CallReject:
     call_id: str
     reason: RejectReason
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -179,6 +188,7 @@ class CallInvite:
     call_id: str
     to: list[str]
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -186,6 +196,7 @@ class CallJoin:
     TYPE: ClassVar[str] = "call_join"
     call_id: str
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -194,6 +205,7 @@ class Hangup:
     call_id: str
     reason: HangupReason | None = None
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -203,6 +215,7 @@ class SdpOffer:
     to: str
     sdp: str
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -212,6 +225,7 @@ class SdpAnswer:
     to: str
     sdp: str
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -222,6 +236,7 @@ class IceCandidate:
     candidate: IceCandidateInit | None
     """``None`` (JSON ``null``) is end-of-candidates."""
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -229,6 +244,7 @@ class RoomJoin:
     TYPE: ClassVar[str] = "room_join"
     room: str
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -236,6 +252,7 @@ class RoomLeave:
     TYPE: ClassVar[str] = "room_leave"
     room: str
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -245,6 +262,7 @@ class RoomBroadcast:
     data: Any
     """Any JSON value, relayed verbatim; its encoded size is bounded by `max_broadcast_bytes`."""
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -252,6 +270,7 @@ class PresenceSubscribe:
     TYPE: ClassVar[str] = "presence_subscribe"
     users: list[str]
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -259,6 +278,7 @@ class PresenceUnsubscribe:
     TYPE: ClassVar[str] = "presence_unsubscribe"
     users: list[str]
     rid: str | None = None
+    cseq: int | None = None
 
 
 @frozen(kw_only=True)
@@ -266,6 +286,7 @@ class PresenceSet:
     TYPE: ClassVar[str] = "presence_set"
     status: PresenceStatus
     rid: str | None = None
+    cseq: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +303,7 @@ class Welcome:
     ice_servers: list[IceServer]
     heartbeat_ms: int
     limits: Limits
+    last_cseq: int | None = None
     rid: str | None = None
 
 

@@ -73,6 +73,36 @@ async def test_resume_replays_through_receive(url: str) -> None:
         assert offer.seq == bob.last_seq == 3
 
 
+async def test_what_a_lost_connection_swallowed_is_sent_again_after_the_resume(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's offer is numbered and handed to a connection that dies before writing it (the
+    test drops it on the floor): the resume's `welcome` says the server applied only the
+    messages before it, so the client sends it again, and bob gets it once."""
+    async with connect(url, user_id="alice") as alice, connect(url, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        await bob.expect(CallIncoming)
+        await bob.answer(call_id)
+        await alice.expect(CallRinging)
+        await alice.expect(CallAccepted)
+        await alice.candidate(call_id, "bob", None)  # applied: never sent again
+        await bob.expect(CallAccepted)
+        await bob.expect(RelayedIceCandidate)
+        connection = alice.connection
+
+        async def swallowed(message: object) -> None:
+            pass
+
+        monkeypatch.setattr(connection, "send", swallowed)
+        await alice.offer(call_id, "bob", SDP)
+        await alice.drop()
+        welcome = await alice.resume()
+        assert welcome.resumed and welcome.last_cseq == alice.last_cseq - 1
+        offer = await bob.expect(RelayedSdpOffer, sdp=SDP)
+        await bob.ping()  # the pong is next: the offer came once, the candidate not again
+        assert offer.seq == bob.last_seq
+
+
 async def test_a_refused_resume_starts_numbering_again(url: str) -> None:
     async with connect(url, user_id="bob") as bob:
         await bob.send(CallJoin(call_id="nonexistent"))

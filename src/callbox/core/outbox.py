@@ -33,6 +33,8 @@ class Outbox:
     after_commit: list[Callable[[], object]] = field(factory=list, init=False)
     """Changes to this process's connections (`Link`s), made once the event commits: an event
     that is rolled back and run again must find them as they were."""
+    applied: tuple[str, int] | None = field(default=None, init=False)
+    """(session id, `cseq`) of the numbered client message this event applies, if it is one."""
     errors: Counter[str] = field(factory=Counter, init=False)
     """`error` messages sent, by code (for metrics): counted when their event commits."""
     error_codes: list[str] = field(factory=list, init=False)
@@ -52,6 +54,7 @@ class Outbox:
         self.actions = []
         self.after_commit = []
         self.error_codes = []
+        self.applied = None
 
     def count_errors(self) -> None:
         """The event committed: its errors count."""

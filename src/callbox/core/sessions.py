@@ -109,6 +109,9 @@ class Session:
     """...and at most this many bytes of them (one frame larger than that is kept alone)."""
     conn: ConnId | None = None
     next_seq: int = 1
+    last_cseq: int = 0
+    """The highest `cseq` of the client's messages applied (0: none). Like `next_seq`, it moves
+    when an event commits (`Store.commit`), not during it."""
     replay: deque[bytes] | None = None
     """The last frames sent, oldest first, from the first one on (a deque takes ~600 bytes:
     idle sessions are most sessions). Their `seq`s are consecutive and end at `next_seq - 1`."""
@@ -380,6 +383,7 @@ class Sessions:
             session_id=session.session_id,
             resume_token=session.resume_token,
             resumed=resumed,
+            last_cseq=session.last_cseq if resumed else None,
             ice_servers=self.ice_servers(session.user_id),
             heartbeat_ms=self.config.heartbeat_ms,
             limits=self.config.limits(),

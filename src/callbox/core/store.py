@@ -151,11 +151,14 @@ class Store(Protocol):
         """The event may change records: from now on, what it touches is kept for a rollback."""
         ...
 
-    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+    def commit(
+        self, actions: list[Action | Delivery], applied: tuple[str, int] | None = None
+    ) -> list[Action]:
         """The event's changes stand, and its deliveries are numbered, each in its session's
         sequence and kept for replay: returned is `actions` with a `Send` for each delivery to a
-        connected session. Raises `Overflow`, with nothing changed, if a delivery would overflow
-        the replay of a session away from its connection."""
+        connected session. `applied`: the (session id, `cseq`) of the client message the event
+        applied, now the session's `last_cseq`. Raises `Overflow`, with nothing changed, if a
+        delivery would overflow the replay of a session away from its connection."""
         ...
 
     def rollback(self) -> None:
@@ -209,7 +212,9 @@ class LocalStore:
     def changing(self) -> None:
         self._changing = True
 
-    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+    def commit(
+        self, actions: list[Action | Delivery], applied: tuple[str, int] | None = None
+    ) -> list[Action]:
         sessions = self.sessions
         away: dict[str, list[bytes]] | None = None
         for action in actions:
@@ -237,6 +242,10 @@ class LocalStore:
                     done.append(send)
             else:
                 done.append(action)  # type: ignore[arg-type]
+        if applied is not None:
+            session = sessions.get(applied[0])
+            if session is not None:  # else it ended in this event (`bye`)
+                session.last_cseq = applied[1]
         return done
 
     def _forget_event(self) -> None:
@@ -531,9 +540,11 @@ class TrackingStore(LocalStore):
         super().rollback()
         self._reads, self._read_values = {}, []
 
-    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+    def commit(
+        self, actions: list[Action | Delivery], applied: tuple[str, int] | None = None
+    ) -> list[Action]:
         writes, deletes = self._changes()
-        done = super().commit(actions)  # raises `Overflow` before changing anything
+        done = super().commit(actions, applied)  # raises `Overflow` before changing anything
         for changed in writes | deletes:
             self.versions[changed] = self.versions.get(changed, 0) + 1
         self.committed = Transaction(

@@ -200,7 +200,7 @@ class Switchboard:
                 raise
             except Exception:  # a bug, not a refusal: contained to this message and its sender
                 log.exception("internal error handling %s on connection %s", message.TYPE, conn)
-                actions = self._transact(False, self._internal_error, link, message.rid)
+                actions = self._transact(False, self._internal_error, link, message)
         except Missing:
             bucket.tokens, bucket.updated = tokens, updated
             raise
@@ -288,7 +288,7 @@ class Switchboard:
         store, out = self.store, self.outbox
         while True:
             try:
-                actions = store.commit(out.actions)
+                actions = store.commit(out.actions, out.applied)
                 break
             except Overflow as overflow:
                 store.changing()
@@ -300,6 +300,7 @@ class Switchboard:
                     for action in out.actions
                     if not (type(action) is tuple and action[0] in ended)
                 ]
+        out.applied = None
         if out.error_codes:
             out.count_errors()
         if self._tokens.drawn:
@@ -328,8 +329,13 @@ class Switchboard:
         reason = "binary frames are not accepted: send JSON as text frames"
         self.outbox.error(self._client(link), "invalid_message", reason, None, None)
 
-    def _internal_error(self, link: Link, rid: str | None) -> None:
-        self.outbox.error(self._client(link), "internal", INTERNAL_ERROR_MESSAGE, None, rid)
+    def _internal_error(self, link: Link, message: ClientMessage) -> None:
+        """Answer a message whose handling failed: it counts as applied (sent again, it would
+        fail again), its changes are not (they were rolled back)."""
+        to = self._client(link)
+        if isinstance(to, str) and message.cseq is not None:
+            self.outbox.applied = (to, message.cseq)
+        self.outbox.error(to, "internal", INTERNAL_ERROR_MESSAGE, None, message.rid)
 
     def _lost(self, conn: ConnId, session_id: str, now: float) -> None:
         """`conn`, which carried `session_id`, is gone: unless another connection has taken
@@ -343,15 +349,15 @@ class Switchboard:
         """Hand `message` to the module that owns it; a refusal is answered with an `error`."""
         session_id = link.session_id
         if session_id is None:
-            if isinstance(message, Hello):
-                self._started(self._sessions.hello(link, message, now), now)
-            else:
-                self.outbox.error(
-                    link.conn, "not_authenticated", "send hello first", "/type", message.rid
-                )
+            self._before_hello(link, message, now)
             return
         session = self.store.session(session_id)  # not held_session: this is every message
         assert session is not None, f"connection {link.conn} carries ended session {session_id}"
+        cseq = message.cseq
+        if cseq is not None:
+            if cseq <= session.last_cseq:
+                return  # applied before; its replies, if any, are replayed by the resume
+            self.outbox.applied = (session_id, cseq)
         try:
             if isinstance(message, (IceCandidate, SdpOffer, SdpAnswer)):
                 self._relay.relay(session, message)  # most of the traffic: spare it the match
@@ -392,6 +398,13 @@ class Switchboard:
                     self._watchers.set_status(session, message)
         except Refused as refusal:
             self.outbox.error(session_id, refusal.code, refusal.message, refusal.path, message.rid)
+
+    def _before_hello(self, link: Link, message: ClientMessage, now: float) -> None:
+        if isinstance(message, Hello):
+            self._started(self._sessions.hello(link, message, now), now)
+        else:
+            reason = "send hello first"
+            self.outbox.error(link.conn, "not_authenticated", reason, "/type", message.rid)
 
     def _timer(self, key: TimerKey, now: float) -> None:
         if isinstance(key, CALL_TIMERS):

@@ -4,7 +4,8 @@
  * Three classes, one per layer:
  *
  * - {@link CallboxClient}: the WebSocket session. `hello`/`welcome`, heartbeat, `rid` requests,
- *   automatic resume after a lost socket (replayed messages are processed exactly once), rooms and
+ *   automatic resume after a lost socket (replayed messages are processed exactly once, and what the
+ *   lost socket swallowed is sent again and applied once: `cseq`), rooms and
  *   presence, and an event emitter for every server message.
  * - {@link Call}: one call (1:1 or group). Ringing, answering, rejecting, inviting, joining,
  *   hanging up; it owns the local media and one {@link CallPeer} per remote participant (a mesh).
@@ -46,6 +47,9 @@ const CLOSE_POLICY = 1008;
 const RECONNECT_FIRST_DELAY_MS = 250;
 const RECONNECT_MAX_DELAY_MS = 5000;
 const REQUEST_TIMEOUT_MS = 15000;
+/** Numbered messages kept for sending again after a resume (`cseq`): far more than a lost
+ * socket can swallow between two messages the server applied. */
+const UNAPPLIED_KEPT = 1024;
 const ICE_DISCONNECTED_RESTART_MS = 4000;
 const MAX_ICE_RESTARTS = 3;
 
@@ -200,6 +204,12 @@ export class CallboxClient extends Emitter {
     this._pending = new Map();
     /** Messages sent while the socket is down, sent on resume. @type {Message[]} */
     this._outbox = [];
+    /** The `cseq` of the last message numbered in this session (0: none yet). */
+    this._cseq = 0;
+    /** The last numbered messages written to a socket, oldest first: after a resume, those
+     * above the welcome's `last_cseq` never reached the server and are sent again, once.
+     * @type {Message[]} */
+    this._unapplied = [];
     /** @type {Set<string>} */
     this._watching = new Set();
     this._reconnectAttempt = 0;
@@ -280,7 +290,10 @@ export class CallboxClient extends Emitter {
    */
   send(message) {
     if (this.state === "open" && this._ws?.readyState === WebSocket.OPEN) {
-      this._ws.send(JSON.stringify(message));
+      const numbered = { ...message, cseq: ++this._cseq };
+      this._unapplied.push(numbered);
+      if (this._unapplied.length > UNAPPLIED_KEPT) this._unapplied.shift();
+      this._ws.send(JSON.stringify(numbered));
     } else if (this.state === "closed" || this.state === "idle") {
       throw new CallboxError("closed", `not connected: cannot send ${message.type}`);
     } else {
@@ -652,6 +665,15 @@ export class CallboxClient extends Emitter {
     if (this._connectWaiters) {
       this._connectWaiters.resolve(welcome);
       this._connectWaiters = null;
+    }
+    if (welcome.resumed) {
+      // What the lost socket swallowed: numbered, written, never applied. Sent again first, in
+      // order and with the same cseq, so the server applies each exactly once.
+      this._unapplied = this._unapplied.filter((m) => m.cseq > (welcome.last_cseq ?? 0));
+      for (const message of this._unapplied) this._ws?.send(JSON.stringify(message));
+    } else {
+      this._cseq = 0;
+      this._unapplied = [];
     }
     const outbox = this._outbox.splice(0);
     for (const message of outbox) this.send(message);

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import suppress
 
+import attrs
+
 from callbox.client import Client, ConnectionClosed
 from callbox.conformance.context import Context
 from callbox.conformance.registry import Skip, case
@@ -28,6 +30,7 @@ from callbox.messages import (
     Error,
     Hangup,
     Hello,
+    IceCandidate,
     Ping,
     RelayedIceCandidate,
     RelayedSdpAnswer,
@@ -224,6 +227,27 @@ async def ack(ctx: Context) -> None:
     await alice.ping()
     check((await bob.resume()).resumed, "resume after an ack: resumed false")
     await bob.expect(RelayedIceCandidate, call_id=call_id, candidate=CANDIDATE)
+
+
+@case("resume.cseq", "resume")
+async def numbered(ctx: Context) -> None:
+    """A client message numbered (`cseq`) is applied once: sent again, it is ignored without a
+    reply; the resumed `welcome` says the last number applied (`last_cseq`)."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
+    candidate = IceCandidate(call_id=call_id, to=bob.user_id, candidate=CANDIDATE)
+    await alice.send(candidate)  # the client numbers it
+    await bob.expect(RelayedIceCandidate, call_id=call_id, candidate=CANDIDATE)
+    await alice.send(attrs.evolve(candidate, cseq=alice.last_cseq))  # the same number again
+    await alice.ping()  # the server has handled the repeat...
+    await bob.ping()  # ...and sent bob nothing for it: the pong comes next
+    await alice.drop()
+    welcome = await alice.resume()
+    check(welcome.resumed, "resume within the grace period: resumed false")
+    check(
+        welcome.last_cseq == alice.last_cseq,
+        f"welcome.last_cseq {welcome.last_cseq}: the last cseq applied was {alice.last_cseq}",
+    )
 
 
 @case("resume.takeover", "resume")
