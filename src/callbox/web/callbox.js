@@ -290,6 +290,10 @@ export class CallboxClient extends Emitter {
    */
   send(message) {
     if (this.state === "open" && this._ws?.readyState === WebSocket.OPEN) {
+      if (message.type === "ping" || message.type === "hello") {
+        this._ws.send(JSON.stringify(message)); // they belong to the connection: no cseq
+        return;
+      }
       const numbered = { ...message, cseq: ++this._cseq };
       this._unapplied.push(numbered);
       if (this._unapplied.length > UNAPPLIED_KEPT) this._unapplied.shift();
