@@ -158,7 +158,9 @@ class RecordingStore(TrackingStore):
     """Sessions the core ended for a replay overflow, with how many messages, never numbered,
     would have overflowed it."""
 
-    def commit(self, actions: list[Action | Delivery]) -> list[Action]:
+    def commit(
+        self, actions: list[Action | Delivery], applied: tuple[str, int] | None = None
+    ) -> list[Action]:
         next_seq: dict[str, int] = {}
         numbered = []
         for action in actions:
@@ -168,7 +170,7 @@ class RecordingStore(TrackingStore):
                 next_seq[session_id] = seq + 1
                 numbered.append((session_id, seq, decode_server(with_seq(frame, seq))))
         try:
-            done = super().commit(actions)
+            done = super().commit(actions, applied)
         except Overflow as overflow:
             for session_id in overflow.session_ids:
                 self.overflowed[session_id] = (

@@ -32,6 +32,7 @@ from attrs import define, field, frozen
 from callbox.codec import with_seq
 from callbox.core.actions import Action
 from callbox.core.calls import Call
+from callbox.core.encoding import decode_record, encode_record
 from callbox.core.outbox import Delivery
 from callbox.core.presence import LastSeen
 from callbox.core.records import put_back, shallow_copier, value_of
@@ -60,6 +61,7 @@ class User:
 _copy_user = shallow_copier(User)
 
 Record = Session | User | Call | Room
+RECORD_KINDS = frozenset({"session", "user", "call", "room"})
 RecordKey = tuple[str, str]
 """A record's kind ("session", "user", "call", "room", "token", "watchers", "presence",
 "last_seen") and its key within that kind."""
@@ -555,15 +557,18 @@ class TrackingStore(LocalStore):
 
     def _changes(self) -> tuple[set[RecordKey], set[RecordKey]]:
         """What the event wrote and deleted (before its deliveries are numbered). Checks that
-        what it looked up while read-only has not changed."""
+        what it looked up while read-only has not changed, and that each record it wrote
+        encodes (core/encoding.py) to the same value."""
         for record, value in self._read_values:
             if record not in self._copies:
                 assert value_of(record) == value, f"a read-only event changed {key_of(record)}"
         writes: set[RecordKey] = set()
         deletes: set[RecordKey] = set()
         for live, copy in self._copies.items():
-            if value_of(live) != value_of(copy):
-                writes.add(key_of(live))
+            kind, key = key_of(live)
+            held = self._mappings[kind].get(key) is live  # else deleted (or made and deleted)
+            if held and value_of(live) != value_of(copy):
+                writes.add((kind, key))
         existed: dict[RecordKey, bool] = {}
         for journaled, key, before in self._journal:
             kind = "last_seen" if journaled == "last_seen_forgotten" else journaled
@@ -574,4 +579,10 @@ class TrackingStore(LocalStore):
                 writes.add((kind, key))
             elif was:
                 deletes.add((kind, key))
-        return writes - deletes, deletes
+        writes -= deletes
+        for kind, key in writes:
+            if kind in RECORD_KINDS:
+                record = self._mappings[kind][key]
+                again = decode_record(type(record), encode_record(record))
+                assert value_of(again) == value_of(record), f"{kind} {key!r} does not encode"
+        return writes, deletes
