@@ -265,41 +265,24 @@ class Switchboard:
 
     def _transact(self, changing: bool, handle: Callable[..., None], *args: Any) -> list[Action]:
         """Run one event as a transaction: `handle(*args)` decides, and its decisions are
-        committed, or rolled back if it raises (`Missing` or a bug), which it passes on.
-        `changing`: whether the event may change records (see `Store.changing`)."""
+        committed (records kept, deliveries numbered, then this process's connections changed),
+        or rolled back if it raises (`Missing` or a bug), which it passes on. `changing`:
+        whether the event may change records (see `Store.changing`)."""
         store, out = self.store, self.outbox
         if changing:
             store.changing()
         out.begin()
         try:
             handle(*args)
-            return self._commit()
+            try:
+                actions = store.commit(out.actions, out.applied)
+            except Overflow as overflow:
+                actions = self._end_overflowing(overflow)
         except BaseException as exc:
             store.rollback()
             out.discard()
             self._tokens.rewind(keep=isinstance(exc, Missing))
             raise
-
-    def _commit(self) -> list[Action]:
-        """The event's decisions stand: its records are committed, its deliveries numbered,
-        this process's connections changed. First, though, within the event, the sessions away
-        from their connection whose replay its deliveries would overflow end (their client could
-        never be given every message)."""
-        store, out = self.store, self.outbox
-        while True:
-            try:
-                actions = store.commit(out.actions, out.applied)
-                break
-            except Overflow as overflow:
-                store.changing()
-                for session_id in overflow.session_ids:
-                    self._end_session(held_session(store, session_id))
-                ended = set(overflow.session_ids)
-                out.actions = [
-                    action
-                    for action in out.actions
-                    if not (type(action) is tuple and action[0] in ended)
-                ]
         out.applied = None
         if out.error_codes:
             out.count_errors()
@@ -310,6 +293,26 @@ class Switchboard:
                 change()
             out.after_commit = []
         return actions
+
+    def _end_overflowing(self, overflow: Overflow) -> list[Action]:
+        """Within the event, end the sessions away from their connection whose replay its
+        deliveries would overflow (their client could never be given every message), then
+        commit: ending them may overflow others."""
+        store, out = self.store, self.outbox
+        while True:
+            store.changing()
+            for session_id in overflow.session_ids:
+                self._end_session(held_session(store, session_id))
+            ended = set(overflow.session_ids)
+            out.actions = [
+                action
+                for action in out.actions
+                if not (type(action) is tuple and action[0] in ended)
+            ]
+            try:
+                return store.commit(out.actions, out.applied)
+            except Overflow as again:
+                overflow = again
 
     def _client(self, link: Link) -> str | ConnId:
         """Who answers go to on `link`: its session, or the bare connection before `hello`."""
