@@ -18,7 +18,9 @@ import orjson
 import trio
 import trio_websocket
 
-from callbox.server.transport import Connection, TransportConfig, serve_websockets
+from callbox.server.transport.config import TransportConfig
+from callbox.server.transport.connection import Connection
+from callbox.server.transport.listener import serve_websockets
 
 HOST = "127.0.0.1"
 

@@ -259,7 +259,7 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 """Every close code the server sends, with its close reason: `switchboard.py` (1000, 1008, 4001,
-4002, 4003) and `transport.py` (1001, 1011, 1013; 1007 and 1009 come from the websockets
+4002, 4003) and `server/transport/` (1001, 1011, 1013; 1007 and 1009 come from the websockets
 library)."""
 
 BAD_INPUT: tuple[tuple[str, str], ...] = (
@@ -283,7 +283,7 @@ BAD_INPUT: tuple[tuple[str, str], ...] = (
         "`error` `rate_limited`; the message is dropped, not queued",
     ),
 )
-"""What becomes of bad input: `codec.py`, `Switchboard.receive`, and `transport.py`."""
+"""What becomes of bad input: `codec.py`, `Switchboard.receive`, and `server/transport/`."""
 
 TRANSPORT = """\
 ## Transport

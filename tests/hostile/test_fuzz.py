@@ -3,10 +3,10 @@
 - `callbox.codec.decode_client`, with arbitrary bytes, arbitrary JSON and near-valid messages
   (generated from the schemas, then a few bytes changed): it returns a message or raises
   `ProtocolError`, nothing else, and within the deadline.
-- The transport's frame parsing (`handle_stream`, the `Connection` driving websockets'
-  `ServerProtocol` as `callbox serve` does), over memory streams: after a real handshake,
-  arbitrary bytes or near-valid frames; the connection ends cleanly at EOF, logs no failure,
-  and any close frame it sends carries a code RFC 6455 lets a server send.
+- The transport's frame parsing (the `Connection` driving websockets' `ServerProtocol` as
+  `callbox serve` does), over a socket on 127.0.0.1: after a real handshake, arbitrary bytes or
+  near-valid frames; the connection ends cleanly at EOF, logs no failure, and any close frame it
+  sends carries a code RFC 6455 lets a server send.
 
 Each test has a deadline per example and a bounded number of examples (~60 s in all on a
 2-core machine).
@@ -31,9 +31,9 @@ from websockets.frames import EXTERNAL_CLOSE_CODES, Opcode
 from callbox.codec import ProtocolError, decode_client
 from callbox.conformance.generation import generator_schema, json_safe
 from callbox.messages import CLIENT_MESSAGES
-from callbox.server.transport import TransportConfig, handle_stream
+from callbox.server.transport.config import TransportConfig
 from tests.hostile.harness import FIGURES, frames_until_close, raw_frame
-from tests.server.test_transport import EchoHandler, RawClient
+from tests.server.test_transport import EchoHandler, RawClient, running_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -125,11 +125,12 @@ async def test_transport_on_arbitrary_bytes_after_the_handshake(
     FIGURES.count("fuzz: transport")
     handler = EchoHandler()
     config = TransportConfig(max_message_bytes=1024, close_timeout=0.2)
-    async with trio.open_nursery() as nursery:
-        client = await RawClient.served(nursery, handler, config)
+    async with running_server(handler, config) as port:
+        client = await RawClient.connect(port)
         await client.stream.send_all(data)
         await client.stream.send_eof()
         close, _ = await frames_until_close(client)
+        await wait_for(lambda: bool(handler.closed))  # ended by the EOF, not by the shutdown
     if close is not None:
         assert sendable(close.code), close
     assert len(handler.closed) == len(handler.opened) == 1
@@ -144,14 +145,14 @@ async def test_transport_on_arbitrary_bytes_as_a_request_head(
 ) -> None:
     FIGURES.count("fuzz: transport")
     handler = EchoHandler()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
     config = TransportConfig(handshake_timeout=0.5, close_timeout=0.2)
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle_stream, server_stream, handler, config)
-            await client_stream.send_all(data)
-            await client_stream.send_eof()
-            while await client_stream.receive_some():
-                pass
+        async with running_server(handler, config) as port:
+            async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                await client.send_all(data)
+                await client.send_eof()
+                while await client.receive_some():
+                    pass
+            await trio.testing.wait_all_tasks_blocked()  # the server's side ends too
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures == [], [r.getMessage() for r in failures]

@@ -1,5 +1,5 @@
-"""Tests for the WebSocket transport: real sockets with trio-websocket clients, plus a
-hand-rolled websockets ClientProtocol client over memory streams for timer tests (MockClock)."""
+"""Tests for the WebSocket transport over real sockets on 127.0.0.1 (under MockClock for the
+timers), with trio-websocket clients and a hand-rolled websockets ClientProtocol client."""
 
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import parse_uri
 
-from callbox.server.transport import (
+from callbox.server.transport.config import TransportConfig
+from callbox.server.transport.connection import Connection
+from callbox.server.transport.http import HttpResponse
+from callbox.server.transport.listener import (
     ACCEPT_RETRY_SECONDS,
-    Connection,
-    HttpResponse,
     SharedServices,
-    TransportConfig,
     _accept,
-    handle_stream,
     serve_websockets,
 )
 
@@ -122,28 +121,16 @@ async def echo(ws: WebSocketConnection, text: str) -> None:
 
 
 class RawClient:
-    """websockets' sans-I/O client over any trio stream, for what trio-websocket cannot do:
+    """websockets' sans-I/O client over a socket, for what trio-websocket cannot do:
     fragments, invalid UTF-8, not answering pings, TCP resets mid-handshake."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.proto = ClientProtocol(parse_uri("ws://test/ws"))
 
     @classmethod
     async def connect(cls, port: int) -> RawClient:
         client = cls(await trio.open_tcp_stream("127.0.0.1", port))
-        await client.handshake()
-        return client
-
-    @classmethod
-    async def served(
-        cls, nursery: trio.Nursery, handler: EchoHandler, config: TransportConfig
-    ) -> RawClient:
-        """A client of `handle_stream` run in `nursery` over memory streams (no sockets, so
-        MockClock can drive its timers)."""
-        client_stream, server_stream = trio.testing.memory_stream_pair()
-        nursery.start_soon(handle_stream, server_stream, handler, config)
-        client = cls(client_stream)
         await client.handshake()
         return client
 
@@ -177,7 +164,6 @@ class RawClient:
 
     async def reset(self) -> None:
         """Close with SO_LINGER 0, so the server sees a TCP RST instead of a FIN."""
-        assert isinstance(self.stream, trio.SocketStream)
         self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await self.stream.aclose()
 
@@ -229,7 +215,6 @@ async def test_many_messages_arrive_in_order() -> None:
 
 def has_input(client: RawClient) -> bool:
     """Whether the server's bytes have reached this client's socket (nothing is read)."""
-    assert isinstance(client.stream, trio.SocketStream)
     readable, _, _ = select.select([client.stream.socket.fileno()], [], [], 0)
     return bool(readable)
 
@@ -586,11 +571,12 @@ async def test_one_connection_failing_mid_close_does_not_affect_others(
 async def test_heartbeat_timeout_closes_1011(autojump_clock: trio.testing.MockClock) -> None:
     handler = EchoHandler()
     config = TransportConfig()
-    async with trio.open_nursery() as nursery:
-        client = await RawClient.served(nursery, handler, config)
+    async with running_server(handler, config) as port:
+        client = await RawClient.connect(port)
         opened_at = trio.current_time()
         frames = await client.frames_until_eof(hang_guard=120)  # never answers the pings
         closed_at = trio.current_time()
+        await wait_for(lambda: bool(handler.closed))
     pings = [f for f in frames if f.opcode is Opcode.PING]
     assert len(pings) >= 1
     close = close_frame(frames)
@@ -603,8 +589,8 @@ async def test_heartbeat_keeps_a_responsive_client(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     handler = EchoHandler()
-    async with trio.open_nursery() as nursery:
-        client = await RawClient.served(nursery, handler, TransportConfig())
+    async with running_server(handler, TransportConfig()) as port:
+        client = await RawClient.connect(port)
         pings = 0
         with trio.move_on_after(120):
             while True:
@@ -617,6 +603,7 @@ async def test_heartbeat_keeps_a_responsive_client(
         client.proto.send_close(1000)
         await client.flush()
         assert close_frame(await client.frames_until_eof()).code == 1000
+        await wait_for(lambda: bool(handler.closed))
     assert handler.closed == [(handler.opened[0], 1000, "")]
 
 
@@ -624,43 +611,26 @@ async def test_handshake_timeout_drops_silent_client(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     handler = EchoHandler()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle_stream, server_stream, handler, TransportConfig())
+    async with running_server(handler, TransportConfig()) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
         start = trio.current_time()
-        assert await client_stream.receive_some() == b""
+        with trio.fail_after(HANG_GUARD + TransportConfig().handshake_timeout):
+            assert await stream.receive_some() == b""
         assert trio.current_time() - start >= TransportConfig().handshake_timeout
+        await stream.aclose()
     assert handler.opened == []
     assert handler.closed == []
 
 
-async def test_memory_stream_echo_uses_buffered_writer() -> None:
-    handler = EchoHandler()
-    async with trio.open_nursery() as nursery:
-        client = await RawClient.served(nursery, handler, CONFIG)
-        for i in range(50):
-            client.proto.send_text(f"m{i}".encode())
-        await client.flush()
-        received: list[bytes] = []
-        with trio.fail_after(HANG_GUARD):
-            while len(received) < 50:
-                received += [bytes(f.data) for f in await client.receive()]
-        assert received == [f"m{i}".encode() for i in range(50)]
-        client.proto.send_close(1000)
-        await client.flush()
-        await client.frames_until_eof()
-    assert handler.closed == [(handler.opened[0], 1000, "")]
-
-
-class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
+class FlakyListener(trio.abc.Listener[trio.SocketStream]):
     """Its `accept` raises `errors` first, then hands out `stream`, then waits forever."""
 
-    def __init__(self, errors: list[OSError], stream: trio.abc.Stream | None) -> None:
+    def __init__(self, errors: list[OSError], stream: trio.SocketStream | None) -> None:
         self.errors = errors
         self.stream = stream
         self.closed = False
 
-    async def accept(self) -> trio.abc.Stream:
+    async def accept(self) -> trio.SocketStream:
         await trio.lowlevel.checkpoint()
         if self.errors:
             raise self.errors.pop(0)
@@ -677,14 +647,15 @@ async def test_accept_waits_and_retries_when_out_of_descriptors(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler = EchoHandler()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    listener = FlakyListener([OSError(errno.EMFILE, "Too many open files")], server_stream)
-    async with trio.open_nursery() as nursery:
+    client_socket, server_socket = trio.socket.socketpair()  # what the listener "accepts"
+    listener = FlakyListener(
+        [OSError(errno.EMFILE, "Too many open files")], trio.SocketStream(server_socket)
+    )
+    async with trio.open_nursery() as nursery, trio.SocketStream(client_socket) as client_stream:
         start = trio.current_time()
         shared = SharedServices(nursery, CONFIG)
         nursery.start_soon(_accept, listener, handler, CONFIG, None, shared)
-        client = RawClient(client_stream)
-        await client.handshake()
+        await RawClient(client_stream).handshake()
         assert trio.current_time() - start >= ACCEPT_RETRY_SECONDS
         assert len(handler.opened) == 1
         nursery.cancel_scope.cancel()

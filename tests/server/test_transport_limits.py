@@ -17,8 +17,9 @@ from websockets.frames import Opcode
 
 from callbox.config import Config
 from callbox.server.app import serve
-from callbox.server.http import HttpHandler, HttpResponse
-from callbox.server.transport import Connection, SharedServices, TransportConfig, handle_stream
+from callbox.server.transport.config import TransportConfig
+from callbox.server.transport.connection import Connection
+from callbox.server.transport.http import HttpHandler, HttpResponse
 
 from .test_transport import (
     CONFIG,
@@ -63,7 +64,7 @@ async def test_a_message_of_too_many_fragments_closes_1009() -> None:
 
 
 def transport_allocations(snapshot: tracemalloc.Snapshot) -> int:
-    traces = snapshot.filter_traces([tracemalloc.Filter(True, "*/callbox/server/transport.py")])
+    traces = snapshot.filter_traces([tracemalloc.Filter(True, "*/callbox/server/transport/*")])
     return sum(stat.size for stat in traces.statistics("filename"))
 
 
@@ -189,18 +190,14 @@ async def test_a_request_head_over_the_bound_gets_431() -> None:
 async def test_handshakes_beyond_the_cap_wait_for_a_slot_until_the_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Over memory streams: the point is which connection is read when, not the network."""
     config = TransportConfig(max_handshakes=2)
     requested: list[str] = []
-    http = paths_handler(requested)
-    async with trio.open_nursery() as nursery:
-        shared = SharedServices(nursery, config)
+    async with running_server(EchoHandler(), config, paths_handler(requested)) as port:
 
-        async def connect(request: bytes) -> trio.abc.Stream:
-            client, server = trio.testing.memory_stream_pair()
-            nursery.start_soon(handle_stream, server, EchoHandler(), config, http, shared)
+        async def connect(request: bytes) -> trio.SocketStream:
+            client = await trio.open_tcp_stream("127.0.0.1", port)
             await client.send_all(request)
-            await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()  # the server has read what it will
             return client
 
         first = await connect(b"GET /first HTTP/1.1\r\n")  # holds a slot, unfinished
@@ -214,7 +211,8 @@ async def test_handshakes_beyond_the_cap_wait_for_a_slot_until_the_deadline(
         fifth = await connect(b"GET /fifth HTTP/1.1\r\n\r\n")  # waits until its deadline
         clients = (first, second, third, fourth, fifth)
         responses = [await read_all(client) for client in clients]
-        nursery.cancel_scope.cancel()
+        for client in clients:
+            await client.aclose()
     assert [parse_response(response)[0] for response in responses] == [200, 408, 200, 408, 503]
     assert requested == ["/first", "/third"]
 

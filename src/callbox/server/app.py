@@ -47,12 +47,10 @@ from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
 from callbox.server.metrics import Metrics
 from callbox.server.timers import SessionTimers
-from callbox.server.transport import (
-    Connection,
-    HttpResponse,
-    TransportConfig,
-    serve_websockets,
-)
+from callbox.server.transport.config import TransportConfig
+from callbox.server.transport.connection import Connection
+from callbox.server.transport.http import HttpResponse
+from callbox.server.transport.listener import serve_websockets
 
 log = logging.getLogger("callbox.server")
 

@@ -1,0 +1,94 @@
+"""Accepting connections: the listening sockets, the accept loop, and what connections share."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Coroutine
+
+import trio
+
+from callbox.server.transport.config import TransportConfig
+from callbox.server.transport.connection import Connection, ConnectionHandler
+from callbox.server.transport.heartbeats import Heartbeats
+from callbox.server.transport.http import HttpHandler
+
+__all__ = ["ACCEPT_RETRY_SECONDS", "SharedServices", "serve_websockets"]
+
+logger = logging.getLogger("callbox.transport")
+
+
+class SharedServices:
+    """What the connections of one server share, so that an idle one costs neither a task nor a
+    nursery: the heartbeat task, and the nursery that a connection's writer runs in while its
+    client is slow to read; and the slots for reading request heads (`max_handshakes`)."""
+
+    def __init__(self, nursery: trio.Nursery, config: TransportConfig) -> None:
+        self.nursery = nursery
+        self.heartbeats = Heartbeats()
+        self.handshakes = trio.Semaphore(config.max_handshakes)
+        nursery.start_soon(self.heartbeats.run)
+
+
+async def serve_websockets(
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    host: str,
+    port: int,
+    *,
+    http_handler: HttpHandler | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as nursery:
+        shared = SharedServices(nursery, config)
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler, config, http_handler, shared)
+        task_status.started(listeners)
+
+
+ACCEPT_RETRY_SECONDS = 0.1
+"""How long to wait before accepting again when the process is out of descriptors or memory."""
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept(
+    listener: trio.abc.Listener[trio.SocketStream],
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    http_handler: HttpHandler | None,
+    shared: SharedServices,
+) -> None:
+    """`trio.serve_listeners`' loop, without the wrapping task it gives each connection (whose
+    frame every idle connection would keep): the task is the connection's own."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.exception("accept failed; retrying in %g s", ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+            else:
+                # A constant name: trio would otherwise build a string for every connection.
+                shared.nursery.start_soon(
+                    _accepted, stream, handler, config, http_handler, shared, name="connection"
+                )
+
+
+def _accepted(
+    stream: trio.SocketStream,
+    handler: ConnectionHandler,
+    config: TransportConfig,
+    http_handler: HttpHandler | None,
+    shared: SharedServices,
+) -> Coroutine[None, None, None]:
+    """The task serving a new stream: the connection's own `_serve`, with no frame around it."""
+    try:
+        conn = Connection(stream, handler, config, http_handler, shared)
+    except Exception:
+        logger.exception("could not set up a connection; dropping it")
+        return trio.aclose_forcefully(stream)
+    return conn._serve()
