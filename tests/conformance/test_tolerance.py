@@ -14,6 +14,7 @@ import trio
 from callbox.conformance.context import ASYNCHRONOUS
 from callbox.conformance.generation import Generated
 from callbox.conformance.registry import CASES
+from callbox.conformance.report import table, to_json
 from callbox.conformance.runner import Options, run_suite
 from callbox.messages import CLIENT_MESSAGES, SERVER_MESSAGES
 from tests.helpers import start_conformance_server, start_server
@@ -41,6 +42,8 @@ async def test_a_warning_right_after_every_answer_fails_no_case(nursery: trio.Nu
     failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
     assert failed == []
     assert report.tolerated()["call_expiring"] > 0
+    assert orjson.loads(to_json(report))["messages"]["tolerated"] == dict(report.tolerated())
+    assert "asynchronous messages skipped by cases not about them:" in table(report)
     status = {r.case.id: r.status for r in report.results}
     assert status["call.active.expiry_warning"] == status["call.active.max_duration"] == "pass"
     for result in report.results:

@@ -8,6 +8,7 @@ so "a broadcast to m members costs O(m), whatever else exists" becomes "the coun
 from __future__ import annotations
 
 import cProfile
+import gc
 import pstats
 from collections.abc import Callable
 
@@ -19,10 +20,18 @@ MEDIA = {"audio": True, "video": False}
 
 
 def function_calls(operation: Callable[[], None]) -> int:
+    """The Python calls `operation` makes. Garbage is collected first and the collector is off
+    meanwhile: finalizers run by a collection (of what earlier tests left, such as a subprocess's
+    `Popen.__del__`) would be counted too, and the counts would depend on which tests ran."""
+    gc.collect()
+    gc.disable()
     profiler = cProfile.Profile()
-    profiler.enable()
-    operation()
-    profiler.disable()
+    try:
+        profiler.enable()
+        operation()
+        profiler.disable()
+    finally:
+        gc.enable()
     return pstats.Stats(profiler).total_calls  # type: ignore[attr-defined, no-any-return]
 
 

@@ -100,7 +100,7 @@ class Context:
         nursery: trio.Nursery,
         budget: trio.CancelScope,
         generated: Generated,
-        watches: frozenset[str] = frozenset(),
+        watches: frozenset[str],
     ) -> None:
         self.url = url
         self.limits = limits

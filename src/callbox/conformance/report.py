@@ -25,7 +25,7 @@ class Result:
     why: str
     """Why it failed or was skipped; for a pass, an optional note."""
     seconds: float
-    tolerated: dict[str, int] = attrs.field(factory=dict)
+    tolerated: dict[str, int]
     """Asynchronous messages (`context.ASYNCHRONOUS`) the case's clients skipped, by type."""
 
 

@@ -71,7 +71,7 @@ async def run_suite(url: str, options: Options | None = None) -> Report:
                 case, new_context, prefix=f"{run_id}-{index:03d}"
             )
             elapsed = trio.current_time() - begun
-            results[index] = Result(case, status, why, elapsed, tolerated=tolerated)
+            results[index] = Result(case, status, why, elapsed, tolerated)
 
     async with trio.open_nursery() as nursery:
         for index, case in enumerate(chosen):
