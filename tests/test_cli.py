@@ -100,6 +100,20 @@ def test_a_configuration_error_exits_2_with_a_clear_message(
     assert "Traceback" not in captured.err
 
 
+def test_an_expiry_warning_not_shorter_than_the_cap_stops_serve_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in [
+        ("MAX_CALL_DURATION_MS", "5000"),
+        ("RING_TIMEOUT_MS", "1000"),
+        ("CALL_EXPIRING_WARNING_MS", "60000"),
+    ]:
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "CALL_EXPIRING_WARNING_MS" in line and "MAX_CALL_DURATION_MS" in line
+
+
 def test_a_flag_out_of_range_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

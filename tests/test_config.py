@@ -16,7 +16,8 @@ from callbox.config import (
 from callbox.messages import Limits
 
 SECRET = "k" * 32
-INT_VARIABLES = [var.name for var in environment_variables() if var.default.isdigit()]
+INT_VARIABLES = [var.name for var in environment_variables() if var.default.split()[0].isdigit()]
+"""Variables with a number for default (`60000 or cap/4` included)."""
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -219,10 +220,41 @@ def test_ring_timeout_must_be_shorter_than_the_call_cap() -> None:
     )
 
 
-def test_the_expiring_warning_may_exceed_the_duration() -> None:
-    """Clamped where it is used, so shortening the duration alone never breaks start-up."""
-    config = Config.from_env({"MAX_CALL_DURATION_MS": "40000"})
-    assert config.call_expiring_warning_ms == 60_000
+@pytest.mark.parametrize(
+    ("cap", "warning"),
+    [(3_600_000, 60_000), (240_000, 60_000), (239_996, 59_999), (5000, 1250), (2, 1)],
+)
+def test_the_default_expiring_warning_shrinks_to_a_quarter_of_a_short_cap(
+    cap: int, warning: int
+) -> None:
+    """So shortening the duration alone never breaks start-up, nor warns as soon as a call is
+    answered."""
+    config = Config.from_env({"MAX_CALL_DURATION_MS": str(cap), "RING_TIMEOUT_MS": "1"})
+    assert config.call_expiring_warning_ms == warning < cap
+    assert Config().with_overrides(max_call_duration_ms=cap, ring_timeout_ms=1) == config
+
+
+def test_an_expiring_warning_set_is_kept_when_shorter_than_the_cap() -> None:
+    config = Config.from_env({"MAX_CALL_DURATION_MS": "5000", "RING_TIMEOUT_MS": "1000"})
+    assert config.with_overrides(call_expiring_warning_ms=4999).call_expiring_warning_ms == 4999
+    assert Config.from_mapping({"call_expiring_warning_ms": 1}).call_expiring_warning_ms == 1
+
+
+@pytest.mark.parametrize("warning", ["5000", "60000"])
+def test_an_expiring_warning_set_not_shorter_than_the_cap_is_refused(warning: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(
+            {
+                "MAX_CALL_DURATION_MS": "5000",
+                "RING_TIMEOUT_MS": "1000",
+                "CALL_EXPIRING_WARNING_MS": warning,
+            }
+        )
+    assert str(caught.value) == (
+        "call_expiring_warning_ms (CALL_EXPIRING_WARNING_MS) must be less than"
+        f" max_call_duration_ms (MAX_CALL_DURATION_MS) ({warning} >= 5000); unset it to warn a"
+        " quarter of the cap (at most a minute) before the end"
+    )
 
 
 def test_the_send_buffer_must_hold_the_largest_message() -> None:
@@ -342,10 +374,10 @@ def test_the_state_tables_timeouts_are_the_configurations_defaults() -> None:
     """`protocol/call-states.yaml` publishes each timer's default and variable by hand: they must
     be the ones `Config` really has."""
     spec = yaml.safe_load((Path(__file__).parents[1] / "protocol" / "call-states.yaml").read_text())
-    fields_by_env = {field.metadata["env"]: field for field in attrs.fields(Config)}
+    settings = {field.metadata["env"]: field.alias for field in attrs.fields(Config)}
     published = {name: (t["env"], t["default_ms"]) for name, t in spec["timeouts"].items()}
     configured = {
-        name: (env, fields_by_env[env].default if env in fields_by_env else None)
+        name: (env, getattr(Config(), settings[env]) if env in settings else None)
         for name, (env, _) in published.items()
     }
     assert configured == published

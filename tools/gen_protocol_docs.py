@@ -400,8 +400,10 @@ state, the outcome depends on the call's *occupancy* after the event:
 
 TIMEOUTS_NOTE = """\
 Call and party timers are cancelled when the call ends, whatever the reason. `expiry_warning` fires
-`CALL_EXPIRING_WARNING_MS` (its default) before `max_duration`; `max_duration` is counted from the
-call's first answer and is not reset when the call falls back to `ringing`.
+`CALL_EXPIRING_WARNING_MS` before `max_duration`: unset, 60000 ms or a quarter of
+`MAX_CALL_DURATION_MS` if that is less (the default shown is the one for the default cap); set, it
+must be less than `MAX_CALL_DURATION_MS`. `max_duration` is counted from the call's first answer
+and is not reset when the call falls back to `ringing`.
 """
 
 

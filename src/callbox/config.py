@@ -38,6 +38,10 @@ MIN_TURN_TTL_S = 2 * MINUTES_S
 """Ephemeral TURN credentials are refreshed a minute before they expire (see `callbox.ice`), so
 they must live longer than that."""
 
+DEFAULT_EXPIRY_WARNING_MS = 1 * MINUTES_MS
+"""`call_expiring` comes this long before the cap unless `CALL_EXPIRING_WARNING_MS` says
+otherwise, and the cap is at least four times as long (see `default_expiry_warning_ms`)."""
+
 Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
@@ -57,9 +61,15 @@ class EnvVar(NamedTuple):
 # Field checks and environment parsers
 
 
+def _given(attribute: attrs.Attribute[Any]) -> str:
+    """The name a setting is given by: its alias (attrs gives a field `_x` the alias `x`)."""
+    assert attribute.alias is not None  # attrs sets it on every field of a finished class
+    return attribute.alias
+
+
 def _label(attribute: attrs.Attribute[Any]) -> str:
     env = attribute.metadata.get("env")
-    return f"{attribute.name} ({env})" if env else attribute.name
+    return f"{_given(attribute)} ({env})" if env else _given(attribute)
 
 
 def _is_int(value: object) -> bool:
@@ -71,6 +81,17 @@ def _int_at_least(minimum: int) -> Check:
         if not _is_int(value) or value < minimum:
             expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise ConfigError(f"{_label(attribute)} must be {expected}, got {value!r}")
+
+    return check
+
+
+def _optional_int_at_least(minimum: int) -> Check:
+    """`None` (unset: a default computed from other settings) or an integer >= `minimum`."""
+    at_least = _int_at_least(minimum)
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            at_least(instance, attribute, value)
 
     return check
 
@@ -178,14 +199,16 @@ def _setting(
     check: Check,
     parse: Callable[[str, str], object] = _parse_str,
     secret: bool = False,
+    shown_default: str | None = None,
 ) -> Any:
-    """An attrs field carrying its environment variable, its parser and its documentation."""
+    """An attrs field carrying its environment variable, its parser and its documentation
+    (`shown_default`: how the help and the README show a default that is not a plain value)."""
     return attrs.field(
         default=default,
         validator=check,
         converter=_tuple_of if isinstance(default, tuple) else None,
         repr=_redacted if secret else True,
-        metadata={"env": env, "meaning": meaning, "parse": parse},
+        metadata={"env": env, "meaning": meaning, "parse": parse, "shown": shown_default},
     )
 
 
@@ -277,13 +300,17 @@ class Config:
         check=_int_at_least(1),
         parse=_parse_int,
     )
-    call_expiring_warning_ms: int = _setting(
-        1 * MINUTES_MS,
+    _call_expiring_warning_ms: int | None = _setting(
+        None,
         env="CALL_EXPIRING_WARNING_MS",
-        meaning="call_expiring is sent this long before the end, ms",
-        check=_int_at_least(1),
+        meaning="call_expiring is sent this long before the end (unset: 60000, or a quarter of"
+        " MAX_CALL_DURATION_MS if less; set: less than MAX_CALL_DURATION_MS), ms",
+        check=_optional_int_at_least(1),
         parse=_parse_int,
+        shown_default="60000 or cap/4",
     )
+    """As set (given as `call_expiring_warning_ms`); None: the default. What the server uses
+    is `call_expiring_warning_ms`."""
     ring_timeout_ms: int = _setting(
         30 * SECONDS_MS,
         env="RING_TIMEOUT_MS",
@@ -411,12 +438,27 @@ class Config:
         parse=_parse_int,
     )
 
+    @property
+    def call_expiring_warning_ms(self) -> int:
+        """How long before the cap `call_expiring` is sent: as set, else the default for the cap
+        (`default_expiry_warning_ms`); always shorter than the cap."""
+        if self._call_expiring_warning_ms is not None:
+            return self._call_expiring_warning_ms
+        return default_expiry_warning_ms(self.max_call_duration_ms)
+
     def __attrs_post_init__(self) -> None:
         """Checks between fields (each field has already passed its own check)."""
         if self.ring_timeout_ms >= self.max_call_duration_ms:
             raise ConfigError(
                 f"{_name('ring_timeout_ms')} must be less than {_name('max_call_duration_ms')}"
                 f" ({self.ring_timeout_ms} >= {self.max_call_duration_ms})"
+            )
+        warning = self._call_expiring_warning_ms
+        if warning is not None and warning >= self.max_call_duration_ms:
+            raise ConfigError(
+                f"{_name('call_expiring_warning_ms')} must be less than"
+                f" {_name('max_call_duration_ms')} ({warning} >= {self.max_call_duration_ms});"
+                " unset it to warn a quarter of the cap (at most a minute) before the end"
             )
         if self.send_buffer_bytes < self.max_message_bytes:
             raise ConfigError(
@@ -469,7 +511,7 @@ class Config:
                 continue
             if not raw.strip():
                 raise ConfigError(f"{env} is set but empty; unset it to use the default")
-            values[field.name] = field.metadata["parse"](env, raw)
+            values[_given(field)] = field.metadata["parse"](env, raw)
         return cls(**values)
 
     @classmethod
@@ -510,8 +552,25 @@ class Config:
 _TURN_CREDENTIALS = ("turn_username", "turn_credential", "turn_secret")
 
 
-def _name(field_name: str) -> str:
-    return _label(attrs.fields_dict(Config)[field_name])
+def default_expiry_warning_ms(max_call_duration_ms: int) -> int:
+    """The warning when `CALL_EXPIRING_WARNING_MS` is unset: a minute, or a quarter of the cap
+    when that is less (always at least 1 ms, and shorter than any cap a ring fits in).
+
+    A fixed minute would be longer than a short cap (a test or demo server's 5 s), and then
+    `call_expiring` came as soon as every call was answered: a warning no one can act on, and
+    noise to every client. A quarter keeps most of a short call unwarned and still leaves time
+    to react; from a 4-minute cap on, it is the full minute.
+    """
+    return min(DEFAULT_EXPIRY_WARNING_MS, max(1, max_call_duration_ms // 4))
+
+
+def _settings() -> dict[str, attrs.Attribute[Any]]:
+    """Every setting by the name it is given with (its alias)."""
+    return {_given(field): field for field in attrs.fields(Config)}
+
+
+def _name(setting: str) -> str:
+    return _label(_settings()[setting])
 
 
 def _unknown(kind: str, names: Iterable[str], valid: Iterable[str]) -> str:
@@ -524,16 +583,20 @@ def _unknown(kind: str, names: Iterable[str], valid: Iterable[str]) -> str:
 
 
 def _refuse_unknown(values: Mapping[str, object]) -> None:
-    fields = attrs.fields_dict(Config)
-    unknown = [key for key in values if key not in fields]
+    settings = _settings()
+    unknown = [key for key in values if key not in settings]
     if unknown:
-        raise ConfigError(_unknown("setting", unknown, fields))
+        raise ConfigError(_unknown("setting", unknown, settings))
 
 
 def environment_variables() -> list[EnvVar]:
     """Every variable `Config.from_env` reads, with its default and meaning, in field order."""
     return [
-        EnvVar(f.metadata["env"], _show_default(f.default), f.metadata["meaning"])
+        EnvVar(
+            f.metadata["env"],
+            f.metadata["shown"] or _show_default(f.default),
+            f.metadata["meaning"],
+        )
         for f in attrs.fields(Config)
         if f.metadata["env"]
     ]

@@ -10,8 +10,9 @@ import trio
 import yaml
 
 from callbox import messages
-from callbox.conformance.cases.negative import generate, mutants
+from callbox.conformance.cases.negative import mutants
 from callbox.conformance.cases.states import UNREACHABLE
+from callbox.conformance.generation import generate
 from callbox.conformance.registry import CASES, SECTIONS
 from callbox.conformance.runner import Options, run_suite, select
 from tests.helpers import start_conformance_server

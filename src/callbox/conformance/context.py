@@ -2,15 +2,84 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
 import trio
 
 from callbox.client import Client, Connection, Traffic
+from callbox.conformance.generation import Generated
 from callbox.conformance.options import Options
 from callbox.conformance.registry import Skip
-from callbox.messages import Limits
+from callbox.messages import Limits, ServerMessage
+
+M = TypeVar("M", bound=ServerMessage)
 
 MAX_CONNECTIONS_PER_CASE = 32
 """A case that would need more (a limit set high) is skipped rather than flood the server."""
+CALL_MARGIN_MS = 500
+"""How much shorter than `max_call_duration_ms` the time a case needs a call up must be: setting
+the call up and checking what follows take some time too."""
+
+ASYNCHRONOUS = frozenset({"call_expiring", "ice_servers", "presence"})
+"""Server messages the protocol lets come at moments no request of the case decides, so a case
+that is not about them skips them wherever they come instead of failing on them.
+
+The schemas and the AsyncAPI document do not mark messages as unsolicited (every `send`
+operation there is server-initiated), so the list is kept here, each for a reason:
+
+- `call_expiring`: sent to every joined party once the call has `max_call_duration_ms` minus the
+  server's warning (which `welcome` does not announce) left; with a short cap it comes in the
+  middle of any case that holds a call.
+- `ice_servers`: fresh TURN credentials, pushed before the previous ones expire, whatever the
+  session is doing.
+- `presence`: sent at every change of a watched user's status, and statuses change as a side
+  effect of calls and connections (`in_call`, `offline` after the grace period), at moments a
+  case about something else does not pin down.
+
+A case that checks one of them names it in `watches` (see `registry.case`): its clients then get
+it like any other message, so it can be expected, and a stray one fails the case.
+"""
+
+
+class CaseClient(Client):
+    """A session that skips the `tolerated` types, except the one an `expect` asks for; each
+    skipped message is counted in `skipped` (the report shows them), never a failure.
+
+    The `seq` of a skipped message is checked like any other's (`Client.receive` does it).
+    """
+
+    tolerated: frozenset[str] = frozenset()
+    """Set by `Context.client`: `ASYNCHRONOUS` less what the case watches."""
+    skipped: Counter[str]
+
+    async def receive(self) -> ServerMessage:
+        """The next message that is not of a tolerated type."""
+        while (message := await super().receive()).TYPE in self.tolerated:
+            self.skipped[message.TYPE] += 1
+        return message
+
+    async def expect(self, kind: type[M], **fields: object) -> M:
+        """Like `Client.expect`; a tolerated `kind` is not skipped while it is expected."""
+        with self._tolerating(self.tolerated - {kind.TYPE}):
+            return await super().expect(kind, **fields)
+
+    @contextmanager
+    def tolerating(self, kind: str) -> Iterator[None]:
+        """Skips `kind` within the block even if the case watches it: for the steps that lead
+        up to what the case checks (`skipped` then tells whether one came too early)."""
+        with self._tolerating(self.tolerated | {kind}):
+            yield
+
+    @contextmanager
+    def _tolerating(self, tolerated: frozenset[str]) -> Iterator[None]:
+        before, self.tolerated = self.tolerated, tolerated
+        try:
+            yield
+        finally:
+            self.tolerated = before
 
 
 class Context:
@@ -30,34 +99,42 @@ class Context:
         traffic: Traffic,
         nursery: trio.Nursery,
         budget: trio.CancelScope,
+        generated: Generated,
+        watches: frozenset[str],
     ) -> None:
         self.url = url
         self.limits = limits
         self.options = options
         self.traffic = traffic
+        self.generated = generated
+        """The run's generated messages, shared by its cases (the negative section)."""
         self._prefix = prefix
         self._nursery = nursery
         self._budget = budget
-        self._clients: list[Client] = []
+        self._tolerated = ASYNCHRONOUS - watches
+        self._clients: list[CaseClient] = []
         self._connections: list[Connection] = []
 
     def name(self, label: str) -> str:
         """A user, room or call id for `label`, unique to this case; names sort like labels."""
         return f"{self._prefix}-{label}"
 
-    async def client(self, label: str, *, device: str | None = None) -> Client:
-        """A session of user `label` (several calls with the same label: several devices)."""
-        client = await Client.open(
+    async def client(self, label: str, *, device: str | None = None) -> CaseClient:
+        """A session of user `label` (several calls with the same label: several devices),
+        skipping the asynchronous messages the case does not watch."""
+        client = await CaseClient.open(
             self._nursery,
             self.url,
             user_id=self.name(label),
             device_id=device,
             traffic=self.traffic,
         )
+        assert isinstance(client, CaseClient)  # `open` builds the class it is called on
+        client.tolerated, client.skipped = self._tolerated, Counter()
         self._clients.append(client)
         return client
 
-    async def clients(self, *labels: str) -> list[Client]:
+    async def clients(self, *labels: str) -> list[CaseClient]:
         return [await self.client(label) for label in labels]
 
     async def connection(self) -> Connection:
@@ -75,6 +152,16 @@ class Context:
         self._budget.deadline += seconds
         return seconds
 
+    def call_lasts(self, what: str, ms: int) -> None:
+        """`Skip` unless a call may stay up for `ms` (`what` needs that) within the server's
+        `max_call_duration_ms`: past it, the server rightly ends the call."""
+        cap = self.limits.max_call_duration_ms
+        if ms + CALL_MARGIN_MS > cap:
+            raise Skip(
+                f"{what} needs a call up for {ms} ms (+{CALL_MARGIN_MS}), longer than"
+                f" max_call_duration_ms {cap}"
+            )
+
     def need_connections(self, count: int, why: str) -> None:
         if count > MAX_CONNECTIONS_PER_CASE:
             raise Skip(f"{why} needs {count} connections, more than {MAX_CONNECTIONS_PER_CASE}")
@@ -85,6 +172,10 @@ class Context:
         for client in self._clients:
             if client.connection.close_code is None:
                 await client.ping()
+
+    def skipped(self) -> Counter[str]:
+        """The asynchronous messages the case's clients skipped, by type."""
+        return sum((client.skipped for client in self._clients), Counter())
 
     def awaiting(self) -> str:
         """Who was waiting for what, for a case that timed out."""

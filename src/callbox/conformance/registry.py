@@ -44,6 +44,9 @@ class Case:
     covers: frozenset[str] = frozenset()
     """Protocol items this case checks, e.g. ``error:call_full`` or ``end:merged``: a test
     proves every error code and every end reason is covered by some case."""
+    watches: frozenset[str] = frozenset()
+    """Asynchronous message types (`context.ASYNCHRONOUS`) this case checks: its clients get
+    them like any other message instead of skipping them."""
 
     @property
     def doc(self) -> str:
@@ -56,12 +59,20 @@ CASES: list[Case] = []
 
 
 def case(
-    id: str, section: str, *, covers: tuple[str, ...] = ()
+    id: str, section: str, *, covers: tuple[str, ...] = (), watches: tuple[str, ...] = ()
 ) -> Callable[[CaseFunction], CaseFunction]:
     """Registers the decorated function as case `id`."""
 
     def register(run: CaseFunction) -> CaseFunction:
-        add(Case(id=id, section=section, run=run, covers=frozenset(covers)))
+        add(
+            Case(
+                id=id,
+                section=section,
+                run=run,
+                covers=frozenset(covers),
+                watches=frozenset(watches),
+            )
+        )
         return run
 
     return register

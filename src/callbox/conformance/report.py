@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from typing import Literal
 
 import attrs
@@ -24,6 +25,8 @@ class Result:
     why: str
     """Why it failed or was skipped; for a pass, an optional note."""
     seconds: float
+    tolerated: dict[str, int]
+    """Asynchronous messages (`context.ASYNCHRONOUS`) the case's clients skipped, by type."""
 
 
 @frozen
@@ -38,6 +41,10 @@ class Report:
 
     def count(self, status: Status) -> int:
         return sum(result.status == status for result in self.results)
+
+    def tolerated(self) -> Counter[str]:
+        """Asynchronous messages skipped over the whole run, by type."""
+        return sum((Counter(result.tolerated) for result in self.results), Counter())
 
     @property
     def failed(self) -> bool:
@@ -68,6 +75,9 @@ def table(report: Report) -> str:
         + (f" (never: {', '.join(unseen)})" if unseen else ""),
         f"{sent.total()} client messages sent, {len(sent)} of {len(CLIENT_MESSAGES)} types",
     ]
+    if tolerated := report.tolerated():
+        shown = ", ".join(f"{count} {kind}" for kind, count in sorted(tolerated.items()))
+        lines.append(f"asynchronous messages skipped by cases not about them: {shown}")
     return "\n".join(lines)
 
 
@@ -90,6 +100,7 @@ def to_json(report: Report) -> bytes:
                 "received": dict(report.traffic.received),
                 "invalid": report.traffic.invalid,
                 "sent": dict(report.traffic.sent),
+                "tolerated": dict(report.tolerated()),
             },
             "cases": [
                 {
@@ -99,6 +110,7 @@ def to_json(report: Report) -> bytes:
                     "why": r.why,
                     "seconds": r.seconds,
                     "checks": r.case.doc,
+                    "tolerated": r.tolerated,
                 }
                 for r in report.results
             ],

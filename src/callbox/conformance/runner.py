@@ -20,6 +20,7 @@ from callbox.client import (
 from callbox.codec import ProtocolError
 from callbox.conformance import cases  # noqa: F401 (importing registers the cases)
 from callbox.conformance.context import Context
+from callbox.conformance.generation import Generated
 from callbox.conformance.options import Options
 from callbox.conformance.registry import CASES, SECTIONS, Case, Skip
 from callbox.conformance.report import Report, Result, Status
@@ -54,13 +55,23 @@ async def run_suite(url: str, options: Options | None = None) -> Report:
     chosen = select(options)
     results: dict[int, Result] = {}
     limiter = trio.CapacityLimiter(options.jobs)
-    new_context = partial(Context, url=url, limits=limits, options=options, traffic=traffic)
+    new_context = partial(
+        Context,
+        url=url,
+        limits=limits,
+        options=options,
+        traffic=traffic,
+        generated=Generated(options.examples, options.seed),
+    )
 
     async def run(index: int, case: Case) -> None:
         async with limiter:
             begun = trio.current_time()
-            status, why = await _outcome(case, new_context, prefix=f"{run_id}-{index:03d}")
-            results[index] = Result(case, status, why, trio.current_time() - begun)
+            status, why, tolerated = await _outcome(
+                case, new_context, prefix=f"{run_id}-{index:03d}"
+            )
+            elapsed = trio.current_time() - begun
+            results[index] = Result(case, status, why, elapsed, tolerated)
 
     async with trio.open_nursery() as nursery:
         for index, case in enumerate(chosen):
@@ -87,18 +98,21 @@ async def _probe(url: str, run_id: str, traffic: Traffic) -> Limits:
 
 async def _outcome(
     case: Case, new_context: Callable[..., Context], *, prefix: str
-) -> tuple[Status, str]:
-    """Runs `case` in a nursery of its own (its connections' tasks), then closes everything."""
+) -> tuple[Status, str, dict[str, int]]:
+    """Runs `case` in a nursery of its own (its connections' tasks), then closes everything;
+    also the asynchronous messages its clients skipped, by type."""
+    tolerated: dict[str, int] = {}
     try:
         async with trio.open_nursery() as nursery:
             budget = trio.CancelScope()
-            ctx = new_context(prefix=prefix, nursery=nursery, budget=budget)
-            outcome = await _attempt(case, ctx, budget)
+            ctx = new_context(prefix=prefix, nursery=nursery, budget=budget, watches=case.watches)
+            status, why = await _attempt(case, ctx, budget)
+            tolerated = dict(ctx.skipped())
             await ctx.aclose()
             nursery.cancel_scope.cancel()
     except Exception as error:  # a connection's own task failed: the run goes on
-        return "fail", f"{type(error).__name__}: {error}"
-    return outcome
+        return "fail", f"{type(error).__name__}: {error}", tolerated
+    return status, why, tolerated
 
 
 async def _attempt(case: Case, ctx: Context, budget: trio.CancelScope) -> tuple[Status, str]:

@@ -251,7 +251,12 @@ async def too_many_rooms(ctx: Context) -> None:
     await refused(alice, "limit_reached", RoomJoin(room=ctx.name("one-more")), path="/room")
 
 
-@case("errors.limit_reached.presence", "errors", covers=("error:limit_reached",))
+@case(
+    "errors.limit_reached.presence",
+    "errors",
+    covers=("error:limit_reached",),
+    watches=("presence",),
+)
 async def too_many_watched(ctx: Context) -> None:
     """Watching more than max_presence_subscriptions users gets limit_reached at /users."""
     alice = await ctx.client("alice")

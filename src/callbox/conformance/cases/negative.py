@@ -1,27 +1,26 @@
 """Negative cases generated from the schemas: bad input never costs the connection.
 
 For each client message type, instances generated from its schema by hypothesis-jsonschema
-(`--examples` of them, from the fixed `--seed`, so a run can be reproduced) are spoilt in one
-way each: a required key dropped, an unknown key added, a value of another JSON type, a string
-over its maxLength. Every one is checked locally to be invalid, sent, and must be answered with
-`error invalid_message` whose `path` points at the spoilt key (or inside it) and which echoes
-the `rid`; the connection must still answer a `ping` afterwards. Hand-written frames cover what
-is not JSON, not an object, or of no known type.
+(`--examples` of them, from the fixed `--seed`, so a run can be reproduced; in a child process,
+see `generation`) are spoilt in one way each: a required key dropped, an unknown key added, a
+value of another JSON type, a string over its maxLength. Every one is checked locally to be
+invalid, sent, and must be answered with `error invalid_message` whose `path` points at the
+spoilt key (or inside it) and which echoes the `rid`; the connection must still answer a
+`ping` afterwards. Hand-written frames cover what is not JSON, not an object, or of no known
+type.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import trio
 from attrs import frozen
 
 from callbox.codec import FAST
 from callbox.conformance.context import Context
-from callbox.conformance.generation import generator_schema, json_safe
+from callbox.conformance.generation import generator_schema
 from callbox.conformance.registry import Case, CaseFunction, Skip, add
 from callbox.conformance.steps import Pacer, check
 from callbox.messages import CLIENT_MESSAGES, Error, ErrorCode
@@ -30,8 +29,6 @@ UNKNOWN_KEY = "unexpected_field"
 OTHER_VALUES: tuple[Any, ...] = (12345, "x", True, None, [], {})
 """Replacements for a value, one of each JSON type; the first of another type that makes the
 instance invalid is used."""
-_HYPOTHESIS = threading.Lock()
-"""Hypothesis runs in a worker thread (it would block the event loop), one at a time."""
 
 
 @frozen
@@ -44,32 +41,7 @@ class Mutant:
     path: str
 
 
-# Generating ---------------------------------------------------------------------------------------
-
-
-def generate(tag: str, count: int, seed: int) -> list[dict[str, Any]]:
-    """`count` valid instances of the client message `tag`, the same for the same seed."""
-    from hypothesis import HealthCheck, Phase, given, settings  # noqa: PLC0415
-    from hypothesis import seed as hypothesis_seed  # noqa: PLC0415
-    from hypothesis_jsonschema import from_schema  # noqa: PLC0415
-
-    found: list[dict[str, Any]] = []
-
-    @hypothesis_seed(seed)
-    @settings(
-        max_examples=count,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(from_schema(generator_schema("client", tag)).map(json_safe))
-    def collect(instance: dict[str, Any]) -> None:
-        found.append(instance)
-
-    with _HYPOTHESIS:
-        collect()
-    return found[:count]
+# Spoiling -----------------------------------------------------------------------------------------
 
 
 def mutants(tag: str, instances: list[dict[str, Any]]) -> Iterator[Mutant]:
@@ -126,9 +98,7 @@ def _json_type(value: Any) -> str:
 def _generated(tag: str) -> CaseFunction:
     async def run(ctx: Context) -> str:
         try:
-            instances = await trio.to_thread.run_sync(
-                generate, tag, ctx.options.examples, ctx.options.seed
-            )
+            instances = await ctx.generated.instances(tag)
         except ImportError as missing:
             raise Skip(
                 f"{missing.name} is not installed (pip install 'callbox[conformance]')"

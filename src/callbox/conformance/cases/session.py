@@ -177,12 +177,14 @@ async def rung_while_away(ctx: Context) -> None:
 async def after_much_traffic(ctx: Context) -> str:
     """A session that has received and read more than the replay history holds still resumes
     after a short absence, with nothing lost: what it had read makes room for what it missed."""
-    alice, bob = await ctx.clients("alice", "bob")
-    call_id = await call(alice, bob)
-    count = bob.limits.replay_buffer_messages + 2
+    count = ctx.limits.replay_buffer_messages + 2
     if count > HISTORY_PROBE_MESSAGES:
         raise Skip(f"replay_buffer_messages is {count - 2}, more than the suite sends")
-    ctx.wait("pacing the messages", round(count / alice.limits.messages_per_second * 1000))
+    pacing_ms = round(count / ctx.limits.messages_per_second * 1000)
+    ctx.call_lasts(f"pacing {count} messages", pacing_ms)
+    ctx.wait("pacing the messages", pacing_ms)
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
     pacer = Pacer(alice.limits)
     for n in range(count):
         await pacer.tick()
@@ -303,8 +305,13 @@ async def other_user(ctx: Context) -> None:
 async def history_gone(ctx: Context) -> str:
     """When more was sent to an absent session than the server keeps, resuming says resumed
     false (never a partial replay) and the old session ends."""
+    limits = ctx.limits
+    outgrow = limits.replay_buffer_messages + 1
+    ctx.call_lasts(
+        f"outgrowing the replay history ({outgrow} messages)",
+        round(outgrow / limits.messages_per_second * 1000),
+    )
     alice, bob, call_id = await absent_callee(ctx)
-    limits = alice.limits
     budget = min(
         HISTORY_PROBE_MESSAGES,
         limits.message_burst // 2 + int(limits.messages_per_second * 0.8 * ctx.options.max_wait),

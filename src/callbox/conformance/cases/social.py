@@ -166,7 +166,7 @@ async def sees(watcher: Client, *changes: tuple[Client | str, UserStatus]) -> li
     return got
 
 
-@case("presence.lifecycle", "presence")
+@case("presence.lifecycle", "presence", watches=("presence",))
 async def presence_lifecycle(ctx: Context) -> None:
     """presence_subscribe answers each user's state (offline, never seen), then every change:
     online, away, in_call (caller at once, callee on answer), back, offline after bye."""
@@ -196,7 +196,7 @@ async def presence_lifecycle(ctx: Context) -> None:
     await sees(watcher, (b, "offline"))
 
 
-@case("presence.devices", "presence")
+@case("presence.devices", "presence", watches=("presence",))
 async def presence_devices(ctx: Context) -> None:
     """A user's status merges its devices: the most available one wins."""
     watcher = await ctx.client("watcher")
@@ -211,7 +211,7 @@ async def presence_devices(ctx: Context) -> None:
     await sees(watcher, (phone, "dnd"))
 
 
-@case("presence.unsubscribe", "presence")
+@case("presence.unsubscribe", "presence", watches=("presence",))
 async def unsubscribe(ctx: Context) -> None:
     """After presence_unsubscribe, changes are no longer sent."""
     watcher = await ctx.client("watcher")
@@ -221,7 +221,7 @@ async def unsubscribe(ctx: Context) -> None:
     await watcher.ping()
 
 
-@case("presence.no_flap", "presence")
+@case("presence.no_flap", "presence", watches=("presence",))
 async def no_flap(ctx: Context) -> None:
     """A connection lost and resumed within the grace period is never shown offline."""
     watcher, a = await ctx.clients("watcher", "a")

@@ -21,6 +21,7 @@ from callbox.conformance.steps import (
     check,
     drain,
     ended,
+    incoming,
     invite,
     is_ended,
     relays,
@@ -89,7 +90,7 @@ async def _warned(ctx: Context, started: float, joined: list[Client], call_id: s
     return ends_in
 
 
-@case("call.active.expiry_warning", "timeouts")
+@case("call.active.expiry_warning", "timeouts", watches=("call_expiring",))
 async def active_expiry_warning(ctx: Context) -> None:
     """active + expiry_warning: both get call_expiring; the call stays active."""
     ctx.wait("max_call_duration_ms", ctx.limits.max_call_duration_ms)
@@ -102,7 +103,12 @@ async def active_expiry_warning(ctx: Context) -> None:
     await ended([alice, bob], call_id, "hangup", by=alice.user_id)
 
 
-@case("call.active.max_duration", "timeouts", covers=("end:max_duration",))
+@case(
+    "call.active.max_duration",
+    "timeouts",
+    covers=("end:max_duration",),
+    watches=("call_expiring",),
+)
 async def active_max_duration(ctx: Context) -> None:
     """active + max_duration: after call_expiring, the call ends max_duration for both."""
     cap = ctx.limits.max_call_duration_ms
@@ -164,22 +170,32 @@ class RingingChain:
 
 async def _back_to_ringing(ctx: Context) -> tuple[RingingChain, float]:
     """A call that became active (arming the cap), then went back to ringing when bob left
-    with carol and dave being rung in turn; and when it became active."""
+    with carol and dave being rung in turn; and when it became active. alice's call_ringing for
+    dave is left to the chain: call_expiring may come before it."""
     ctx.wait("max_call_duration_ms", ctx.limits.max_call_duration_ms)
     alice, bob, carol, dave = await ctx.clients("alice", "bob", "carol", "dave")
     started = trio.current_time()
-    call_id = await call(alice, bob)
-    invited = trio.current_time()
-    await invite(alice, call_id, [carol], alice)
-    await bob.hangup(call_id)
-    await bob.expect(CallEnded, call_id=call_id, reason="hangup")
-    await alice.expect(ParticipantLeft, call_id=call_id, user_id=bob.user_id, reason="hangup")
+    with alice.tolerating("call_expiring"), bob.tolerating("call_expiring"):
+        call_id = await call(alice, bob)
+        invited = trio.current_time()
+        await invite(alice, call_id, [carol], alice)
+        await bob.hangup(call_id)
+        await bob.expect(CallEnded, call_id=call_id, reason="hangup")
+        await alice.expect(ParticipantLeft, call_id=call_id, user_id=bob.user_id, reason="hangup")
+    if alice.skipped["call_expiring"] or bob.skipped["call_expiring"]:
+        raise Skip(
+            "call_expiring came while the call was still active: the server's warning is too"
+            f" long a part of max_call_duration_ms {ctx.limits.max_call_duration_ms} for a"
+            " call to be ringing again when it comes"
+        )
     await trio.sleep_until(invited + ctx.limits.ring_timeout_ms / 2000)
-    await invite(alice, call_id, [dave], alice)
+    # From here on call_expiring may come to alice at any time: the chain reads her messages.
+    await alice.invite(call_id, [dave.user_id], rid="invite")
+    await incoming(dave, call_id, alice)
     return RingingChain(alice, call_id, [carol, dave]), started
 
 
-@case("call.ringing.expiry_warning", "timeouts")
+@case("call.ringing.expiry_warning", "timeouts", watches=("call_expiring",))
 async def ringing_expiry_warning(ctx: Context) -> None:
     """ringing + expiry_warning: in a call back to ringing, the joined party gets
     call_expiring (the invitees do not) and the call rings on."""
@@ -196,7 +212,7 @@ async def ringing_expiry_warning(ctx: Context) -> None:
     await chain.finish("hangup")
 
 
-@case("call.ringing.max_duration", "timeouts")
+@case("call.ringing.max_duration", "timeouts", watches=("call_expiring",))
 async def ringing_max_duration(ctx: Context) -> None:
     """ringing + max_duration: the call ends max_duration for the joined party and for the
     invitee being rung."""
@@ -218,6 +234,7 @@ async def disconnected_after_grace(ctx: Context) -> None:
     """A connection lost and not resumed ends its calls, disconnected, after the grace period
     and not before."""
     ms = _grace(ctx)
+    ctx.call_lasts("waiting out reconnect_grace_ms", ms)
     ctx.wait("reconnect_grace_ms", ms)
     alice, bob = await ctx.clients("alice", "bob")
     call_id = await call(alice, bob)
@@ -254,7 +271,7 @@ async def resume_expired(ctx: Context) -> None:
     check(not (await bob.resume()).resumed, "resume after the grace period: resumed true")
 
 
-@case("timeouts.offline_after_grace", "timeouts")
+@case("timeouts.offline_after_grace", "timeouts", watches=("presence",))
 async def offline_after_grace(ctx: Context) -> None:
     """A user whose last connection is lost is shown offline (with last_seen) once the grace
     period is over, not before."""
