@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import types
 from collections.abc import Awaitable, Callable, Iterator
@@ -246,3 +247,18 @@ def test_schemas_exits_1_when_the_directory_is_missing(
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version"]) == 0
     assert capsys.readouterr().out == f"callbox {callbox.__version__}\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"callbox {callbox.__version__}\n"
+
+
+def test_a_port_in_use_is_said_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"callbox: cannot listen on 127.0.0.1:{port}: " in err
+    assert "Traceback" not in err and "ExceptionGroup" not in err

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"callbox {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     serve = commands.add_parser(
@@ -112,13 +113,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Imported here so that --help, schemas and version work without the server's dependencies.
     from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
+    from callbox.server.transport.listener import ListenError  # noqa: PLC0415
 
     tune_garbage_collector()
+    status = 0
     try:
         trio.run(_serve_until_signalled, serve, config)
     except* KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown, or one before the signal handler was installed
-    return 0
+    except* ListenError as failed:
+        print(f"callbox: {_first_leaf(failed)}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in `group` that is not itself a group (nurseries nest them)."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _serve_until_signalled(serve: Serve, config: Config) -> None:

@@ -30,6 +30,10 @@ class SharedServices:
         nursery.start_soon(self.heartbeats.run)
 
 
+class ListenError(Exception):
+    """The server could not open its listening socket: said in one line, not a traceback."""
+
+
 async def serve_websockets(
     handler: ConnectionHandler,
     config: TransportConfig,
@@ -40,7 +44,10 @@ async def serve_websockets(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:  # a port in use, an address not here, a name that does not resolve
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
     async with trio.open_nursery() as nursery:
         shared = SharedServices(nursery, config)
         for listener in listeners:
