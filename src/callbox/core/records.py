@@ -1,6 +1,6 @@
 """Copying a record and putting the copy back: how `LocalStore` undoes an event that failed.
 
-A record the event may change is copied once, before its first change (`LocalStore.begin`); a
+A record the event may change is copied once, at its first lookup (`LocalStore.changing`); a
 rollback puts every field of the copy back into the live record, so whatever names the record
 by key finds it unchanged, and the record stays the same object. Each record class's `copy()`
 copies the containers the core changes in place; the immutable things they hold (frames, ids)
