@@ -74,9 +74,6 @@ class LastSeen:
         if oldest:
             self._seen.move_to_end(user_id, last=False)
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._seen
 
