@@ -1,0 +1,342 @@
+"""The shared store of a cluster: what every node reads records from and commits events to.
+
+A node keeps a cache of records (`callbox.cluster.node_store`); the backend holds the truth. It
+knows records only as opaque bytes under string keys ("session:<id>", "call:<id>", ...), each
+with a version, and each session's outbox: the frames sent to it, numbered in its sequence and
+held for replay within its budget. One commit is one transaction, applied whole or not at all:
+
+1. **Checks.** Every key the event read must still have the version it read (0: absent), and
+   every outbox precondition must hold (a resume's `last_seq` still replayable, an `ack` not
+   ahead of what was sent). Otherwise the outcome is `Conflict` with the keys that failed: the
+   node drops them from its cache and runs the event again.
+2. **Writes.** Written keys get the transaction's version, one number per commit drawn from a
+   counter that only grows, so a key deleted and made again never comes back with a version a
+   stale cache could mistake for current (the ABA problem of per-key counters). Deleted keys go.
+3. **Outboxes.** Outbox operations apply in order (open, attach, detach, ack, close), then each
+   delivery is numbered in its session's sequence and held; the oldest frames make room when a
+   budget is passed. A detached session that would have to drop a frame its client cannot have
+   read (numbered at or after `unsent_from`) makes the outcome `Overflow`, with nothing applied:
+   the node ends those sessions within the event and commits again (`Session.deliver`'s rule).
+
+A batch of transactions commits in order; a later one that read what an earlier one failed to
+write fails its checks by itself. A batch carries an id: committed again (a client library's
+retry after a lost reply), it returns its first outcomes and changes nothing.
+
+`MemoryBackend` is this contract in a dict, for tests of many nodes with no Redis; the Redis one
+must behave identically (tests/cluster/test_backend_contract.py runs the same cases on both).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from attrs import define, field, frozen
+
+Version = int
+"""A key's version: the number of the commit that last wrote it; 0 means absent."""
+
+
+@frozen
+class Versioned:
+    version: Version
+    data: bytes | None
+    """None when absent (version 0)."""
+
+
+ABSENT = Versioned(0, None)
+
+
+@frozen
+class OutboxState:
+    """A session's outbox, as a resume or an `ack` needs to see it."""
+
+    next_seq: int
+    """The `seq` the next frame will get."""
+    first_held: int
+    """The `seq` of the oldest frame held (== `next_seq` when none is)."""
+    attached: bool
+    unsent_from: int
+    """While detached: the first `seq` its client cannot have read."""
+
+    def can_replay_after(self, last_seq: int) -> bool:
+        return self.first_held - 1 <= last_seq <= self.next_seq - 1
+
+
+# Outbox operations, applied in a transaction's order before its deliveries.
+
+
+@frozen
+class OpenOutbox:
+    """A new session: its outbox starts at `seq` 1, attached, with these budgets."""
+
+    session_id: str
+    max_messages: int
+    max_bytes: int
+
+
+@frozen
+class Attach:
+    """The session has a connection again (a resume after `last_seq`): the precondition is
+    that every frame after `last_seq` is still held."""
+
+    session_id: str
+    last_seq: int
+
+
+@frozen
+class Detach:
+    """The session lost its connection. `unsent_from`: the first `seq` its client cannot have
+    read; None: the next one (the node wrote everything it had). A node that died wrote an
+    unknown part: its sessions are detached from their oldest held frame."""
+
+    session_id: str
+    unsent_from: int | None = None
+
+
+@frozen
+class Acknowledge:
+    """The client has every frame up to `last_seq`: they are dropped. The precondition is
+    that `last_seq` is not ahead of the last frame numbered."""
+
+    session_id: str
+    last_seq: int
+
+
+@frozen
+class CloseOutbox:
+    """The session has ended: its outbox goes."""
+
+    session_id: str
+
+
+OutboxOp = OpenOutbox | Attach | Detach | Acknowledge | CloseOutbox
+
+
+@frozen
+class Transaction:
+    """One event's changes, as the node's cache computed them."""
+
+    reads: Mapping[str, Version]
+    """Each key the event looked up, with the version it saw (0: absent)."""
+    writes: Mapping[str, bytes] = field(factory=dict)
+    deletes: frozenset[str] = frozenset()
+    outbox_ops: Sequence[OutboxOp] = ()
+    deliveries: Sequence[tuple[str, bytes]] = ()
+    """(session id, frame without `seq`), in order."""
+
+
+@frozen
+class Committed:
+    version: Version
+    """The version every written key now has."""
+    seqs: tuple[int, ...]
+    """The `seq` of each delivery, in order."""
+
+
+@frozen
+class Conflict:
+    keys: frozenset[str]
+    """Keys whose version changed, and "outbox:<id>" for a failed outbox precondition."""
+
+
+@frozen
+class Overflow:
+    session_ids: tuple[str, ...]
+
+
+Outcome = Committed | Conflict | Overflow
+
+
+class Backend(Protocol):
+    async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
+        """The current version and value of each key."""
+        ...
+
+    async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
+        """Each session's outbox (None: it has none)."""
+        ...
+
+    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+        """Apply `batch` in order, each transaction whole or not at all (see the module)."""
+        ...
+
+    async def frames_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to `limit` held frames with `seq` > `after_seq`, oldest first, each with its
+        `seq` (the stored frame has none: a node splices it in)."""
+        ...
+
+
+@define(eq=False)
+class _Outbox:
+    next_seq: int
+    max_messages: int
+    max_bytes: int
+    frames: deque[bytes] = field(factory=deque)
+    held: int = 0
+    attached: bool = True
+    unsent_from: int = 1
+
+    def state(self) -> OutboxState:
+        return OutboxState(
+            self.next_seq, self.next_seq - len(self.frames), self.attached, self.unsent_from
+        )
+
+    def copy(self) -> _Outbox:
+        return _Outbox(
+            self.next_seq,
+            self.max_messages,
+            self.max_bytes,
+            self.frames.copy(),
+            self.held,
+            self.attached,
+            self.unsent_from,
+        )
+
+    def hold(self, frame: bytes) -> tuple[int, bool]:
+        """Number and hold `frame`, the oldest frames making room past a budget (one frame
+        over it alone is held alone). Returns its `seq`, and whether making room dropped a
+        frame the detached client cannot have read."""
+        seq = self.next_seq
+        self.next_seq += 1
+        frames = self.frames
+        frames.append(frame)
+        self.held += len(frame)
+        lost_unread = False
+        while (self.held > self.max_bytes or len(frames) > self.max_messages) and len(frames) > 1:
+            if not self.attached and self.next_seq - len(frames) >= self.unsent_from:
+                lost_unread = True
+            self.held -= len(frames.popleft())
+        return seq, lost_unread
+
+    def drop_through(self, last_seq: int) -> None:
+        first = self.next_seq - len(self.frames)
+        for _ in range(max(0, min(last_seq - first + 1, len(self.frames)))):
+            self.held -= len(self.frames.popleft())
+
+
+@define(eq=False)
+class MemoryBackend:
+    """The backend contract in this process's memory: for tests of many nodes without Redis
+    (each node's cache is separate; only this is shared)."""
+
+    records: dict[str, tuple[Version, bytes]] = field(factory=dict)
+    outboxes_by_session: dict[str, _Outbox] = field(factory=dict)
+    last_version: Version = 0
+    batches: dict[str, list[Outcome]] = field(factory=dict)
+    """Outcomes by batch id, so a batch committed twice applies once."""
+
+    def load_now(self, keys: Sequence[str]) -> dict[str, Versioned]:
+        found = {}
+        for key in keys:
+            entry = self.records.get(key)
+            found[key] = ABSENT if entry is None else Versioned(*entry)
+        return found
+
+    def outboxes_now(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
+        return {
+            sid: (None if (box := self.outboxes_by_session.get(sid)) is None else box.state())
+            for sid in session_ids
+        }
+
+    def frames_after_now(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        box = self.outboxes_by_session.get(session_id)
+        if box is None:
+            return []
+        first = box.next_seq - len(box.frames)
+        return [(seq, frame) for seq, frame in enumerate(box.frames, first) if seq > after_seq][
+            :limit
+        ]
+
+    def commit_now(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+        done = self.batches.get(batch_id)
+        if done is None:
+            done = self.batches[batch_id] = [self._apply(txn) for txn in batch]
+        return done
+
+    def _apply(self, txn: Transaction) -> Outcome:
+        stale = {
+            key
+            for key, version in txn.reads.items()
+            if self.records.get(key, (0, b""))[0] != version
+        }
+        # The outboxes as this transaction leaves them, on copies: nothing changes unless all
+        # of it applies.
+        boxes: dict[str, _Outbox | None] = {}
+        for op in txn.outbox_ops:
+            sid = op.session_id
+            if sid not in boxes:
+                current = self.outboxes_by_session.get(sid)
+                boxes[sid] = None if current is None else current.copy()
+            box = boxes[sid]
+            if isinstance(op, OpenOutbox):
+                if box is not None:
+                    stale.add(f"outbox:{sid}")
+                boxes[sid] = _Outbox(1, op.max_messages, op.max_bytes)
+            elif box is None:
+                stale.add(f"outbox:{sid}")
+            elif isinstance(op, CloseOutbox):
+                boxes[sid] = None
+            elif isinstance(op, Attach):
+                if not box.state().can_replay_after(op.last_seq):
+                    stale.add(f"outbox:{sid}")
+                box.attached = True
+            elif isinstance(op, Detach):
+                box.attached = False
+                box.unsent_from = box.next_seq if op.unsent_from is None else op.unsent_from
+            elif op.last_seq > box.next_seq - 1:  # Acknowledge
+                stale.add(f"outbox:{sid}")
+            else:
+                box.drop_through(op.last_seq)
+        for sid, _ in txn.deliveries:
+            if sid not in boxes:
+                current = self.outboxes_by_session.get(sid)
+                boxes[sid] = None if current is None else current.copy()
+            if boxes[sid] is None:  # records name only live sessions: a stale cache
+                stale.add(f"outbox:{sid}")
+        if stale:
+            return Conflict(frozenset(stale))
+        seqs = []
+        overflowing: dict[str, None] = {}
+        for sid, frame in txn.deliveries:
+            box = boxes[sid]
+            assert box is not None
+            seq, lost_unread = box.hold(frame)
+            seqs.append(seq)
+            if lost_unread:
+                overflowing[sid] = None
+        if overflowing:
+            return Overflow(tuple(overflowing))
+        self.last_version += 1
+        version = self.last_version
+        for key, data in txn.writes.items():
+            self.records[key] = (version, data)
+        for key in txn.deletes:
+            self.records.pop(key, None)
+        for sid, box in boxes.items():
+            if box is None:
+                self.outboxes_by_session.pop(sid, None)
+            else:
+                self.outboxes_by_session[sid] = box
+        return Committed(version, tuple(seqs))
+
+    # The `Backend` protocol, for the shell: the same, awaited.
+
+    async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
+        return self.load_now(keys)
+
+    async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
+        return self.outboxes_now(session_ids)
+
+    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+        return self.commit_now(batch_id, batch)
+
+    async def frames_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        return self.frames_after_now(session_id, after_seq, limit)
