@@ -24,6 +24,7 @@ from callbox.core.actions import (
     CLOSE_HELLO_TIMEOUT,
     CLOSE_POLICY,
     CLOSE_TAKEN_OVER,
+    Action,
     ConnId,
     GraceTimer,
     HelloDelayTimer,
@@ -235,7 +236,7 @@ class Session:
         first_held = self.next_seq - len(self.replay or ())
         return first_held - 1 <= last_seq <= self.next_seq - 1
 
-    def replay_after(self, last_seq: int) -> list[Send]:
+    def replay_after(self, last_seq: int) -> list[Action]:
         """The frames after `last_seq`, to send on the session's new connection. Those up to it
         stay held: only an `ack` drops them, so a client whose resume `welcome` was lost may
         resume again from the same `last_seq` or an earlier one."""
@@ -335,7 +336,7 @@ class Sessions:
         if hello.resume is not None and hello.last_seq is not None:
             old = self.store.session_by_token(hello.resume)
             if old is not None and old.user_id == user_id and old.takes_token(hello.resume, now):
-                if old.can_replay_after(hello.last_seq):
+                if self.store.can_replay_after(old, hello.last_seq):
                     self._resume(link, old, hello, now)
                     return None
                 self._take_connection(old)
@@ -421,19 +422,19 @@ class Sessions:
             self.store.index_token(session.previous_token, session)
         self._attach(link, session)
         self._welcome(session, resumed=True, rid=hello.rid, now=now)
-        self.out.actions.extend(session.replay_after(hello.last_seq))
+        self.out.actions.extend(self.store.resume_replay(session, hello.last_seq))
 
     def acknowledge(self, session: Session, ack: Ack) -> None:
-        sent = session.next_seq - 1
+        sent = self.store.last_seq_sent(session)
         if ack.last_seq > sent:
             reason = f"last_seq {ack.last_seq} is ahead of the last seq sent ({sent})"
             raise Refused("invalid_state", reason, "/last_seq")
-        session.acknowledge(ack.last_seq)
+        self.store.acknowledge(session, ack.last_seq)
 
     def detach(self, session: Session, now: float) -> None:
         """The session's connection is lost: its grace period starts."""
         deadline = now + self.config.reconnect_grace_ms / 1000
-        session.detach(deadline)
+        self.store.detach(session, deadline)
         self.out.cancel_timer(IceRefreshTimer(session.session_id))
         self.out.start_timer(GraceTimer(session.session_id), deadline)
 

@@ -147,6 +147,25 @@ class Store(Protocol):
         """How many records of each kind there are (for metrics and tests)."""
         ...
 
+    # Each session's sequence: what it was sent, held for replay (see `Session.deliver`)
+    def can_replay_after(self, session: Session, last_seq: int) -> bool:
+        """Whether every message after `last_seq` is still held (or there are none)."""
+        ...
+
+    def resume_replay(self, session: Session, last_seq: int) -> list[Action]:
+        """The session, just attached to a new connection, is to be sent what it was sent after
+        `last_seq`: the actions that do it."""
+        ...
+
+    def last_seq_sent(self, session: Session) -> int: ...
+    def acknowledge(self, session: Session, last_seq: int) -> None:
+        """The client has processed every message up to `last_seq`: they need not be held."""
+        ...
+
+    def detach(self, session: Session, grace_deadline: float) -> None:
+        """The session lost its connection: what is sent from now on waits for a resume."""
+        ...
+
     # Transactions: one per event. Between events, and in an event until `changing`, the
     # store is read-only: lookups keep nothing for a rollback.
     def changing(self) -> None:
@@ -437,6 +456,23 @@ class LocalStore:
 
     def last_seen(self, user_id: str) -> int | None:
         return self.seen.get(user_id)
+
+    # Each session's sequence: held in its record here --------------------------------------
+
+    def can_replay_after(self, session: Session, last_seq: int) -> bool:
+        return session.can_replay_after(last_seq)
+
+    def resume_replay(self, session: Session, last_seq: int) -> list[Action]:
+        return session.replay_after(last_seq)
+
+    def last_seq_sent(self, session: Session) -> int:
+        return session.next_seq - 1
+
+    def acknowledge(self, session: Session, last_seq: int) -> None:
+        session.acknowledge(last_seq)
+
+    def detach(self, session: Session, grace_deadline: float) -> None:
+        session.detach(grace_deadline)
 
     def counts(self) -> dict[str, int]:
         return {
