@@ -7,8 +7,9 @@ held for replay within its budget. One commit is one transaction, applied whole 
 
 1. **Checks.** Every key the event read must still have the version it read (0: absent), and
    every outbox precondition must hold (a resume's `last_seq` still replayable, an `ack` not
-   ahead of what was sent). Otherwise the outcome is `Conflict` with the keys that failed: the
-   node drops them from its cache and runs the event again.
+   ahead of what was sent, a client message's `cseq` not applied before). Otherwise the
+   outcome is `Conflict` with the keys that failed: the node drops them from its cache and
+   runs the event again.
 2. **Writes.** Written keys get the transaction's version, one number per commit drawn from a
    counter that only grows, so a key deleted and made again never comes back with a version a
    stale cache could mistake for current (the ABA problem of per-key counters). Deleted keys go.
@@ -59,6 +60,8 @@ class OutboxState:
     attached: bool
     unsent_from: int
     """While detached: the first `seq` its client cannot have read."""
+    last_cseq: int = 0
+    """The highest `cseq` of the client's messages applied (`Session.last_cseq`)."""
 
     def can_replay_after(self, last_seq: int) -> bool:
         return self.first_held - 1 <= last_seq <= self.next_seq - 1
@@ -125,6 +128,10 @@ class Transaction:
     outbox_ops: Sequence[OutboxOp] = ()
     deliveries: Sequence[tuple[str, bytes]] = ()
     """(session id, frame without `seq`), in order."""
+    applied: tuple[str, int] | None = None
+    """(session id, `cseq`) of the client message the event applied: the precondition is that
+    the session's outbox has applied none as high (a message resent after a resume is applied
+    once), and it becomes its `last_cseq`."""
 
 
 @frozen
@@ -179,10 +186,12 @@ class _Outbox:
     held: int = 0
     attached: bool = True
     unsent_from: int = 1
+    last_cseq: int = 0
 
     def state(self) -> OutboxState:
+        first_held = self.next_seq - len(self.frames)
         return OutboxState(
-            self.next_seq, self.next_seq - len(self.frames), self.attached, self.unsent_from
+            self.next_seq, first_held, self.attached, self.unsent_from, self.last_cseq
         )
 
     def copy(self) -> _Outbox:
@@ -194,6 +203,7 @@ class _Outbox:
             self.held,
             self.attached,
             self.unsent_from,
+            self.last_cseq,
         )
 
     def hold(self, frame: bytes) -> tuple[int, bool]:
@@ -265,40 +275,7 @@ class MemoryBackend:
             for key, version in txn.reads.items()
             if self.records.get(key, (0, b""))[0] != version
         }
-        # The outboxes as this transaction leaves them, on copies: nothing changes unless all
-        # of it applies.
-        boxes: dict[str, _Outbox | None] = {}
-        for op in txn.outbox_ops:
-            sid = op.session_id
-            if sid not in boxes:
-                current = self.outboxes_by_session.get(sid)
-                boxes[sid] = None if current is None else current.copy()
-            box = boxes[sid]
-            if isinstance(op, OpenOutbox):
-                if box is not None:
-                    stale.add(f"outbox:{sid}")
-                boxes[sid] = _Outbox(1, op.max_messages, op.max_bytes)
-            elif box is None:
-                stale.add(f"outbox:{sid}")
-            elif isinstance(op, CloseOutbox):
-                boxes[sid] = None
-            elif isinstance(op, Attach):
-                if not box.state().can_replay_after(op.last_seq):
-                    stale.add(f"outbox:{sid}")
-                box.attached = True
-            elif isinstance(op, Detach):
-                box.attached = False
-                box.unsent_from = box.next_seq if op.unsent_from is None else op.unsent_from
-            elif op.last_seq > box.next_seq - 1:  # Acknowledge
-                stale.add(f"outbox:{sid}")
-            else:
-                box.drop_through(op.last_seq)
-        for sid, _ in txn.deliveries:
-            if sid not in boxes:
-                current = self.outboxes_by_session.get(sid)
-                boxes[sid] = None if current is None else current.copy()
-            if boxes[sid] is None:  # records name only live sessions: a stale cache
-                stale.add(f"outbox:{sid}")
+        boxes = self._outboxes_after(txn, stale)
         if stale:
             return Conflict(frozenset(stale))
         seqs = []
@@ -324,6 +301,51 @@ class MemoryBackend:
             else:
                 self.outboxes_by_session[sid] = box
         return Committed(version, tuple(seqs))
+
+    def _outboxes_after(self, txn: Transaction, stale: set[str]) -> dict[str, _Outbox | None]:
+        """Copies of the outboxes `txn` touches, as its operations and its `applied` leave them
+        (deliveries not yet held); a failed precondition adds "outbox:<id>" to `stale`."""
+        boxes: dict[str, _Outbox | None] = {}
+
+        def box_of(sid: str) -> _Outbox | None:
+            if sid not in boxes:
+                current = self.outboxes_by_session.get(sid)
+                boxes[sid] = None if current is None else current.copy()
+            return boxes[sid]
+
+        for op in txn.outbox_ops:
+            sid = op.session_id
+            box = box_of(sid)
+            if isinstance(op, OpenOutbox):
+                if box is not None:
+                    stale.add(f"outbox:{sid}")
+                boxes[sid] = _Outbox(1, op.max_messages, op.max_bytes)
+            elif box is None:
+                stale.add(f"outbox:{sid}")
+            elif isinstance(op, CloseOutbox):
+                boxes[sid] = None
+            elif isinstance(op, Attach):
+                if not box.state().can_replay_after(op.last_seq):
+                    stale.add(f"outbox:{sid}")
+                box.attached = True
+            elif isinstance(op, Detach):
+                box.attached = False
+                box.unsent_from = box.next_seq if op.unsent_from is None else op.unsent_from
+            elif op.last_seq > box.next_seq - 1:  # Acknowledge
+                stale.add(f"outbox:{sid}")
+            else:
+                box.drop_through(op.last_seq)
+        if txn.applied is not None:
+            sid, cseq = txn.applied
+            box = box_of(sid)
+            if box is not None:  # else the message ended its session (`bye`)
+                if cseq <= box.last_cseq:
+                    stale.add(f"outbox:{sid}")
+                box.last_cseq = cseq
+        for sid, _ in txn.deliveries:
+            if box_of(sid) is None:  # records name only live sessions: a stale cache
+                stale.add(f"outbox:{sid}")
+        return boxes
 
     # The `Backend` protocol, for the shell: the same, awaited.
 
