@@ -114,6 +114,18 @@ class Harness:
     that an event the core calls read-only changes nothing, and what each event read and wrote
     is there to look at (`store.committed`); a subclass may record more (see test_model.py)."""
 
+    cluster: ClassVar[bool] = False
+    """Set by `pytest --cluster`: every harness of the default kind (a `TrackingStore`) is made
+    a cluster of nodes (tests/cluster/harness.py)."""
+
+    def __new__(cls, *args: Any, **overrides: Any) -> Harness:
+        if Harness.cluster and cls.store_type is TrackingStore:
+            from tests.cluster.harness import ClusterMixin, cluster_variant  # noqa: PLC0415
+
+            if not issubclass(cls, ClusterMixin):
+                return super().__new__(cluster_variant(cls))
+        return super().__new__(cls)
+
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         self.config = (config or Config()).with_overrides(**overrides)
         self.now = 1000.0
@@ -197,11 +209,18 @@ class Harness:
     # Feeding events -------------------------------------------------------------------------
 
     def open(self, address: str = "192.0.2.1") -> int:
-        conn = next(self._conns)
+        conn = self._new_conn()
         self.inbox[conn] = []
         now = self.now
-        self._apply(self._event(lambda sb: sb.connect(conn, now, address)))
+        self._on(conn, lambda sb: sb.connect(conn, now, address))
         return conn
+
+    def _new_conn(self) -> int:
+        return next(self._conns)
+
+    def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
+        """Feed the switchboard that holds `conn` an event about it, and carry out its actions."""
+        self._apply(self._event(event))
 
     def login(self, user_id: str, **hello: Any) -> int:
         """Open a connection and say hello; the welcome is consumed and checked."""
@@ -223,15 +242,15 @@ class Harness:
     def send(self, conn: int, message: Wire | bytes) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message)
         now, wall = self.now, self.wall
-        self._apply(self._event(lambda sb: sb.receive(conn, data, now, wall)))
+        self._on(conn, lambda sb: sb.receive(conn, data, now, wall))
 
     def receive_binary(self, conn: int) -> None:
         now = self.now
-        self._apply(self._event(lambda sb: sb.receive_binary(conn, now)))
+        self._on(conn, lambda sb: sb.receive_binary(conn, now))
 
     def drop(self, conn: int) -> None:
         now = self.now
-        self._apply(self._event(lambda sb: sb.disconnect(conn, now)))
+        self._on(conn, lambda sb: sb.disconnect(conn, now))
 
     def advance(self, seconds: float) -> None:
         """Let time pass, firing due timers in deadline order (as the shell's tasks would)."""
@@ -243,9 +262,12 @@ class Harness:
             deadline, key = min(due, key=lambda item: item[0])
             del self.timers[key]
             self.now = max(self.now, deadline)
-            now, wall = self.now, self.wall
-            self._apply(self._event(lambda sb: sb.timer_fired(key, now, wall)))  # noqa: B023
+            self._fire(key)
         self.now = target
+
+    def _fire(self, key: TimerKey) -> None:
+        now, wall = self.now, self.wall
+        self._apply(self._event(lambda sb: sb.timer_fired(key, now, wall)))
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:

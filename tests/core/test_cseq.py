@@ -3,6 +3,8 @@ says the last one applied, so the client can send again what its lost connection
 
 from __future__ import annotations
 
+import pytest
+
 from callbox.core.store import TrackingStore
 
 from .harness import Harness, call_between, initiate
@@ -82,6 +84,7 @@ def test_what_a_lost_connection_swallowed_is_applied_once_when_sent_again() -> N
     assert h.types(bob) == ["ice_candidate"]
 
 
+@pytest.mark.single_process("it reads the single process store's record of the transaction")
 def test_a_numbered_relay_stays_a_read_only_event() -> None:
     """The number moves when the event commits, like `seq`: a relay copies nothing."""
     h = Harness()

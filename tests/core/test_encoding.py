@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import pytest
+
 from callbox.core.encoding import decode_record, encode_record
 from callbox.core.records import value_of
 from callbox.core.sessions import RECENTLY_ENDED_CALLS, Session
@@ -44,6 +46,7 @@ def test_every_record_of_a_busy_server_encodes_to_the_same_value() -> None:
         assert value_of(again) == value_of(record)
 
 
+@pytest.mark.single_process("it reads a session's replay, which a cluster keeps in its outbox")
 def test_a_session_comes_back_with_its_bounds() -> None:
     """What a session keeps few of stays few: its recently ended calls are still bounded."""
     store = busy_store()

@@ -69,6 +69,8 @@ from callbox.messages import ServerMessage
 
 from .harness import Harness, Wire
 
+pytestmark = pytest.mark.single_process("the model checker drives one process's store")
+
 pytestmark = pytest.mark.slow
 
 USERS = ("ann", "bob", "cat", "dan")

@@ -712,6 +712,7 @@ def fail_sign_in(h: Harness, address: str) -> int:
     return conn
 
 
+@pytest.mark.single_process("the sign-in throttle counts per node")
 def test_failed_sign_ins_from_one_address_delay_its_next_hellos() -> None:
     h = Harness()
     h.refused_users.add("mallory")
@@ -730,6 +731,7 @@ def test_failed_sign_ins_from_one_address_delay_its_next_hellos() -> None:
     assert h.closed[held] == (4001, "authentication failed")
 
 
+@pytest.mark.single_process("the sign-in throttle counts per node")
 def test_a_held_hello_is_answered_as_usual_and_a_second_one_is_refused() -> None:
     h = Harness()
     h.refused_users.add("mallory")

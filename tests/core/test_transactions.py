@@ -18,6 +18,10 @@ from callbox.core.switchboard import Switchboard
 
 from .harness import Harness, Wire, call_between, initiate, state_of
 
+pytestmark = pytest.mark.single_process(
+    "it tests the single process store's rollback and read sets"
+)
+
 
 class Injecting(Harness):
     inject_misses = True

@@ -57,7 +57,8 @@ class OutboxState:
     """The `seq` the next frame will get."""
     first_held: int
     """The `seq` of the oldest frame held (== `next_seq` when none is)."""
-    attached: bool
+    conn: int | None
+    """The connection the session is attached to, on whichever node holds it (None: away)."""
     unsent_from: int
     """While detached: the first `seq` its client cannot have read."""
     last_cseq: int = 0
@@ -72,19 +73,21 @@ class OutboxState:
 
 @frozen
 class OpenOutbox:
-    """A new session: its outbox starts at `seq` 1, attached, with these budgets."""
+    """A new session: its outbox starts at `seq` 1, attached to `conn`, with these budgets."""
 
     session_id: str
+    conn: int
     max_messages: int
     max_bytes: int
 
 
 @frozen
 class Attach:
-    """The session has a connection again (a resume after `last_seq`): the precondition is
-    that every frame after `last_seq` is still held."""
+    """The session has a connection again, `conn` (a resume after `last_seq`): the
+    precondition is that every frame after `last_seq` is still held."""
 
     session_id: str
+    conn: int
     last_seq: int
 
 
@@ -140,6 +143,9 @@ class Committed:
     """The version every written key now has."""
     seqs: tuple[int, ...]
     """The `seq` of each delivery, in order."""
+    conns: tuple[int | None, ...]
+    """The connection each delivery's session is attached to, in order (None: away): what
+    the committing node wakes, or writes to if it holds it."""
 
 
 @frozen
@@ -184,15 +190,13 @@ class _Outbox:
     max_bytes: int
     frames: deque[bytes] = field(factory=deque)
     held: int = 0
-    attached: bool = True
+    conn: int | None = None
     unsent_from: int = 1
     last_cseq: int = 0
 
     def state(self) -> OutboxState:
         first_held = self.next_seq - len(self.frames)
-        return OutboxState(
-            self.next_seq, first_held, self.attached, self.unsent_from, self.last_cseq
-        )
+        return OutboxState(self.next_seq, first_held, self.conn, self.unsent_from, self.last_cseq)
 
     def copy(self) -> _Outbox:
         return _Outbox(
@@ -201,7 +205,7 @@ class _Outbox:
             self.max_bytes,
             self.frames.copy(),
             self.held,
-            self.attached,
+            self.conn,
             self.unsent_from,
             self.last_cseq,
         )
@@ -217,7 +221,7 @@ class _Outbox:
         self.held += len(frame)
         lost_unread = False
         while (self.held > self.max_bytes or len(frames) > self.max_messages) and len(frames) > 1:
-            if not self.attached and self.next_seq - len(frames) >= self.unsent_from:
+            if self.conn is None and self.next_seq - len(frames) >= self.unsent_from:
                 lost_unread = True
             self.held -= len(frames.popleft())
         return seq, lost_unread
@@ -278,13 +282,14 @@ class MemoryBackend:
         boxes = self._outboxes_after(txn, stale)
         if stale:
             return Conflict(frozenset(stale))
-        seqs = []
+        seqs, conns = [], []
         overflowing: dict[str, None] = {}
         for sid, frame in txn.deliveries:
             box = boxes[sid]
             assert box is not None
             seq, lost_unread = box.hold(frame)
             seqs.append(seq)
+            conns.append(box.conn)
             if lost_unread:
                 overflowing[sid] = None
         if overflowing:
@@ -300,7 +305,7 @@ class MemoryBackend:
                 self.outboxes_by_session.pop(sid, None)
             else:
                 self.outboxes_by_session[sid] = box
-        return Committed(version, tuple(seqs))
+        return Committed(version, tuple(seqs), tuple(conns))
 
     def _outboxes_after(self, txn: Transaction, stale: set[str]) -> dict[str, _Outbox | None]:
         """Copies of the outboxes `txn` touches, as its operations and its `applied` leave them
@@ -319,7 +324,7 @@ class MemoryBackend:
             if isinstance(op, OpenOutbox):
                 if box is not None:
                     stale.add(f"outbox:{sid}")
-                boxes[sid] = _Outbox(1, op.max_messages, op.max_bytes)
+                boxes[sid] = _Outbox(1, op.max_messages, op.max_bytes, conn=op.conn)
             elif box is None:
                 stale.add(f"outbox:{sid}")
             elif isinstance(op, CloseOutbox):
@@ -327,9 +332,9 @@ class MemoryBackend:
             elif isinstance(op, Attach):
                 if not box.state().can_replay_after(op.last_seq):
                     stale.add(f"outbox:{sid}")
-                box.attached = True
+                box.conn = op.conn
             elif isinstance(op, Detach):
-                box.attached = False
+                box.conn = None
                 box.unsent_from = box.next_seq if op.unsent_from is None else op.unsent_from
             elif op.last_seq > box.next_seq - 1:  # Acknowledge
                 stale.add(f"outbox:{sid}")

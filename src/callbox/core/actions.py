@@ -124,4 +124,26 @@ class CancelTimer:
     key: TimerKey
 
 
-Action = Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer
+@frozen
+class Numbered:
+    """A frame a store shared by many nodes numbered in a session's sequence (cluster mode), for
+    the node's gateway to write in `seq` order: `frame` carries its `seq`. `conn` is the
+    session's connection, on whichever node holds it; None while it has none."""
+
+    session_id: str
+    conn: ConnId | None
+    seq: int
+    frame: bytes
+
+
+@frozen
+class ReplayAfter:
+    """The session resumed on `conn`: send it, from the shared store, every frame after
+    `last_seq` (cluster mode; a single process's store replays from the session's record)."""
+
+    conn: ConnId
+    session_id: str
+    last_seq: int
+
+
+Action = Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer | Numbered | ReplayAfter

@@ -166,6 +166,13 @@ class Store(Protocol):
         """The session lost its connection: what is sent from now on waits for a resume."""
         ...
 
+    @property
+    def committed_before(self) -> bool:
+        """Whether the event is being run again to take effect, its changes committed by an
+        earlier run (a store shared by many nodes commits first): what that run logged is
+        not logged again."""
+        ...
+
     # Transactions: one per event. Between events, and in an event until `changing`, the
     # store is read-only: lookups keep nothing for a rollback.
     def changing(self) -> None:
@@ -229,6 +236,10 @@ class LocalStore:
         }
 
     # Transactions ----------------------------------------------------------------------------
+
+    @property
+    def committed_before(self) -> bool:
+        return False  # an event commits here once, at its end
 
     def changing(self) -> None:
         self._changing = True
@@ -582,6 +593,7 @@ class TrackingStore(LocalStore):
         self, actions: list[Action | Delivery], applied: tuple[str, int] | None = None
     ) -> list[Action]:
         writes, deletes = self._changes()
+        self._check_encoding(writes)
         done = super().commit(actions, applied)  # raises `Overflow` before changing anything
         for changed in writes | deletes:
             self.versions[changed] = self.versions.get(changed, 0) + 1
@@ -593,8 +605,7 @@ class TrackingStore(LocalStore):
 
     def _changes(self) -> tuple[set[RecordKey], set[RecordKey]]:
         """What the event wrote and deleted (before its deliveries are numbered). Checks that
-        what it looked up while read-only has not changed, and that each record it wrote
-        encodes (core/encoding.py) to the same value."""
+        what it looked up while read-only has not changed."""
         for record, value in self._read_values:
             if record not in self._copies:
                 assert value_of(record) == value, f"a read-only event changed {key_of(record)}"
@@ -616,9 +627,12 @@ class TrackingStore(LocalStore):
             elif was:
                 deletes.add((kind, key))
         writes -= deletes
+        return writes, deletes
+
+    def _check_encoding(self, writes: set[RecordKey]) -> None:
+        """Each record written encodes (core/encoding.py) to the same value."""
         for kind, key in writes:
             if kind in RECORD_KINDS:
                 record = self._mappings[kind][key]
                 again = decode_record(type(record), encode_record(record))
                 assert value_of(again) == value_of(record), f"{kind} {key!r} does not encode"
-        return writes, deletes

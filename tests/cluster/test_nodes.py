@@ -1,0 +1,67 @@
+"""Calls, resumes and sequences across the nodes of a cluster, over the in-memory backend."""
+
+from __future__ import annotations
+
+from callbox.cluster.node import node_of
+from tests.cluster.harness import ClusterHarness
+from tests.core.harness import call_between, initiate
+
+
+def test_a_call_between_two_nodes() -> None:
+    h = ClusterHarness()
+    h.place_next = 1
+    alice = h.login("alice")
+    h.place_next = 2
+    bob = h.login("bob")
+    assert node_of(alice) != node_of(bob)
+    h.send(alice, initiate("call-0001", "bob"))
+    h.expect(alice, "call_ringing", call_id="call-0001", seq=1)
+    h.expect(bob, "call_incoming", call_id="call-0001", seq=1)
+    h.send(bob, {"type": "call_answer", "call_id": "call-0001"})
+    h.expect(alice, "call_accepted", by="bob", seq=2)
+    h.expect(bob, "call_accepted", by="bob", seq=2)
+    h.send(bob, {"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": "v=0"})
+    h.expect(alice, "sdp_offer", sdp="v=0", seq=3)
+    h.send(alice, {"type": "hangup", "call_id": "call-0001"})
+    h.expect(alice, "call_ended", reason="hangup", seq=4)
+    h.expect(bob, "call_ended", reason="hangup", seq=3)
+
+
+def test_resume_on_another_node_replays_what_was_missed() -> None:
+    h = ClusterHarness()
+    h.place_next = 1
+    alice = h.login("alice")
+    h.place_next = 2
+    bob = h.login("bob")
+    call_between(h, alice, bob)
+    token = h.welcome_of[bob]["resume_token"]
+    h.drop(bob)
+    for n in range(3):
+        h.send(
+            alice,
+            {
+                "type": "ice_candidate",
+                "call_id": "call-0001",
+                "to": "bob",
+                "candidate": {"candidate": f"c{n}", "sdpMid": "0"},
+            },
+        )
+    h.place_next = 3
+    again = h.resume("bob", token, last_seq=2)
+    welcome = h.take(again)
+    assert welcome["resumed"] is True
+    replayed = h.take_all(again)
+    assert [m["seq"] for m in replayed] == [3, 4, 5]
+    assert [m["candidate"]["candidate"] for m in replayed] == ["c0", "c1", "c2"]
+    h.send(alice, {"type": "hangup", "call_id": "call-0001"})
+    h.expect(again, "call_ended", seq=6)
+
+
+def test_busy_holds_across_nodes() -> None:
+    h = ClusterHarness()
+    alice, bob, carol = (h.login(user) for user in ("alice", "bob", "carol"))
+    assert len({node_of(c) for c in (alice, bob, carol)}) == 3
+    call_between(h, alice, bob)
+    h.send(carol, initiate("call-0002", "bob"))
+    ended = h.take_all(carol)[-1]
+    assert ended["type"] == "call_ended" and ended["reason"] == "busy", ended
