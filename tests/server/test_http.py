@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+from pathlib import Path
 
 import trio
 from prometheus_client.metrics_core import Metric
@@ -16,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers import accepted_call, start_server
 
 from .wsclient import connect
+
+WEB = Path(__file__).resolve().parents[2] / "src/callbox/web"
 
 CALLBOX_FAMILIES = {
     "callbox_connections": "gauge",
@@ -87,6 +90,14 @@ async def test_healthz_and_404(nursery: trio.Nursery) -> None:
     assert (status, body) == (200, "ok\n")
     status, _, _ = await http_get(url, "/nothing-here")
     assert status == 404
+
+
+async def test_the_client_s_type_declarations_are_served_beside_it(nursery: trio.Nursery) -> None:
+    url = await start_server(nursery)
+    status, headers, body = await http_get(url, "/callbox.d.ts")
+    assert status == 200
+    assert headers["content-type"] == "application/typescript; charset=utf-8"
+    assert body == (WEB / "callbox.d.ts").read_text(encoding="utf-8")
 
 
 async def test_metrics_have_types_help_process_metrics_and_a_node_label(

@@ -78,11 +78,14 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    # callbox.d.ts: the type Deno and TypeScript tooling take for a declaration file by URL.
+    ".ts": "application/typescript; charset=utf-8",
 }
 
 
 def load_web_files() -> dict[str, tuple[str, bytes]]:
-    """The demo page and the browser client, by URL path, read once at start-up."""
+    """The demo page and the browser client with its type declarations, by URL path, read
+    once at start-up."""
     web = files("callbox") / "web"
     pages: dict[str, tuple[str, bytes]] = {}
     if web.is_dir():
