@@ -126,12 +126,10 @@ class Metrics:
         ProcessCollector(registry=self._library)
         PlatformCollector(registry=self._library)
         GCCollector(registry=self._library)
-        self._registry = CollectorRegistry()
-        self._registry.register(self)
 
     def render(self) -> bytes:
         """The exposition of a scrape, in `CONTENT_TYPE`."""
-        return generate_latest(self._registry)
+        return generate_latest(self)
 
     def collect(self) -> Iterator[Metric]:
         """Called by `prometheus_client` at each scrape (the `Collector` protocol)."""
