@@ -46,13 +46,13 @@ LIBRARY_FAMILIES = {
 """Some of the process's metrics, from prometheus_client's default collectors."""
 
 
-async def http_get(url: str, path: str) -> tuple[int, dict[str, str], str]:
-    """GET `path` of the server of `url`: the status, the header fields (names in lower case)
-    and the body."""
+async def http_get(url: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], str]:
+    """GET (or `method`) `path` of the server of `url`: the status, the header fields (names in
+    lower case) and the body."""
     host, port = re.match(r"ws://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         response = b""
         while chunk := await stream.receive_some():
             response += chunk
@@ -90,6 +90,15 @@ async def test_healthz_and_404(nursery: trio.Nursery) -> None:
     assert (status, body) == (200, "ok\n")
     status, _, _ = await http_get(url, "/nothing-here")
     assert status == 404
+
+
+async def test_healthz_answers_head_and_refuses_other_methods(nursery: trio.Nursery) -> None:
+    url = await start_server(nursery)
+    status, headers, body = await http_get(url, "/healthz", "HEAD")
+    assert (status, headers["content-length"], body) == (200, "3", "")
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, _ = await http_get(url, "/healthz", method)
+        assert (status, headers["allow"]) == (405, "GET, HEAD")
 
 
 async def test_the_client_s_type_declarations_are_served_beside_it(nursery: trio.Nursery) -> None:
