@@ -8,11 +8,11 @@ really flows: `inbound-rtp` video bytes, on every side.
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import SHORT_GRACE_MS, Browsers, DemoPage, poll, skip_without_chromium
 
@@ -309,8 +309,12 @@ def acks_received(server_base: str) -> int:
     """The `ack` messages the server has taken, from its /metrics."""
     with urllib.request.urlopen(f"{server_base}/metrics") as response:
         metrics = response.read().decode()
-    found = re.search(r'^callbox_messages_received_total\{type="ack"\} (\d+)', metrics, re.M)
-    return int(found.group(1)) if found else 0
+    (received,) = [
+        family
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "callbox_messages_received"
+    ]
+    return sum(int(sample.value) for sample in received.samples if sample.labels["type"] == "ack")
 
 
 def test_the_client_acknowledges_what_it_has_processed(browsers: Browsers) -> None:

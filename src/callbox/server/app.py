@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -45,7 +46,7 @@ from callbox.core.actions import (
 from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
-from callbox.server.metrics import Metrics
+from callbox.server.metrics import CONTENT_TYPE, Metrics
 from callbox.server.timers import SessionTimers
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
@@ -77,11 +78,14 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    # callbox.d.ts: the type Deno and TypeScript tooling take for a declaration file by URL.
+    ".ts": "application/typescript; charset=utf-8",
 }
 
 
 def load_web_files() -> dict[str, tuple[str, bytes]]:
-    """The demo page and the browser client, by URL path, read once at start-up."""
+    """The demo page and the browser client with its type declarations, by URL path, read
+    once at start-up."""
     web = files("callbox") / "web"
     pages: dict[str, tuple[str, bytes]] = {}
     if web.is_dir():
@@ -124,7 +128,8 @@ class SignalingServer:
         self._calls: dict[str, CallTasks] = {}
         self._session_timers = SessionTimers(self._timer_fired)
         nursery.start_soon(self._session_timers.run, name="session timers")
-        self.metrics = Metrics()
+        # The node label of every metric: this host, until worker processes name their nodes.
+        self.metrics = Metrics(switchboard, node=socket.gethostname())
         self._web = load_web_files()
 
     # ConnectionHandler -------------------------------------------------------------------------
@@ -160,9 +165,7 @@ class SignalingServer:
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
-            board = self.switchboard
-            body = self.metrics.render(board.statistics(), board.received, board.errors)
-            return 200, [("Content-Type", "text/plain; version=0.0.4")], body
+            return 200, [("Content-Type", CONTENT_TYPE)], self.metrics.render()
         page = self._web.get(path)
         if page is None:
             return None

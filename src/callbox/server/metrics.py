@@ -1,15 +1,44 @@
-"""Prometheus metrics, in the text exposition format, with nothing but dict increments to count.
+"""Prometheus metrics: counted with plain ints on the hot path, exposed by `prometheus_client`.
 
-The hot path pays one dictionary increment per counted event and one bisect per relayed message;
-the text is built only when `/metrics` is scraped. No client library: `prometheus_client` takes a
-lock on every increment, which this single-threaded server does not need.
+The relay path counts every message: a `Counter` increment per message type and error code and
+a bisect into a local histogram per handled message. `prometheus_client`'s own metrics take a
+lock on every increment, which a single-threaded server does not need and which costs several
+times a dict increment (bench/metrics_cost.py; docs/decisions/0013-metrics.md has the figures).
+So the counts stay local, and `Metrics` is a custom collector that `prometheus_client` asks for
+them at scrape time, together with the switchboard's gauges (read then, never kept up to date)
+and the library's own process, platform and garbage-collector metrics.
+
+Every sample carries a `node` label, the process's own included: with several worker
+processes (each a node of a cluster) no two processes ever emit the same series, so their
+expositions can be scraped one by one or merged, and Prometheus sums them with
+`sum without (node)`. Why a label rather than the library's multiprocess mode: the decision record.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+CONTENT_TYPE = choose_encoder("")[1]
+"""The content type `prometheus_client` pairs with the text format `generate_latest` writes (a
+scrape that asks for nothing in particular gets it; so does every Prometheus)."""
 
 MESSAGE_BUCKETS_S: tuple[float, ...] = (
     0.000_025,
@@ -27,8 +56,38 @@ MESSAGE_BUCKETS_S: tuple[float, ...] = (
 )
 """Upper bounds of the message handling histogram, s: a relay takes microseconds here."""
 
+GAUGE_HELP: Mapping[str, str] = {
+    "connections": "Open WebSocket connections of this node, signed in or not.",
+    "sessions": "Sessions, connected or within their reconnect grace period.",
+    "users": "Users with at least one session.",
+    "calls": "Calls ringing or running.",
+    "rooms": "Rooms with at least one member.",
+    "watched_users": "Users whose presence at least one session watches.",
+}
+"""The help text of each of the switchboard's `statistics()`, exposed as `callbox_<name>`."""
+
+
+class Counted(Protocol):
+    """What the switchboard counts and holds, read at scrape time."""
+
+    @property
+    def received(self) -> Mapping[str, int]:
+        """Client messages decoded, by type."""
+        ...
+
+    @property
+    def errors(self) -> Mapping[str, int]:
+        """`error` messages sent, by code."""
+        ...
+
+    def statistics(self) -> Mapping[str, int]:
+        """How many connections and records there are now, by kind."""
+        ...
+
 
 class Histogram:
+    """A histogram without locks: a list of counts, one per bucket, and the sum."""
+
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
         self.counts = [0] * (len(buckets) + 1)
@@ -38,39 +97,78 @@ class Histogram:
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.total += value
 
-    def lines(self, name: str) -> Iterable[str]:
-        cumulative = 0
-        for bound, count in zip(self.buckets, self.counts, strict=False):
-            cumulative += count
-            yield f'{name}_bucket{{le="{bound}"}} {cumulative}'
-        cumulative += self.counts[-1]
-        yield f'{name}_bucket{{le="+Inf"}} {cumulative}'
-        yield f"{name}_sum {self.total}"
-        yield f"{name}_count {cumulative}"
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(`le`, count of observations at most `le`) for each bucket, `+Inf` last."""
+        bounds = [str(bound) for bound in self.buckets] + ["+Inf"]
+        running = 0
+        pairs: list[tuple[str, float]] = []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            pairs.append((bound, running))
+        return pairs
 
 
 class Metrics:
-    """What the server counts; `render` turns it, and the switchboard's gauges, into text."""
+    """The server's own counts, and the collector that exposes them with the process's metrics.
 
-    def __init__(self) -> None:
+    `calls_ended` and `message_seconds` are counted by the app; the rest is read from `counted`
+    when `/metrics` is scraped.
+    """
+
+    def __init__(self, counted: Counted, node: str) -> None:
         self.calls_ended: Counter[str] = Counter()
         self.message_seconds = Histogram(MESSAGE_BUCKETS_S)
+        self.node = node
+        self._counted = counted
+        # The library's default collectors, in a registry of this server's own rather than the
+        # global one: a test process runs many servers, and each exposes only its own node.
+        self._library = CollectorRegistry()
+        ProcessCollector(registry=self._library)
+        PlatformCollector(registry=self._library)
+        GCCollector(registry=self._library)
 
-    def render(
-        self, gauges: Mapping[str, int], received: Mapping[str, int], errors: Mapping[str, int]
-    ) -> bytes:
-        lines: list[str] = []
-        for name, value in gauges.items():
-            lines += [f"# TYPE callbox_{name} gauge", f"callbox_{name} {value}"]
-        lines += _counter("callbox_messages_received_total", "type", received)
-        lines += _counter("callbox_calls_ended_total", "reason", self.calls_ended)
-        lines += _counter("callbox_errors_total", "code", errors)
-        lines.append("# TYPE callbox_message_seconds histogram")
-        lines += self.message_seconds.lines("callbox_message_seconds")
-        return ("\n".join(lines) + "\n").encode()
+    def render(self) -> bytes:
+        """The exposition of a scrape, in `CONTENT_TYPE`."""
+        return generate_latest(self)
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by `prometheus_client` at each scrape (the `Collector` protocol)."""
+        for family in self._families():
+            family.samples = [
+                sample._replace(labels={**sample.labels, "node": self.node})
+                for sample in family.samples
+            ]
+            yield family
+
+    def _families(self) -> Iterator[Metric]:
+        counted = self._counted
+        for name, value in counted.statistics().items():
+            yield GaugeMetricFamily(f"callbox_{name}", GAUGE_HELP[name], value=value)
+        yield _counter(
+            "callbox_messages_received",
+            "Client messages decoded, by type.",
+            "type",
+            counted.received,
+        )
+        yield _counter(
+            "callbox_calls_ended",
+            "Calls ended, by the reason of their end (call_ended.reason).",
+            "reason",
+            self.calls_ended,
+        )
+        yield _counter("callbox_errors", "Error messages sent, by code.", "code", counted.errors)
+        histogram = self.message_seconds
+        yield HistogramMetricFamily(
+            "callbox_message_seconds",
+            "Time to handle one client message (decode, validate, route, write), s.",
+            buckets=histogram.cumulative(),
+            sum_value=histogram.total,
+        )
+        yield from self._library.collect()
 
 
-def _counter(name: str, label: str, values: Mapping[str, int]) -> list[str]:
-    lines = [f"# TYPE {name} counter"]
-    lines += [f'{name}{{{label}="{key}"}} {count}' for key, count in sorted(values.items())]
-    return lines
+def _counter(name: str, documentation: str, label: str, values: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, count in sorted(values.items()):
+        family.add_metric([key], count)
+    return family
