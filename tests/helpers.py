@@ -19,8 +19,11 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+from trio_websocket import WebSocketRequest, serve_websocket
 
+from callbox.codec import encode
 from callbox.config import Config
+from callbox.messages import Welcome
 from callbox.server.app import serve
 from tests.server.wsclient import Client
 
@@ -48,6 +51,23 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"ws://127.0.0.1:{port}/ws"
+
+
+async def closing_node(nursery: trio.Nursery, code: int, *, welcome: Welcome | None = None) -> str:
+    """A WebSocket server on 127.0.0.1 that reads `hello` and closes with `code`, as a node
+    turning clients away does (1013: try again later); the first time, it answers with
+    `welcome` before closing, if given. Returns its URL."""
+    welcomes = [encode(welcome).decode()] if welcome else []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()
+        if welcomes:
+            await ws.send_message(welcomes.pop())
+        await ws.aclose(code, "not now")
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    return f"ws://127.0.0.1:{server.port}/ws"
 
 
 SERVE_START_TIMEOUT_S = 20

@@ -12,14 +12,13 @@ import logging
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, HandshakeError
 
 import callbox.client
 from callbox.client import Client, SessionLost, connect
-from callbox.codec import encode
 from callbox.config import Config
 from callbox.messages import RoomJoined, RoomMemberJoined, RoomMessage, Welcome
-from tests.helpers import closed_port_url, serve_process
+from tests.helpers import closed_port_url, closing_node, serve_process
 
 
 async def test_the_first_url_that_answers_is_used(url: str) -> None:
@@ -111,22 +110,6 @@ async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session() 
         await alice.expect(RoomJoined, seq=1)
 
 
-async def fake_node(nursery: trio.Nursery, code: int, *, welcome_first: bool = False) -> str:
-    """A server that reads `hello` and closes with `code`; `welcome_first`: the first time, it
-    answers with a `welcome` before closing."""
-    welcomes = [encode(WELCOME).decode()] if welcome_first else []
-
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.get_message()
-        if welcomes:
-            await ws.send_message(welcomes.pop())
-        await ws.aclose(code, "not now")
-
-    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
-    return f"ws://127.0.0.1:{server.port}/ws"
-
-
 WELCOME = Welcome(
     user_id="alice",
     session_id="s1",
@@ -166,7 +149,7 @@ async def test_a_server_that_says_try_another_is_left_at_once(
     that closes with `code`. After 1013 (try again later), 1012 (service restart) or 1001
     (going away) she tries the one after at once; after another close she waits again."""
     backoffs = Backoffs(monkeypatch)
-    refusing = await fake_node(nursery, code)
+    refusing = await closing_node(nursery, code)
     async with connect([url, refusing], user_id="alice", reconnect=True) as alice:
         await alice.connection.send_frame("x" * (alice.limits.max_message_bytes + 1))
         with trio.fail_after(10):
@@ -182,7 +165,7 @@ async def test_when_every_url_says_try_another_the_backoff_applies(
     to the other node at once, and so would the second, but every node has now said it: the
     client waits before the next round, and after every round."""
     backoffs = Backoffs(monkeypatch, stop_after=3)
-    urls = [await fake_node(nursery, 1013, welcome_first=True), await fake_node(nursery, 1013)]
+    urls = [await closing_node(nursery, 1013, welcome=WELCOME), await closing_node(nursery, 1013)]
     client = await Client.open(nursery, urls, user_id="alice", reconnect=True)
     with trio.fail_after(10), pytest.raises(Enough):
         await client.receive()
