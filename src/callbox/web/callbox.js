@@ -181,7 +181,8 @@ export class CallboxClient extends Emitter {
   /** @param {ClientOptions} [options] */
   constructor(options = {}) {
     super();
-    this.options = { reconnect: true, restore: true, attemptTimeoutMs: ATTEMPT_TIMEOUT_MS, ...options };
+    this.options = { reconnect: true, restore: true, ...options };
+    this.options.attemptTimeoutMs ??= ATTEMPT_TIMEOUT_MS; // an explicit undefined too: never 0 ms
     /** Every server endpoint, in the order they are tried. @type {string[]} */
     this.urls = options.url === undefined ? [defaultUrl()] : [options.url].flat();
     if (this.urls.length === 0) throw new TypeError("callbox: url is an empty list");
