@@ -1,18 +1,29 @@
 """Helpers shared by test modules, so that no test module imports from another.
 
 `start_server` is the one way the tests run the real server in-process; `conftest.py` wraps it in
-the `url` fixture for tests that need a server with the default configuration.
+the `url` fixture for tests that need a server with the default configuration. `serve_process`
+runs it as a user does, a process of its own, for tests that stop a server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.lowlevel
+from trio_websocket import WebSocketRequest, serve_websocket
 
+from callbox.codec import encode
 from callbox.config import Config
+from callbox.messages import Welcome
 from callbox.server.app import serve
 from tests.server.wsclient import Client
 
@@ -31,6 +42,92 @@ async def start_server(nursery: trio.Nursery, **settings: Any) -> str:
     and returns its URL once it accepts connections."""
     config = Config(port=0).with_overrides(**settings)
     return server_url(await nursery.start(serve, config))
+
+
+def closed_port_url() -> str:
+    """A WebSocket URL on 127.0.0.1 where nothing listens: connections to it are refused.
+    (The port was free a moment ago; another test taking it in between is very unlikely.)"""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/ws"
+
+
+async def closing_node(nursery: trio.Nursery, code: int, *, welcome: Welcome | None = None) -> str:
+    """A WebSocket server on 127.0.0.1 that reads `hello` and closes with `code`, as a node
+    turning clients away does (1013: try again later); the first time, it answers with
+    `welcome` before closing, if given. Returns its URL."""
+    welcomes = [encode(welcome).decode()] if welcome else []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()
+        if welcomes:
+            await ws.send_message(welcomes.pop())
+        await ws.aclose(code, "not now")
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+SERVE_START_TIMEOUT_S = 20
+SERVE_STOP_TIMEOUT_S = 10
+LISTENING = re.compile(r"callbox listening on (ws://\S+)")
+
+
+class ServeProcess:
+    """`callbox serve --port 0` on 127.0.0.1, a process of its own; see `serve_process`."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.url = ""
+        self.log = ""
+        """Its stderr so far."""
+
+    async def read_log(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Collects stderr; started once the server says where it listens."""
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.receive_some():
+            self.log += chunk.decode(errors="replace")
+            if not self.url and (match := LISTENING.search(self.log)):
+                self.url = match.group(1)
+                task_status.started()
+        if not self.url:
+            raise AssertionError(f"the server exited before listening:\n{self.log}")
+
+    async def stop(self) -> None:
+        """SIGTERM to its process id (a graceful shutdown: its clients get 1001), then SIGKILL
+        if it is still there after SERVE_STOP_TIMEOUT_S."""
+        if self.process.returncode is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        with trio.move_on_after(SERVE_STOP_TIMEOUT_S):
+            await self.process.wait()
+            return
+        os.kill(self.pid, signal.SIGKILL)
+        await self.process.wait()
+
+
+@asynccontextmanager
+async def serve_process(**env: str) -> AsyncIterator[ServeProcess]:
+    """Runs `callbox serve` with `env` over a clean environment for the block; stops it by its
+    process id when the block ends, and fails if it logged a traceback."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
+    command = [sys.executable, "-m", "callbox", "serve", "--host", "127.0.0.1", "--port", "0"]
+    process = await trio.lowlevel.open_process(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**clean, **env}
+    )
+    server = ServeProcess(process)
+    async with trio.open_nursery() as nursery:
+        try:
+            with trio.fail_after(SERVE_START_TIMEOUT_S):
+                await nursery.start(server.read_log)
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.stop()
+    assert "Traceback" not in server.log, server.log
 
 
 SHORT_LIMITS = {

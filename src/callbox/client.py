@@ -12,14 +12,24 @@ server that does is caught at the first bad message: the conformance suite relie
 
 The request helpers (`initiate`, `answer`, …) only send: whatever the server answers arrives
 through `receive`, `expect` or `async for`, in order, so every message is seen exactly once.
-A closed connection surfaces as trio-websocket's `ConnectionClosed`.
+A closed connection surfaces as trio-websocket's `ConnectionClosed`, unless the client was asked
+to follow its URLs:
+
+    urls = ["ws://node-a:8765/ws", "ws://node-b:8765/ws"]
+    async with connect(urls, user_id="alice", reconnect=True) as alice:
+        ...  # a lost connection is resumed on the next URL; SessionLost if that is not possible
+
+The URLs are meant to be nodes of one cluster, which share sessions: a server that does not
+know the session answers the resume with a new one (`SessionLost`).
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import secrets
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -29,6 +39,7 @@ from attrs import define, field
 from trio_websocket import (
     ConnectionClosed,
     DisconnectionTimeout,
+    HandshakeError,
     WebSocketConnection,
     open_websocket_url,
 )
@@ -75,17 +86,37 @@ __all__ = [
     "ConnectionClosed",
     "HelloRefused",
     "ProtocolViolation",
+    "SessionLost",
     "Traffic",
     "connect",
 ]
 
 M = TypeVar("M", bound=ServerMessage)
 
+log = logging.getLogger("callbox.client")
+
 DEFAULT_MEDIA = Media(audio=True, video=True)
 CLOSE_TIMEOUT_S = 2.0
 """How long closing waits for the server's side of the closing handshake."""
 SHOWN_FRAME_CHARS = 400
 """How much of an offending frame an error message quotes."""
+ATTEMPT_TIMEOUT_S = 10.0
+"""How long one attempt to reach a server (TCP, the WebSocket handshake, `hello` to `welcome`)
+may take before the next URL is tried: a frozen node accepts TCP connections and answers
+nothing, and would otherwise hold the client for as long as the operating system lets a
+connection wait."""
+RECONNECT_FIRST_DELAY_S = 0.25
+RECONNECT_MAX_DELAY_S = 5.0
+"""The backoff of a client that follows its URLs (`reconnect=True`): the first delay, doubled
+after each failed attempt up to this, each jittered down by up to a half (callbox.js's too), so
+that the clients of a node that died do not all land on the next one in the same instant."""
+MOVE_ON_CLOSE_CODES = frozenset({1001, 1012, 1013})
+"""Close codes by which a server says it cannot serve us now but another may: going away (a
+node shutting down), service restart, try again later. The next URL is tried at once."""
+FINAL_CLOSE_CODES = frozenset({1000, 1008, 4001, 4002})
+"""Close codes after which a client does not reconnect by itself: the server ended the session
+(1000, after `bye`), refused it (1008: too many sessions; 4001: authentication failed), or
+another connection took it over (4002)."""
 
 
 class ProtocolViolation(Exception):
@@ -98,6 +129,29 @@ class HelloRefused(Exception):
     def __init__(self, error: Error) -> None:
         super().__init__(f"hello refused: {error.code}: {error.message}")
         self.error = error
+
+
+class SessionLost(Exception):
+    """A client following its URLs (`reconnect=True`) lost its connection and could reconnect,
+    but not resume: the server it reached started a new session (`welcome.resumed` false).
+    It does when it does not share the old server's sessions, or when the client came back
+    after the grace period.
+
+    Raised once, by the `receive`, `expect` or `send` that noticed, so that no one goes on
+    waiting for a message of the old session, or sends one into the new. The client is
+    already on the new session: its calls and rooms are gone, numbering restarted at 1, and it
+    can be used on at once (to rejoin rooms, say). The message `send` was sending was not sent.
+    """
+
+    def __init__(self, url: str, welcome: Welcome) -> None:
+        super().__init__(
+            f"the session was lost: {url} did not resume it and started a new one"
+            f" ({welcome.session_id})"
+        )
+        self.url = url
+        """The server that started the new session."""
+        self.welcome = welcome
+        """The new session's `welcome`."""
 
 
 @define
@@ -155,14 +209,20 @@ class Connection:
             released=released,
         )
 
-    async def reopen(self) -> Connection:
-        """A new connection to the same server, sharing this one's nursery and traffic."""
-        return await Connection.open(self._nursery, self.url, traffic=self.traffic)
+    async def reopen(self, url: str | None = None) -> Connection:
+        """A new connection to the same server (or to `url`), sharing this one's nursery and
+        traffic."""
+        return await Connection.open(self._nursery, url or self.url, traffic=self.traffic)
 
     @property
     def close_code(self) -> int | None:
         """The close code once the connection is closed (by either side), else None."""
         return None if self.ws.closed is None else self.ws.closed.code
+
+    @property
+    def closed_by_us(self) -> bool:
+        """Whether `aclose` was called: a close code then says nothing about the server."""
+        return self._release.is_set()
 
     async def send(self, message: ClientMessage) -> None:
         """Sends `message` after checking it against its schema (`ProtocolError` if invalid)."""
@@ -238,14 +298,30 @@ connection can swallow between two messages the server applied."""
 
 
 class Client:
-    """A session on a callbox server: `hello` done, `welcome` received, `seq` tracked."""
+    """A session on a callbox server: `hello` done, `welcome` received, `seq` tracked.
 
-    def __init__(self, connection: Connection, hello: Hello, welcome: Welcome) -> None:
+    It knows one URL or several (`urls`, nodes of one cluster): `resume` goes on to the next
+    one, round-robin, and with `reconnect` a lost connection is resumed that way by itself.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        hello: Hello,
+        welcome: Welcome,
+        *,
+        urls: Sequence[str] = (),
+        reconnect: bool = False,
+    ) -> None:
         self.connection = connection
         """The current connection; `resume` replaces it."""
         _name(connection, hello, welcome)
         self.welcome = welcome
         """The latest `welcome`: its `resume_token` is the one to resume with."""
+        self.urls = tuple(urls) or (connection.url,)
+        """Every server this client may use, in the order it moves through them."""
+        self.reconnect = reconnect
+        """Whether a lost connection is resumed by itself (see `receive` and `send`)."""
         self.last_seq = 0
         """The `seq` of the last session message received."""
         self.last_cseq = 0
@@ -255,25 +331,46 @@ class Client:
         welcome's `last_cseq` never reached the server and are sent again."""
         self._hello = hello
         self._retired: list[Connection] = []
+        self._index = self.urls.index(connection.url) if connection.url in self.urls else 0
+        self._leaving = False
+        """Set by `bye`: the connection's end is the session's, not to be followed."""
 
     @classmethod
     async def open(
         cls,
         nursery: trio.Nursery,
-        url: str,
+        url: str | Sequence[str],
         *,
         user_id: str | None = None,
         token: str | None = None,
         device_id: str | None = None,
         traffic: Traffic | None = None,
+        reconnect: bool = False,
     ) -> Client:
         """Connects and says `hello`; the connection's background task runs in `nursery`.
 
-        Raises `HelloRefused` if the server answers with an `error` instead of `welcome`.
+        `url` is one URL or several: they are tried in order until one welcomes us, a URL
+        that cannot be reached, closes before `welcome` or is silent for `ATTEMPT_TIMEOUT_S`
+        being left for the next; the last failure is raised if none does. Raises
+        `HelloRefused` at once if a server answers with an `error` instead of `welcome`
+        (another would refuse the same `hello`). `reconnect`: see `receive`.
         """
-        connection = await Connection.open(nursery, url, traffic=traffic)
+        urls = _urls(url)
+        shared = Traffic() if traffic is None else traffic
         hello = Hello(user_id=user_id, token=token, device_id=device_id)
-        return cls(connection, hello, await _handshake(connection, hello))
+
+        async def open_connection(url: str) -> Connection:
+            return await Connection.open(nursery, url, traffic=shared)
+
+        _, connection, welcome = await _welcome_from_any(
+            open_connection, urls, 0, hello, patient=False
+        )
+        return cls(connection, hello, welcome, urls=urls, reconnect=reconnect)
+
+    @property
+    def url(self) -> str:
+        """The URL of the current connection."""
+        return self.connection.url
 
     @property
     def user_id(self) -> str:
@@ -286,8 +383,20 @@ class Client:
     # Receiving ------------------------------------------------------------------------------
 
     async def receive(self) -> ServerMessage:
-        """The next message; a session message must carry the next `seq`."""
-        message = await self.connection.receive()
+        """The next message; a session message must carry the next `seq`.
+
+        With `reconnect`, a connection lost before the message came is resumed on the next
+        URL (see `_follow`), the replay then arriving here as if nothing had happened; if the
+        session could not be resumed, `SessionLost`. Without it, or after a close that ends
+        the session (`FINAL_CLOSE_CODES`), `ConnectionClosed`.
+        """
+        while True:
+            try:
+                message = await self.connection.receive()
+            except ConnectionClosed as closed:
+                await self._follow(closed)
+                continue
+            break
         if isinstance(message, Welcome):
             raise ProtocolViolation(f"{self.connection.name} got a welcome without a hello")
         if isinstance(message, Pong):
@@ -321,32 +430,62 @@ class Client:
     async def send(self, message: ClientMessage) -> None:
         """Sends `message` after checking it against its schema (`ProtocolError` if invalid),
         numbered with the session's next `cseq` unless it belongs to the connection (`hello`,
-        `ping`) or carries a `cseq` already (a test sending one again on purpose)."""
+        `ping`) or carries a `cseq` already (a test sending one again on purpose).
+
+        With `reconnect`, a connection found closed is resumed first, as in `receive`.
+        """
         if message.cseq is None and not isinstance(message, (Hello, Ping)):
             self.last_cseq += 1
             numbered: Any = message  # every other client message has a `cseq` field
             message = attrs.evolve(numbered, cseq=self.last_cseq)
             self._unapplied.append(message)
-        await self.connection.send(message)
+        try:
+            await self.connection.send(message)
+        except ConnectionClosed as closed:
+            await self._follow(closed)
+            if message.cseq is None:  # a numbered one was sent again by the resume
+                await self.connection.send(message)
 
     async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
         """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
 
-        `last_seq` defaults to the last one received, `token` to the latest welcome's
-        `resume_token`. If `resumed`, the server replays what followed it through `receive`,
-        and the numbered messages the server never applied (above `welcome.last_cseq`; the
-        last `UNAPPLIED_KEPT` are kept) are sent again, in order, before this returns; if not, a
+        The next URL is tried first, then the others round-robin, each once (with one URL:
+        that one), until one welcomes us; the last failure is raised if none does. `last_seq`
+        defaults to the last one received, `token` to the latest welcome's `resume_token`. If
+        `resumed`, the server replays what followed it through `receive`, and the numbered
+        messages the server never applied (above `welcome.last_cseq`; the last
+        `UNAPPLIED_KEPT` are kept) are sent again, in order, before this returns; if not, a
         new session started and numbering restarts. The previous connection is left alone: a
         server still holding it closes it with 4002.
         """
+        return await self._resume(last_seq=last_seq, token=token)
+
+    async def _resume(
+        self,
+        *,
+        last_seq: int | None = None,
+        token: str | None = None,
+        patient: bool = False,
+        moved_on: bool = False,
+    ) -> Welcome:
+        """`resume`; `patient` and `moved_on` as `_welcome_from_any` takes them."""
         claimed = self.last_seq if last_seq is None else last_seq
-        connection = await self.connection.reopen()
         resume = self.welcome.resume_token if token is None else token
         hello = attrs.evolve(self._hello, resume=resume, last_seq=claimed)
-        self.welcome = await _handshake(connection, hello)
+        self._index, connection, self.welcome = await _welcome_from_any(
+            self.connection.reopen,
+            self.urls,
+            self._index + 1,
+            hello,
+            patient=patient,
+            moved_on=moved_on,
+        )
         _name(connection, hello, self.welcome)
-        self._retired.append(self.connection)
-        self.connection = connection
+        previous, self.connection = self.connection, connection
+        if previous.close_code is None:
+            self._retired.append(previous)  # left alone, for the server to close (4002)
+        else:
+            await previous.aclose()  # closed already: only its task is left to end
         self.last_seq = claimed if self.welcome.resumed else 0
         if self.welcome.resumed:
             applied = self.welcome.last_cseq or 0
@@ -356,6 +495,25 @@ class Client:
             self.last_cseq = 0
             self._unapplied.clear()
         return self.welcome
+
+    async def _follow(self, closed: ConnectionClosed) -> None:
+        """After the connection closed under a `receive` or `send`: with `reconnect`, resume on
+        the next URL, trying them round-robin with a backoff until one welcomes us (bound it
+        with a trio timeout if you must); `SessionLost` if that server started a new session.
+        Otherwise, or if the close ended the session (`bye`, `FINAL_CLOSE_CODES`), `closed`
+        is raised again."""
+        code = _close_code(closed)
+        by_us = self.connection.closed_by_us
+        if not self.reconnect or self._leaving or (not by_us and code in FINAL_CLOSE_CODES):
+            raise closed
+        lost = self.url
+        welcome = await self._resume(
+            patient=True, moved_on=not by_us and code in MOVE_ON_CLOSE_CODES
+        )
+        outcome = "resumed the session" if welcome.resumed else "started a new session"
+        log.info("connection to %s closed (%s): %s %s", lost, code, self.url, outcome)
+        if not welcome.resumed:
+            raise SessionLost(self.url, welcome)
 
     async def ack(self, *, rid: str | None = None) -> None:
         """Tells the server every message up to `last_seq` has been processed, so it need not
@@ -371,6 +529,7 @@ class Client:
     async def bye(self, *, rid: str | None = None) -> int:
         """Ends the session (no resume); reads what the server still sends, returns its close
         code (1000 from a conformant server)."""
+        self._leaving = True
         await self.send(Bye(rid=rid))
         async for _ in self:
             pass
@@ -469,23 +628,32 @@ class Client:
 
 @asynccontextmanager
 async def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     user_id: str | None = None,
     token: str | None = None,
     device_id: str | None = None,
     traffic: Traffic | None = None,
+    reconnect: bool = False,
 ) -> AsyncIterator[Client]:
     """A session for the duration of the block; leaving it says `bye` and closes.
 
     `token` is the JWT a server with a secret requires; `user_id` is for development mode.
-    An exception raised in the block comes out as itself, not wrapped in an ExceptionGroup.
+    `url` may be several URLs (nodes of one cluster): see `Client.open`, and `Client.receive`
+    for `reconnect`. An exception raised in the block comes out as itself, not wrapped in an
+    ExceptionGroup.
     """
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             client = await Client.open(
-                nursery, url, user_id=user_id, token=token, device_id=device_id, traffic=traffic
+                nursery,
+                url,
+                user_id=user_id,
+                token=token,
+                device_id=device_id,
+                traffic=traffic,
+                reconnect=reconnect,
             )
             try:
                 yield client
@@ -499,6 +667,69 @@ async def connect(
         error = group.exceptions[0]
     if error is not None:
         raise error
+
+
+def _urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """One URL or several, as a tuple; none is a mistake of the caller's."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls:
+        raise ValueError("no URL to connect to")
+    return urls
+
+
+async def _welcome_from_any(
+    open_connection: Callable[[str], Awaitable[Connection]],
+    urls: Sequence[str],
+    start: int,
+    hello: Hello,
+    *,
+    patient: bool,
+    moved_on: bool = False,
+) -> tuple[int, Connection, Welcome]:
+    """Says `hello` on a connection to `urls[start]`, then to the next ones round-robin,
+    until one welcomes it; returns that URL's index, the connection and the welcome.
+
+    A URL that cannot be reached (refused, not resolved, rejected, closed before `welcome`,
+    or silent for `ATTEMPT_TIMEOUT_S`) is left for the next. Not `patient`: each URL once,
+    then the last failure is raised. `patient` (a client following its URLs): rounds without
+    end, waiting a backoff before each attempt, except after a close by which a server said
+    another may serve us (`MOVE_ON_CLOSE_CODES`; `moved_on`: the lost connection's close
+    did), as long as not every URL turned us away so since the last wait. `HelloRefused`
+    comes out at once: the other servers would refuse the same `hello`.
+    """
+    failures = 0
+    turned_away = 1 if moved_on else 0
+    index = start % len(urls)
+    while True:
+        if patient and not 0 < turned_away < len(urls):
+            await trio.sleep(_backoff(failures))
+            turned_away = 0
+        try:
+            with trio.fail_after(ATTEMPT_TIMEOUT_S):
+                connection = await open_connection(urls[index])
+                welcome = await _handshake(connection, hello)
+        except (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError) as error:
+            log.debug("could not reach %s: %r", urls[index], error)
+            failures += 1
+            if not patient and failures == len(urls):
+                raise
+            turned_away = turned_away + 1 if _close_code(error) in MOVE_ON_CLOSE_CODES else 0
+            index = (index + 1) % len(urls)
+            continue
+        return index, connection, welcome
+
+
+def _close_code(error: BaseException) -> int | None:
+    """The close code a `ConnectionClosed` carries, else None."""
+    if isinstance(error, ConnectionClosed) and error.reason is not None:
+        return error.reason.code
+    return None
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait before an attempt after `failures` failed ones, jittered."""
+    delay = min(RECONNECT_MAX_DELAY_S, RECONNECT_FIRST_DELAY_S * 2.0 ** min(failures, 16))
+    return delay * random.uniform(0.5, 1.0)
 
 
 async def _handshake(connection: Connection, hello: Hello) -> Welcome:

@@ -154,13 +154,18 @@ class Browsers:
         self.tag = uuid.uuid4().hex[:6]
         """Appended to user ids, so tests sharing the server never meet each other's users."""
 
-    def open(self, name: str) -> DemoPage:
-        user = f"{name}-{self.tag}"
-        context = self.browser.new_context()
-        demo = DemoPage(context.new_page(), user)
-        self.pages.append(demo)
-        demo.page.goto(f"{self.server.base}/?user={user}")
+    def open(self, name: str, query: str = "") -> DemoPage:
+        """`name`'s page, signed in (`?user=`, then `query`)."""
+        demo = self.open_signed_out(name, f"?user={name}-{self.tag}{query}")
         demo.wait_for("() => window.demo?.client?.state === 'open'")
+        return demo
+
+    def open_signed_out(self, name: str, query: str = "") -> DemoPage:
+        """A page for `name` at `/` + `query`, not waiting for any sign-in."""
+        context = self.browser.new_context()
+        demo = DemoPage(context.new_page(), f"{name}-{self.tag}")
+        self.pages.append(demo)
+        demo.page.goto(f"{self.server.base}/{query}")
         return demo
 
     def diagnostics(self) -> str:
@@ -195,6 +200,26 @@ SHORT_GRACE_MS = 1000
 def short_grace_server() -> Iterator[Server]:
     """A server that forgets a lost session after SHORT_GRACE_MS."""
     yield from _run_server(RECONNECT_GRACE_MS=str(SHORT_GRACE_MS))
+
+
+LONG_GRACE_MS = 120_000
+"""Far longer than any wait of a test: a peer told that someone left within a wait was told by
+`bye`, not by the grace period running out."""
+
+
+@pytest.fixture(scope="module")
+def long_grace_server() -> Iterator[Server]:
+    """A server that keeps a lost session for LONG_GRACE_MS."""
+    yield from _run_server(RECONNECT_GRACE_MS=str(LONG_GRACE_MS))
+
+
+JWT_SECRET = "demo-page-test-secret-of-32-bytes!"
+
+
+@pytest.fixture(scope="module")
+def jwt_server() -> Iterator[Server]:
+    """A server that signs users in with JWTs signed with JWT_SECRET only."""
+    yield from _run_server(JWT_SECRET=JWT_SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +265,22 @@ def short_grace_browsers(
 ) -> Iterator[Browsers]:
     """Demo pages on the short-grace server."""
     yield from _browsers(request, browser, short_grace_server)
+
+
+@pytest.fixture
+def long_grace_browsers(
+    request: pytest.FixtureRequest, browser: Browser, long_grace_server: Server
+) -> Iterator[Browsers]:
+    """Demo pages on the long-grace server."""
+    yield from _browsers(request, browser, long_grace_server)
+
+
+@pytest.fixture
+def jwt_browsers(
+    request: pytest.FixtureRequest, browser: Browser, jwt_server: Server
+) -> Iterator[Browsers]:
+    """Demo pages on the JWT server."""
+    yield from _browsers(request, browser, jwt_server)
 
 
 def _browsers(

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
-from tests.helpers import start_server
+from tests.helpers import closed_port_url, closing_node, serve_process, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
+SCRIPT_TIMEOUT_S = 60
 
 
 def _node_with_websocket() -> str | None:
@@ -32,20 +36,48 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def run_script(script: str, url: str, tmp_path: Path) -> dict[str, object]:
-    """Runs tests/client/js/`script` with callbox.js beside it as a module; its last line of
-    output is JSON."""
+async def run_script(
+    script: str,
+    tmp_path: Path,
+    *args: str,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Runs tests/client/js/`script` with `args`, callbox.js beside it as a module; its last line
+    of output is JSON. `on_ready` is awaited when the script prints a line "ready" (it waits
+    for what the test does then, e.g. stopping a server)."""
     (tmp_path / "callbox.mjs").write_bytes((ROOT / "src/callbox/web/callbox.js").read_bytes())
     (tmp_path / script).write_bytes((ROOT / "tests/client/js" / script).read_bytes())
     assert NODE is not None
-    done = await trio.run_process(
-        [NODE, "--experimental-websocket", str(tmp_path / script), url],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
+    command = [NODE, "--experimental-websocket", str(tmp_path / script), *args]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert done.returncode == 0, done.stderr.decode()
-    result: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert process.stdout is not None and process.stderr is not None
+    output, errors = b"", b""
+    try:
+        with trio.fail_after(SCRIPT_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+
+                async def read_errors() -> None:
+                    nonlocal errors
+                    assert process.stderr is not None
+                    while chunk := await process.stderr.receive_some():
+                        errors += chunk
+
+                nursery.start_soon(read_errors)
+                while chunk := await process.stdout.receive_some():
+                    output += chunk
+                    if on_ready is not None and b"ready\n" in output:
+                        await on_ready()
+                        on_ready = None
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()  # by its process id
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    assert process.returncode == 0, errors.decode()
+    result: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
     return result
 
 
@@ -53,8 +85,72 @@ async def test_a_message_the_lost_socket_swallowed_is_sent_again_and_arrives_onc
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     url = await start_server(nursery)
-    result = await run_script("resend_after_resume.mjs", url, tmp_path)
+    result = await run_script("resend_after_resume.mjs", tmp_path, url)
     # room_join, 1, 2 and 3 were numbered before the drop (pings are not); 3 never arrived
     assert result["last_cseq"] == 3
     assert result["received"] == [1, 2, 3, 4]
     assert result["sent"] == 5
+
+
+# Several URLs -----------------------------------------------------------------------------------
+
+
+async def test_connect_uses_the_first_url_that_answers(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    live = await start_server(nursery)
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")  # accepts, answers nothing
+    silent = f"ws://127.0.0.1:{listener.socket.getsockname()[1]}/ws"
+    refused = closed_port_url()
+    try:
+        result = await run_script("follow_connect.mjs", tmp_path, refused, silent, live)
+    finally:
+        await listener.aclose()
+    assert result["refusedThenLive"] == live
+    assert result["silentThenLive"] == live
+    assert result["single"] == [live]
+    assert (result["none"], result["noneState"]) == ("closed", "closed")
+
+
+async def test_a_lost_connection_is_resumed_on_the_next_url_that_answers(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    live = await start_server(nursery)
+    refused = closed_port_url()
+    result = await run_script("follow_resume.mjs", tmp_path, refused, live)
+    assert result["closeCode"] == 1009
+    assert result["tried"] == [refused, live]  # round-robin from the live one
+    assert result["url"] == live and result["resumed"] and result["sameSession"]
+    assert result["received"] == [1]
+    assert result["lost"] == []
+
+
+@pytest.mark.parametrize(("code", "at_once"), [(1013, True), (1012, True), (1011, False)])
+async def test_a_node_that_says_try_another_is_left_at_once(
+    nursery: trio.Nursery, tmp_path: Path, code: int, at_once: bool
+) -> None:
+    live = await start_server(nursery)
+    node = await closing_node(nursery, code)
+    result = await run_script("follow_turned_away.mjs", tmp_path, live, str(node))
+    attempts = result["attempts"]
+    assert [attempt["url"] for attempt in attempts] == [node, live], attempts
+    assert attempts[0]["delayMs"] > 0, attempts  # a plain loss (1009): the backoff
+    assert (attempts[1]["delayMs"] == 0) is at_once, attempts
+    assert result["resumed"] and result["url"] == live
+
+
+async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session(
+    tmp_path: Path,
+) -> None:
+    """Two `callbox serve` processes; the test stops the first by its process id once the
+    script is connected to it."""
+    async with serve_process() as one, serve_process() as two:
+        result = await run_script(
+            "follow_stopped_node.mjs", tmp_path, one.url, two.url, on_ready=one.stop
+        )
+    assert (result["before"], result["after"]) == (one.url, two.url)
+    assert result["closeCode"] == 1001
+    assert result["attempts"] == [{"url": two.url, "delayMs": 0}]  # going away: at once
+    assert result["lost"] == ["not_resumed"]
+    assert result["resumed"] is False and result["newSession"]
+    assert result["rooms"] == ["lobby"]  # `restore`: rejoined in the new session

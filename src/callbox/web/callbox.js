@@ -5,8 +5,9 @@
  *
  * - {@link CallboxClient}: the WebSocket session. `hello`/`welcome`, heartbeat, `rid` requests,
  *   automatic resume after a lost socket (replayed messages are processed exactly once, and what the
- *   lost socket swallowed is sent again and applied once: `cseq`), rooms and
- *   presence, and an event emitter for every server message.
+ *   lost socket swallowed is sent again and applied once: `cseq`), on the next of several server
+ *   URLs if it has them (nodes of one cluster), rooms and presence, and an event emitter for every
+ *   server message.
  * - {@link Call}: one call (1:1 or group). Ringing, answering, rejecting, inviting, joining,
  *   hanging up; it owns the local media and one {@link CallPeer} per remote participant (a mesh).
  * - {@link CallPeer}: one RTCPeerConnection to one remote participant, negotiated with the
@@ -43,9 +44,15 @@
 const CLOSE_AUTH_FAILED = 4001;
 const CLOSE_TAKEN_OVER = 4002;
 const CLOSE_POLICY = 1008;
+/** Close codes by which a server says it cannot serve us now but another may: going away (a node
+ * shutting down), service restart, try again later. The next URL is tried at once. */
+const MOVE_ON_CLOSE_CODES = new Set([1001, 1012, 1013]);
 
 const RECONNECT_FIRST_DELAY_MS = 250;
 const RECONNECT_MAX_DELAY_MS = 5000;
+/** How long one attempt (the WebSocket handshake, then `hello` to `welcome`) may take before the
+ * next URL is tried: a frozen node accepts connections and answers nothing. */
+const ATTEMPT_TIMEOUT_MS = 10000;
 const REQUEST_TIMEOUT_MS = 15000;
 /** Numbered messages kept for sending again after a resume (`cseq`): far more than a lost
  * socket can swallow between two messages the server applied. */
@@ -139,7 +146,9 @@ export function defaultUrl() {
 
 /**
  * @typedef {object} ClientOptions
- * @property {string} [url] WebSocket endpoint; default {@link defaultUrl}
+ * @property {string | string[]} [url] WebSocket endpoint, or several (nodes of one cluster): the
+ *   first connect tries them in order, and a lost connection is resumed on the next one,
+ *   round-robin; default {@link defaultUrl}
  * @property {string} [userId] development mode: the user id to sign in as
  * @property {string | (() => string | Promise<string>)} [token] a JWT, or a function returning a
  *   fresh one (called on every connect, resumes included)
@@ -150,6 +159,8 @@ export function defaultUrl() {
  * @property {RTCConfiguration} [rtcConfiguration] merged into every RTCPeerConnection's
  *   configuration (`iceServers` comes from the server unless given here)
  * @property {(media: Media) => Promise<MediaStream>} [getUserMedia] how calls get local media
+ * @property {number} [attemptTimeoutMs] how long one attempt to reach a server may take before
+ *   the next URL is tried (default 10 s)
  */
 
 /**
@@ -162,6 +173,7 @@ export function defaultUrl() {
  * - `"welcome"` (the welcome message) on every welcome, `"resumed"` when a resume succeeded
  * - `"session_lost"` `{reason}`: the session is gone (`not_resumed`, `grace_expired`,
  *   `auth_failed`, `taken_over`, `closed`); its calls have ended locally
+ * - `"reconnecting"` `{attempt, delayMs, url}`: the next attempt, to `url`, starts in `delayMs`
  * - `"call"` {@link Call}: a call object was created (outgoing, incoming or joined)
  * - `"incoming"` {@link Call}: someone is ringing us
  */
@@ -170,7 +182,11 @@ export class CallboxClient extends Emitter {
   constructor(options = {}) {
     super();
     this.options = { reconnect: true, restore: true, ...options };
-    this.url = options.url ?? defaultUrl();
+    this.options.attemptTimeoutMs ??= ATTEMPT_TIMEOUT_MS; // an explicit undefined too: never 0 ms
+    /** Every server endpoint, in the order they are tried. @type {string[]} */
+    this.urls = options.url === undefined ? [defaultUrl()] : [options.url].flat();
+    if (this.urls.length === 0) throw new TypeError("callbox: url is an empty list");
+    this._urlIndex = 0;
     /** @type {ConnectionState} */
     this.state = "idle";
     /** Our user id, from `welcome`. @type {string | null} */
@@ -213,6 +229,12 @@ export class CallboxClient extends Emitter {
     /** @type {Set<string>} */
     this._watching = new Set();
     this._reconnectAttempt = 0;
+    /** URLs left since the last backoff because they said another server may serve us (1001,
+     * 1012, 1013): while not all have, the next is tried at once. */
+    this._turnedAway = 0;
+    /** URLs the first connect has still to try before it gives up. */
+    this._untried = 0;
+    this._attemptTimer = null;
     this._reconnectTimer = null;
     this._graceTimer = null;
     this._heartbeatTimer = null;
@@ -232,6 +254,11 @@ export class CallboxClient extends Emitter {
     return this._ws;
   }
 
+  /** The endpoint of the current connection (or of the next attempt, while reconnecting). */
+  get url() {
+    return this.urls[this._urlIndex];
+  }
+
   /**
    * Open the connection and sign in. Resolves with `welcome`; rejects on `error` (e.g.
    * `auth_failed`) or if the socket closes first.
@@ -243,6 +270,7 @@ export class CallboxClient extends Emitter {
     }
     this._closing = false;
     this._restoreRooms = null;
+    this._untried = this.urls.length - 1;
     return new Promise((resolve, reject) => {
       this._connectWaiters = { resolve, reject };
       this._setState("connecting");
@@ -257,6 +285,7 @@ export class CallboxClient extends Emitter {
   async close() {
     this._closing = true;
     clearTimeout(this._reconnectTimer);
+    clearTimeout(this._attemptTimer);
     clearTimeout(this._graceTimer);
     const ws = this._ws;
     if (ws && ws.readyState === WebSocket.OPEN && this._welcomed) ws.send(JSON.stringify({ type: "bye" }));
@@ -484,7 +513,16 @@ export class CallboxClient extends Emitter {
     this._ws = ws;
     this._welcomed = false;
     this._helloError = null;
+    let opened = false;
+    clearTimeout(this._attemptTimer);
+    this._attemptTimer = setTimeout(() => {
+      if (this._ws === ws && !this._welcomed) this._abandon(ws, "no welcome in time");
+    }, this.options.attemptTimeoutMs);
+    ws.onerror = () => {
+      if (this._ws === ws && !opened) this._abandon(ws, "could not connect");
+    };
     ws.onopen = async () => {
+      opened = true;
       const hello = await this._hello(resume);
       if (this._ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(hello));
     };
@@ -496,17 +534,43 @@ export class CallboxClient extends Emitter {
     };
   }
 
-  /** @param {CloseEvent} event */
+  /**
+   * Gives up a socket that could not connect, or did not bring a welcome in time, without
+   * waiting for its close event: a frozen server never finishes a closing handshake, and node
+   * 20's WebSocket fires only `error` when it cannot connect. In a browser the close event
+   * follows the error; it is ignored.
+   * @param {WebSocket} ws
+   * @param {string} reason
+   */
+  _abandon(ws, reason) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(4000, reason);
+    } catch {
+      // closed already
+    }
+    this._onSocketClosed({ code: 1006, reason });
+  }
+
+  /** @param {{code: number, reason: string}} event the socket's CloseEvent, or one like it */
   _onSocketClosed(event) {
     this._stopHeartbeat();
+    clearTimeout(this._attemptTimer);
     this._ws = null;
     const wasWelcomed = this._welcomed;
     this._welcomed = false;
     if (this._closing) return;
     const fatal = { [CLOSE_AUTH_FAILED]: "auth_failed", [CLOSE_TAKEN_OVER]: "taken_over", [CLOSE_POLICY]: "refused" }[event.code];
     if (this._connectWaiters && !wasWelcomed && !this.resumeToken) {
-      // The very first connect failed: report it to connect()'s caller instead of retrying.
+      // The very first connect failed: the next URL is tried at once, each once; then it is
+      // reported to connect()'s caller instead of retrying.
       const refusal = this._helloError; // e.g. auth_failed, with the server's explanation
+      if (!refusal && !fatal && this._untried > 0) {
+        this._untried--; // a refusal of our hello is not tried elsewhere: all would refuse it
+        this._urlIndex = (this._urlIndex + 1) % this.urls.length;
+        this._open(false);
+        return;
+      }
       const error = refusal
         ? new CallboxError(refusal.code, refusal.message, { path: refusal.path, reply: refusal })
         : new CallboxError(fatal ?? "closed", event.reason || `socket closed (${event.code}) before welcome`);
@@ -534,16 +598,26 @@ export class CallboxClient extends Emitter {
         this._sessionLost("grace_expired");
       }, grace);
     }
-    this._scheduleReconnect();
+    // Round-robin: whatever ended this connection, the next attempt is to the next URL.
+    this._urlIndex = (this._urlIndex + 1) % this.urls.length;
+    this._scheduleReconnect(MOVE_ON_CLOSE_CODES.has(event.code));
   }
 
-  _scheduleReconnect() {
+  /**
+   * Opens the next connection after the backoff; at once if the server we lost said another may
+   * serve us (`turnedAway`), unless every URL has said so since the last backoff.
+   * @param {boolean} turnedAway
+   */
+  _scheduleReconnect(turnedAway) {
     this._setState("reconnecting");
+    this._turnedAway = turnedAway ? this._turnedAway + 1 : 0;
+    const atOnce = this._turnedAway > 0 && this._turnedAway < this.urls.length;
+    if (!atOnce) this._turnedAway = 0;
     const attempt = this._reconnectAttempt++;
     const backoff = Math.min(RECONNECT_MAX_DELAY_MS, RECONNECT_FIRST_DELAY_MS * 2 ** attempt);
-    const delay = this._pauseMs || backoff * (0.5 + Math.random() / 2);
+    const delay = this._pauseMs || (atOnce ? 0 : backoff * (0.5 + Math.random() / 2));
     this._pauseMs = 0;
-    this.emit("reconnecting", { attempt: attempt + 1, delayMs: Math.round(delay) });
+    this.emit("reconnecting", { attempt: attempt + 1, delayMs: Math.round(delay), url: this.url });
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = setTimeout(() => this._open(this.resumeToken !== null), delay);
   }
@@ -655,6 +729,8 @@ export class CallboxClient extends Emitter {
     if (!welcome.resumed && hadSession) this._sessionLost("not_resumed");
     this._welcomed = true;
     this._reconnectAttempt = 0;
+    this._turnedAway = 0;
+    clearTimeout(this._attemptTimer);
     clearTimeout(this._graceTimer);
     this.me = welcome.user_id;
     this.iceServers = welcome.ice_servers;
