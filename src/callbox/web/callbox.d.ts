@@ -981,8 +981,11 @@ export interface ClientOptions {
   /** A JWT, or a function returning a fresh one (called on every connect, resumes included). */
   token?: string | (() => string | Promise<string>);
   deviceId?: DeviceId;
-  /** Resume after a lost socket (default true). */
+  /** Resume after a lost socket (default true), on the next URL of `url`'s list. */
   reconnect?: boolean;
+  /** How long one attempt to reach a server may take before the next URL is tried (default
+   * 10,000 ms): a frozen node is given up. */
+  attemptTimeoutMs?: number;
   /** After a session is lost, watch presence and rejoin rooms in the new one (default true). */
   restore?: boolean;
   /** Merged into every RTCPeerConnection's configuration (`iceServers` come from the server). */
@@ -1001,7 +1004,8 @@ export interface CallboxClientEventMap extends ServerMessageMap {
   /** A resume succeeded. */
   resumed: ServerMessageMap["welcome"];
   session_lost: { reason: SessionLostReason };
-  reconnecting: { attempt: number; delayMs: number };
+  /** The next attempt, to `url`, starts in `delayMs`. */
+  reconnecting: { attempt: number; delayMs: number; url: string };
   /** A `Call` was created: outgoing, incoming or joined. */
   call: Call;
   /** Someone is ringing us. */
@@ -1029,6 +1033,10 @@ export interface MediaOptions {
 export class CallboxClient extends Emitter<CallboxClientEventMap> {
   constructor(options?: ClientOptions);
   readonly options: ClientOptions & { reconnect: boolean; restore: boolean };
+  /** Every endpoint the client may use, in the order it tries them. */
+  readonly urls: string[];
+  /** The endpoint of the current (or next) attempt. */
+  readonly url: string;
   readonly state: ConnectionState;
   /** Our user id, from `welcome`. */
   readonly me: UserId | null;

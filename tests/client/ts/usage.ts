@@ -20,6 +20,10 @@ export async function main(): Promise<void> {
   console.log(welcome.session_id, welcome.limits.max_call_duration_ms, cap);
 
   client.on("state", (state) => console.log(state === "reconnecting"));
+  client.on("reconnecting", ({ attempt, delayMs, url }) => console.log(attempt, delayMs, url));
+  const next: string = client.url;
+  console.log(next, client.urls.length);
+  new CallboxClient({ url: ["ws://a/ws", "ws://b/ws"], attemptTimeoutMs: 5000 });
   client.on("call_incoming", (message) => console.log(message.from, message.media.video));
   client.on("error", (error) => console.warn(error.code, error.path ?? ""));
   client.on("session_lost", ({ reason }) => console.log(reason));
