@@ -64,6 +64,7 @@ ErrorCode = Literal[
     "room_full",
     "limit_reached",
     "internal",
+    "unavailable",
 ]
 
 
@@ -304,6 +305,7 @@ class Welcome:
     heartbeat_ms: int
     limits: Limits
     last_cseq: int | None = None
+    node: str | None = None
     rid: str | None = None
 
 

@@ -327,6 +327,8 @@ export type EndReason =
  * - `internal`: the server failed while handling the message (a bug, which it logged); the
  * connection stays open and the message may be sent again, though whatever part of it had been
  * carried out before the failure stays done.
+ * - `unavailable`: the server could not reach the store it shares with other servers (a cluster) in
+ * time; the message was not applied, nothing of it will happen later, and it may be sent again.
  */
 export type ErrorCode =
   | "invalid_json"
@@ -347,7 +349,8 @@ export type ErrorCode =
   | "not_in_room"
   | "room_full"
   | "limit_reached"
-  | "internal";
+  | "internal"
+  | "unavailable";
 
 /**
  * Any message a client sends to the server (one JSON object per WebSocket text frame). By `type`.
@@ -666,6 +669,11 @@ export interface ServerMessageMap {
      * never applied. Absent on a new session.
      */
     last_cseq?: number;
+    /**
+     * In a cluster (several servers sharing one store), the node that served this `welcome`: for
+     * logs and support. Any node can resume the session; absent from a single server.
+     */
+    node?: string;
     /** The `rid` of the client message this replies to, if it had one. */
     rid?: Rid;
   };
