@@ -149,6 +149,12 @@ class Overflow:
 Outcome = Committed | Conflict | Overflow
 
 
+class ClusterUnavailable(Exception):
+    """The store cannot be reached (or refuses work for now: out of memory, a failover). A
+    commit that raises it may or may not have applied: committing the same batch id again
+    tells which, within the time a batch's outcomes are kept."""
+
+
 class Backend(Protocol):
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
         """The current version and value of each key."""
