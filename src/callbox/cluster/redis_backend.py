@@ -15,7 +15,7 @@ Only a node of a cluster imports this module: a single process never loads cored
 
 from __future__ import annotations
 
-import itertools
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -111,10 +111,8 @@ class RedisBackend:
             reply: object = await self._outboxes([], [self.prefix, *session_ids], readonly=True)
         numbers = iter(cast(list[int], reply))
         return {
-            sid: OutboxState(next_seq, next_seq - held, attached == 1, unsent_from)
-            if next_seq
-            else None
-            for sid, next_seq, held, attached, unsent_from in zip(
+            sid: OutboxState(next_seq, first_held, attached == 1, unsent_from) if next_seq else None
+            for sid, next_seq, first_held, attached, unsent_from in zip(
                 session_ids, numbers, numbers, numbers, numbers, strict=True
             )
         }
@@ -144,14 +142,12 @@ class RedisBackend:
         """The id of the data Redis holds: made by the first node that asks, it changes only
         when Redis has lost everything (a restart without persistence), which tells every node
         its cached records and its sessions are gone."""
+        made = uuid.uuid4().hex
         with self._reaching():
             found = await self.client.set(
-                f"{self.prefix}instance", uuid.uuid4().hex, condition=PureToken.NX, get=True
+                f"{self.prefix}instance", made, condition=PureToken.NX, get=True
             )
-            if found is None:  # made now, by this call
-                found = await self.client.get(f"{self.prefix}instance")
-        assert found is not None
-        return found.decode()
+        return made if found is None else found.decode()
 
     async def check(self) -> None:
         """Refuse a Redis callbox cannot use: one too old for its scripts, or one that would
@@ -192,39 +188,58 @@ class RedisBackend:
             raise ClusterUnavailable(f"{self.where} refused: {exc}") from exc
 
 
-def _commit_args(
-    prefix: str, batch_id: str, batch: Sequence[Transaction]
-) -> list[str | bytes | int]:
-    """ARGV for commit.lua: counts before the items they count, each item its own argument
-    (Redis frames them, so frames are binary-safe and the script parses nothing)."""
-    args: list[str | bytes | int] = [prefix, batch_id, len(batch)]
+def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> list[str | bytes]:
+    """ARGV for commit.lua (which describes the layout): the batch as two strings, integers
+    and the bytes of every key, session id and frame, so that coredis handles four arguments
+    rather than several per transaction."""
+    ints = [len(batch)]
+    blob: list[bytes] = []
+
+    def string(text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        ints.append(len(data))
+        blob.append(data)
+
     for txn in batch:
-        args.append(len(txn.reads))
-        args.extend(itertools.chain.from_iterable(txn.reads.items()))
-        args.append(len(txn.writes))
-        args.extend(itertools.chain.from_iterable(txn.writes.items()))
-        args.append(len(txn.deletes))
-        args.extend(txn.deletes)
-        args.append(len(txn.outbox_ops))
+        ints.append(len(txn.reads))
+        for key, version in txn.reads.items():
+            string(key)
+            ints.append(version)
+        ints.append(len(txn.writes))
+        for key, data in txn.writes.items():
+            string(key)
+            string(data)
+        ints.append(len(txn.deletes))
+        for key in txn.deletes:
+            string(key)
+        ints.append(len(txn.outbox_ops))
         for op in txn.outbox_ops:
-            args.extend(_op_args(op))
-        args.append(len(txn.deliveries))
-        args.extend(itertools.chain.from_iterable(txn.deliveries))
-    return args
+            code, *numbers = _op_ints(op)
+            ints.append(code)
+            string(op.session_id)
+            ints.extend(numbers)
+        ints.append(len(txn.deliveries))
+        for sid, frame in txn.deliveries:
+            string(sid)
+            string(frame)
+    return [prefix, batch_id, struct.pack(f">{len(ints)}q", *ints), b"".join(blob)]
 
 
-def _op_args(op: OutboxOp) -> tuple[str | int, ...]:
+def _op_ints(op: OutboxOp) -> tuple[int, ...]:
+    """The operation's code, then its numbers (its session id goes between: commit.lua)."""
     match op:
-        case OpenOutbox(sid, max_messages, max_bytes):
-            return ("o", sid, max_messages, max_bytes)
-        case Attach(sid, last_seq):
-            return ("a", sid, last_seq)
-        case Detach(sid, unsent_from):
-            return ("d", sid, "" if unsent_from is None else unsent_from)
-        case Acknowledge(sid, last_seq):
-            return ("k", sid, last_seq)
+        case OpenOutbox(_, max_messages, max_bytes):
+            return (1, max_messages, max_bytes)
+        case Attach(_, last_seq):
+            return (2, last_seq)
+        case Detach(_, None):
+            return (4,)
+        case Detach(_, int(unsent_from)):
+            return (3, unsent_from)
+        case Acknowledge(_, last_seq):
+            return (5, last_seq)
         case _:
-            return ("c", op.session_id)
+            return (6,)
 
 
 def _outcome(reply: list[object]) -> Outcome:

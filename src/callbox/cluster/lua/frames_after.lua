@@ -3,13 +3,12 @@
 -- ARGV: prefix, session id, after_seq, limit. Reply: the first frame's seq, then the frames.
 local prefix, sid = ARGV[1], ARGV[2]
 local after_seq, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local next_seq = tonumber(redis.call('HGET', prefix .. 'q:' .. sid, 'n'))
-if not next_seq or limit <= 0 then
+local meta = redis.call('GET', prefix .. 'q:' .. sid)
+if not meta or limit <= 0 then
   return {0}
 end
-local frames = prefix .. 'o:' .. sid
-local first = next_seq - redis.call('LLEN', frames)
+local _, first = struct.unpack('>i8i8', meta)
 local skip = math.max(0, after_seq + 1 - first)
-local reply = redis.call('LRANGE', frames, skip, skip + limit - 1)
+local reply = redis.call('LRANGE', prefix .. 'o:' .. sid, skip, skip + limit - 1)
 table.insert(reply, 1, first + skip)
 return reply

@@ -1,14 +1,13 @@
 #!lua flags=no-writes,no-cluster
 -- Sessions' outboxes (commit.lua says the keys). ARGV: prefix, session id...
--- Reply: next seq, frames held, attached (1/0), unsent_from per session (0, 0, 0, 0: none).
+-- Reply: next seq, first seq held, attached (1/0), unsent_from per session (0s: none).
 local prefix, reply = ARGV[1], {}
 for i = 2, #ARGV do
-  local sid = ARGV[i]
-  local meta = redis.call('HMGET', prefix .. 'q:' .. sid, 'n', 'a', 'u')
+  local meta = redis.call('GET', prefix .. 'q:' .. ARGV[i])
   local at = 4 * i - 7
-  if meta[1] then
-    reply[at], reply[at + 1] = tonumber(meta[1]), redis.call('LLEN', prefix .. 'o:' .. sid)
-    reply[at + 2], reply[at + 3] = tonumber(meta[2]), tonumber(meta[3])
+  if meta then
+    local next_seq, first, _, attached, unsent_from = struct.unpack('>i8i8i8i8i8', meta)
+    reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = next_seq, first, attached, unsent_from
   else
     reply[at], reply[at + 1], reply[at + 2], reply[at + 3] = 0, 0, 0, 0
   end
