@@ -135,6 +135,7 @@ async def test_an_outbox_numbers_from_one_and_holds_frames_in_order(backend: Bac
     assert await backend.frames_after("s", 1, 1) == [(2, b"")]
     assert await backend.frames_after("s", -5, 2) == [(1, frames[0]), (2, b"")]
     assert await backend.frames_after("s", 1, 0) == []
+    assert await backend.frames_after("s", 0, -1) == []
     assert await backend.frames_after("s", 3, 10) == []
     assert await backend.frames_after("nobody", 0, 10) == []
 
