@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from callbox.cluster.backend import ClusterUnavailable, Transaction
+from callbox.cluster.backend import ABSENT, ClusterUnavailable, Transaction
 from callbox.cluster.redis_backend import BadRedis, RedisBackend, connect
 from tests.cluster.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
 
 
-def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
-    message = str(error.value)
+def one_line(error: BaseException) -> str:
+    message = str(error)
     assert message and "\n" not in message, message
     return message
 
@@ -40,7 +40,7 @@ async def test_a_redis_that_evicts_is_refused(tmp_path: Path, settings: list[str
                 pytest.fail("connected")
     finally:
         server.stop()
-    assert one_line(refused) == (
+    assert one_line(refused.value) == (
         f"Redis at {server.url} has maxmemory-policy allkeys-lru: callbox needs noeviction "
         "(evicted records and outboxes would be lost silently)"
     )
@@ -55,7 +55,7 @@ async def test_a_redis_too_old_is_refused(
     monkeypatch.setattr(redis_backend.client, "info", info)
     with pytest.raises(BadRedis) as refused:
         await redis_backend.check()
-    assert one_line(refused).endswith("runs Redis 6.2.14: callbox needs 7.0 or newer")
+    assert one_line(refused.value).endswith("runs Redis 6.2.14: callbox needs 7.0 or newer")
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ async def test_a_url_that_names_no_redis_is_one_line(url: str) -> None:
     with pytest.raises(BadRedis) as refused:
         async with connect(url):
             pytest.fail("connected")
-    assert one_line(refused).startswith(f"not a Redis URL: {url!r}")
+    assert one_line(refused.value).startswith(f"not a Redis URL: {url!r}")
 
 
 async def test_a_redis_out_of_reach_is_one_line(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ async def test_a_redis_out_of_reach_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ClusterUnavailable) as unreachable:
         async with connect(server.url):
             pytest.fail("connected")
-    assert one_line(unreachable).startswith(f"cannot reach Redis at {server.url}: ")
+    assert one_line(unreachable.value).startswith(f"cannot reach Redis at {server.url}: ")
 
 
 async def test_a_unix_socket_and_its_database(redis_server: RedisServer) -> None:
@@ -140,7 +140,29 @@ async def test_every_operation_on_a_redis_gone_is_cluster_unavailable(tmp_path: 
             for operation in operations:
                 with pytest.raises(ClusterUnavailable) as unavailable:
                     await operation
-                assert one_line(unavailable).startswith(f"cannot reach Redis at {server.url}: ")
+                assert one_line(unavailable.value).startswith(
+                    f"cannot reach Redis at {server.url}: "
+                )
+    finally:
+        server.stop()
+
+
+async def test_a_redis_out_of_memory_refuses_a_commit_whole(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, "--maxmemory", "4mb")
+    try:
+        async with connect(server.url) as backend:
+            for n in range(100):  # 100 KB a commit: Redis is full long before the last
+                big = Transaction({}, writes={f"k{n}-{i}": b"x" * 10_000 for i in range(10)})
+                try:
+                    await backend.commit(f"b{n}", [big])
+                except ClusterUnavailable as refused:
+                    assert one_line(refused).startswith(f"Redis at {server.url} refused: OOM ")
+                    break
+            else:
+                pytest.fail("Redis took 10 MB under a 4 MB maxmemory")
+            assert n > 0
+            left = await backend.load(list(big.writes))
+            assert set(left.values()) == {ABSENT}
     finally:
         server.stop()
 

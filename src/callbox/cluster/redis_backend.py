@@ -27,7 +27,7 @@ import coredis
 from attrs import define, field
 from coredis.commands.script import Script
 from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.exceptions import ResponseError
+from coredis.exceptions import ReadOnlyError, ResponseError
 from coredis.retry import ConstantRetryPolicy
 from coredis.tokens import PureToken
 
@@ -56,8 +56,10 @@ RETRY_DEADLINE_S = 2.0
 after this long: every command here may be (a commit is idempotent by its batch id)."""
 MIN_VERSION = (7, 0)
 """Script flags (`#!lua flags=...`), `EVALSHA_RO` and `SET ... NX GET`."""
-_UNAVAILABLE_REPLIES = frozenset({"OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY"})
-"""Error replies that mean Redis refused the work for now, with nothing applied."""
+_UNAVAILABLE_REPLIES = frozenset({"OOM", "BUSY", "MASTERDOWN"})
+"""Error replies that mean Redis refused the work for now, with nothing applied, and that
+coredis has no class for (READONLY, during a failover, is its `ReadOnlyError`; LOADING its
+`BusyLoadingError`, a connection error)."""
 
 
 class BadRedis(ClusterUnavailable):
@@ -183,7 +185,10 @@ class RedisBackend:
         except (RedisConnectionError, TimeoutError) as exc:
             raise ClusterUnavailable(f"cannot reach {self.where}: {exc}") from exc
         except ResponseError as exc:
-            if str(exc).split(" ", 1)[0] not in _UNAVAILABLE_REPLIES:
+            refused_for_now = isinstance(exc, ReadOnlyError) or (
+                str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES
+            )
+            if not refused_for_now:
                 raise
             raise ClusterUnavailable(f"{self.where} refused: {exc}") from exc
 
