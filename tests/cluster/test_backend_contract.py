@@ -119,6 +119,14 @@ async def test_writes_and_deletes_apply_together_deletes_last(backend: Backend) 
     }
 
 
+async def test_nothing_asked_nothing_answered(backend: Backend) -> None:
+    assert await backend.load([]) == {}
+    assert await backend.outboxes([]) == {}
+    assert await backend.commit("empty", []) == []
+    assert await backend.commit("empty", []) == []
+    assert await one(backend, Transaction({})) == Committed(1, ())
+
+
 # Outboxes
 
 

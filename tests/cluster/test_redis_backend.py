@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from callbox.cluster.backend import ABSENT, ClusterUnavailable, Transaction
+from callbox.cluster.backend import ABSENT, ClusterUnavailable, Committed, Transaction
 from callbox.cluster.redis_backend import BadRedis, RedisBackend, connect
 from tests.cluster.redis_server import RedisServer, unique_prefix
 
@@ -112,6 +112,12 @@ async def test_the_instance_id_changes_only_when_redis_lost_it(redis_server: Red
         again = await first.instance()
         assert again != instance
         assert await first.instance() == again
+
+
+async def test_scripts_redis_forgot_are_loaded_again(redis_backend: RedisBackend) -> None:
+    await redis_backend.client.script_flush()  # as a restarted Redis has none
+    assert await redis_backend.commit("b", [Transaction({})]) == [Committed(1, ())]
+    assert await redis_backend.load(["k"]) == {"k": ABSENT}
 
 
 async def test_the_cluster_clock_is_redis_time_in_milliseconds(

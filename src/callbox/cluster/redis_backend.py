@@ -120,6 +120,9 @@ class RedisBackend:
         }
 
     async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+        """One call of commit.lua. A commit that raised `ClusterUnavailable`, or was cancelled
+        while it waited for its reply, may have applied: the same batch id committed again
+        within 300 s gives its outcomes, and applies it if it had not."""
         with self._reaching():
             reply: object = await self._commit([], _commit_args(self.prefix, batch_id, batch))
         return [_outcome(cast(list[object], each)) for each in cast(list[object], reply)]
