@@ -77,6 +77,21 @@ async def test_a_url_that_names_no_redis_is_one_line(url: str) -> None:
     assert one_line(refused.value).startswith(f"not a Redis URL: {url!r}")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:secret@127.0.0.1:6379/0", "http://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1/0?password=secret&db=x", "redis://127.0.0.1/0"),
+    ],
+)
+async def test_a_refused_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    with pytest.raises(BadRedis) as refused:
+        async with connect(url):
+            pytest.fail("connected")
+    assert one_line(refused.value).startswith(f"not a Redis URL: {shown!r}")
+    assert "secret" not in str(refused.value)
+
+
 async def test_a_redis_out_of_reach_is_one_line(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.stop()

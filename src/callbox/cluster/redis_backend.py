@@ -297,8 +297,12 @@ async def connect(url: str, *, prefix: str = "cb:") -> AsyncIterator[RedisBacken
 
 
 def _where(url: str) -> str:
-    """`url` without its password, once checked to name a Redis (else `BadRedis`)."""
+    """`url` without its password, once checked to name a Redis (else `BadRedis`, which shows
+    it without its password either: messages end up in logs)."""
     parts = urlsplit(url)
+    shown = url.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
+    if "pass" in parts.query.lower():
+        shown = shown.replace(f"?{parts.query}", "", 1)
     try:
         port_ok = parts.port is None or parts.port > 0  # .port raises for one not a number
     except ValueError:
@@ -311,6 +315,6 @@ def _where(url: str) -> str:
         valid = parts.scheme in ("redis", "rediss") and bool(parts.hostname) and port_ok
     if not (valid and db.isdigit()):
         raise BadRedis(
-            f"not a Redis URL: {url!r} (redis://host:port/db or unix:///absolute/path?db=N)"
+            f"not a Redis URL: {shown!r} (redis://host:port/db or unix:///absolute/path?db=N)"
         )
-    return f"Redis at {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"Redis at {shown}"
