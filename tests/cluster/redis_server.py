@@ -16,6 +16,10 @@ import pytest
 
 REDIS_SERVER = shutil.which("redis-server")
 START_TIMEOUT_S = 10.0
+NOT_INSTALLED = "redis-server is not installed: apt-get install -y redis-server"
+
+needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason=NOT_INSTALLED)
+"""For a test that starts a server of its own (a skip inside a trio test loses its reason)."""
 
 
 class RedisServer:
@@ -23,7 +27,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, *settings: str) -> None:
         if REDIS_SERVER is None:
-            pytest.skip("redis-server is not installed: apt-get install -y redis-server")
+            pytest.skip(NOT_INSTALLED)
         self.directory = directory
         self.socket = directory / "redis.sock"
         with socket.socket() as probe:  # a free port: bound, read, let go

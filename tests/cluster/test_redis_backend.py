@@ -1,11 +1,9 @@
 """What only the Redis backend has: connecting (URLs, start-up checks, one-line refusals), the
-instance id, the cluster clock, Redis out of reach, and a single process never loading coredis.
+instance id, the cluster clock, Redis out of reach or out of memory.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from callbox.cluster.backend import ABSENT, ClusterUnavailable, Committed, Transaction
 from callbox.cluster.redis_backend import BadRedis, RedisBackend, connect
-from tests.cluster.redis_server import RedisServer, unique_prefix
+from tests.cluster.redis_server import RedisServer, needs_redis_server, unique_prefix
 
 pytestmark = pytest.mark.redis
 
@@ -32,6 +30,7 @@ def one_line(error: BaseException) -> str:
         pytest.param(["--rename-command", "CONFIG", ""], id="info"),
     ],
 )
+@needs_redis_server
 async def test_a_redis_that_evicts_is_refused(tmp_path: Path, settings: list[str]) -> None:
     server = RedisServer(tmp_path, "--maxmemory-policy", "allkeys-lru", *settings)
     try:
@@ -92,6 +91,7 @@ async def test_a_refused_url_is_shown_without_its_password(url: str, shown: str)
     assert "secret" not in str(refused.value)
 
 
+@needs_redis_server
 async def test_a_redis_out_of_reach_is_one_line(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.stop()
@@ -145,6 +145,7 @@ async def test_the_cluster_clock_is_redis_time_in_milliseconds(
     assert await redis_backend.now_ms() >= now
 
 
+@needs_redis_server
 async def test_every_operation_on_a_redis_gone_is_cluster_unavailable(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     try:
@@ -168,6 +169,7 @@ async def test_every_operation_on_a_redis_gone_is_cluster_unavailable(tmp_path: 
         server.stop()
 
 
+@needs_redis_server
 async def test_a_redis_out_of_memory_refuses_a_commit_whole(tmp_path: Path) -> None:
     server = RedisServer(tmp_path, "--maxmemory", "4mb")
     try:
@@ -186,14 +188,3 @@ async def test_a_redis_out_of_memory_refuses_a_commit_whole(tmp_path: Path) -> N
             assert set(left.values()) == {ABSENT}
     finally:
         server.stop()
-
-
-def test_a_single_process_never_loads_coredis() -> None:
-    code = (
-        "import sys, callbox.__main__, callbox.server.app, callbox.cluster.backend; "
-        "print('coredis' in sys.modules)"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert loaded.stdout.strip() == "False"
