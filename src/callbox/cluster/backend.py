@@ -162,6 +162,12 @@ class Overflow:
 Outcome = Committed | Conflict | Overflow
 
 
+class ClusterUnavailable(Exception):
+    """The store cannot be reached (or refuses work for now: out of memory, a failover). A
+    commit that raises it may or may not have applied: committing the same batch id again
+    tells which, within the time a batch's outcomes are kept."""
+
+
 class Backend(Protocol):
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
         """The current version and value of each key."""
@@ -263,15 +269,14 @@ class MemoryBackend:
         if box is None:
             return []
         first = box.next_seq - len(box.frames)
-        return [(seq, frame) for seq, frame in enumerate(box.frames, first) if seq > after_seq][
-            :limit
-        ]
+        held = [(seq, frame) for seq, frame in enumerate(box.frames, first) if seq > after_seq]
+        return held[: max(limit, 0)]  # a negative end would count from the end
 
     def commit_now(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
         done = self.batches.get(batch_id)
         if done is None:
             done = self.batches[batch_id] = [self._apply(txn) for txn in batch]
-        return done
+        return list(done)  # the caller's to change; the kept list stays as it was
 
     def _apply(self, txn: Transaction) -> Outcome:
         stale = {
