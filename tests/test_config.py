@@ -44,6 +44,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "CALLBOX_HOST",
         "CALLBOX_PORT",
         "TRUSTED_PROXIES",
+        "CALLBOX_REDIS_URL",
         "JWT_SECRET",
         "JWT_ALGORITHM",
         "STUN_SERVERS",

@@ -234,9 +234,12 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "1013",
-        "send buffer overflow",
-        "The client let more than `SEND_BUFFER_BYTES` of server messages pile up unread.",
-        "Resume (missed messages are replayed), and read faster.",
+        "send buffer overflow / store unavailable",
+        "The client let more than `SEND_BUFFER_BYTES` of server messages pile up unread; or, on a"
+        " node of a cluster, `hello` came while the node could not reach the cluster's store (for"
+        " 2 s): no session was opened or resumed.",
+        "Resume (missed messages are replayed), and read faster; for a cluster, try another node"
+        " or try again with backoff.",
     ),
     (
         "4001",
@@ -312,7 +315,8 @@ echoed.
 
 **`seq`.** Every server message of a session carries `seq`: 1 for the first message after a new
 session's `welcome`, then +1 per message. `welcome` and `pong` belong to the connection and carry
-none, and neither does an `error` sent before `welcome`. Process messages in `seq` order and
+none, and neither does an `error` sent before `welcome`, nor an `error` `unavailable` (a cluster
+node that cannot reach the store that numbers messages). Process messages in `seq` order and
 remember the last one: it is what you resume with.
 
 **Heartbeat.** The server sends a WebSocket ping frame every `heartbeat_ms` (15 s by default).

@@ -23,7 +23,7 @@ from callbox.conformance.cli import add_parser as add_conformance_parser
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SERVE_FLAGS = ("host", "port")
+SERVE_FLAGS = ("host", "port", "redis_url")
 """`serve` flags that override the environment; argparse omits the ones not given."""
 
 log = logging.getLogger("callbox")
@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="TCP port (0: any)")
+    serve.add_argument(
+        "--redis",
+        dest="redis_url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="be a node of the cluster on this Redis (CALLBOX_REDIS_URL)",
+    )
     serve.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="default: info"
     )

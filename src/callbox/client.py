@@ -399,7 +399,9 @@ class Client:
             break
         if isinstance(message, Welcome):
             raise ProtocolViolation(f"{self.connection.name} got a welcome without a hello")
-        if isinstance(message, Pong):
+        if isinstance(message, Pong) or (
+            isinstance(message, Error) and message.code == "unavailable" and message.seq is None
+        ):  # the connection's, not the session's: a cluster node's store is out of reach
             return message
         if message.seq != self.last_seq + 1:
             raise ProtocolViolation(

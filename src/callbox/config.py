@@ -131,6 +131,17 @@ def _path(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{_label(attribute)} must be a string starting with '/', got {value!r}")
 
 
+def _redis_url(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not (
+        value.startswith(("redis://", "rediss://")) or value.startswith("unix:///")
+    ):
+        raise ConfigError(
+            f"{_label(attribute)} must be a redis://HOST:PORT/DB or unix:///PATH URL, got {value!r}"
+        )
+
+
 def _jwt_algorithm(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value not in HMAC_MIN_SECRET_BYTES:
         raise ConfigError(
@@ -238,6 +249,14 @@ class Config:
         " client (failed sign-ins are throttled per client address)",
         check=_ip_addresses,
         parse=_parse_list,
+    )
+    redis_url: str | None = _setting(
+        None,
+        env="CALLBOX_REDIS_URL",
+        meaning="Redis of a cluster (redis://HOST:PORT/DB or unix:///PATH): this process is one"
+        " of its nodes (install with '.[cluster]'); unset: a single process with no broker",
+        check=_redis_url,
+        secret=True,
     )
 
     jwt_secret: str | None = _setting(

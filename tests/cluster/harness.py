@@ -15,7 +15,7 @@ these, so the whole core suite also runs as a cluster of three nodes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from attrs import define, field
@@ -29,6 +29,7 @@ from callbox.cluster.node import (
     Load,
     Node,
     Reply,
+    Request,
     Wake,
     first_conn,
     node_of,
@@ -135,13 +136,21 @@ class ClusterMixin(Harness):
         self._run(node, lambda sb: sb.timer_fired(key, now, wall))
 
     def _run(self, node: ClusterNode, event: Callable[[Switchboard], list[Action]]) -> None:
-        steps = node.node.run(lambda: event(node.switchboard))
+        steps = self._steps(node, event)
         try:
             request = next(steps)
             while True:
                 request = steps.send(self._serve(request))
         except StopIteration as done:
-            actions: list[Action] = done.value
+            self._done(node, done.value)
+
+    def _steps(
+        self, node: ClusterNode, event: Callable[[Switchboard], list[Action]]
+    ) -> Generator[Request, Reply, list[Action]]:
+        return node.node.run(lambda: event(node.switchboard))
+
+    def _done(self, node: ClusterNode, actions: list[Action]) -> None:
+        """An event of `node` has committed: carry out what it did."""
         self._carry_out(node, node.gateway.route(actions))
 
     def _serve(self, request: Load | Commit) -> Reply:

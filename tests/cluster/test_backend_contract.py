@@ -34,6 +34,29 @@ from tests.cluster.redis_server import RedisServer, unique_prefix
 
 _batch_ids = itertools.count()
 
+CONN = 7 << 32
+"""The connection outboxes are opened on, in the cases that do not look at it."""
+CONNS = st.sampled_from([CONN, CONN + 1, 9 << 32])
+
+
+class CommittedAs:
+    """Equal to a `Committed` with this version and these seqs, whatever connections it names
+    (the cases about connections check those)."""
+
+    __hash__ = None  # type: ignore[assignment]  # equal to values that hash otherwise
+
+    def __init__(self, version: int, seqs: tuple[int, ...]) -> None:
+        self.version, self.seqs = version, seqs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Committed) and (other.version, other.seqs) == (
+            self.version,
+            self.seqs,
+        )
+
+    def __repr__(self) -> str:
+        return f"Committed({self.version}, {self.seqs}, ...)"
+
 
 async def commit(backend: Backend, *batch: Transaction) -> list[Outcome]:
     """`batch` under an id of its own."""
@@ -61,12 +84,12 @@ async def held(backend: Backend, sid: str) -> list[tuple[int, bytes]]:
 
 
 async def test_versions_come_from_one_counter_so_a_key_made_again_is_new(backend: Backend) -> None:
-    assert await one(backend, Transaction({}, writes={"a": b"1", "b": b"2"})) == Committed(1, ())
-    assert await one(backend, Transaction({"a": 1}, writes={"a": b"3"})) == Committed(2, ())
-    assert await one(backend, Transaction({"a": 2})) == Committed(3, ())  # writing nothing too
-    assert await one(backend, Transaction({"b": 1}, deletes=frozenset({"b"}))) == Committed(4, ())
+    assert await one(backend, Transaction({}, writes={"a": b"1", "b": b"2"})) == CommittedAs(1, ())
+    assert await one(backend, Transaction({"a": 1}, writes={"a": b"3"})) == CommittedAs(2, ())
+    assert await one(backend, Transaction({"a": 2})) == CommittedAs(3, ())  # writing nothing too
+    assert await one(backend, Transaction({"b": 1}, deletes=frozenset({"b"}))) == CommittedAs(4, ())
     assert await backend.load(["a", "b"]) == {"a": Versioned(2, b"3"), "b": ABSENT}
-    assert await one(backend, Transaction({"b": 0}, writes={"b": b"2"})) == Committed(5, ())
+    assert await one(backend, Transaction({"b": 0}, writes={"b": b"2"})) == CommittedAs(5, ())
     # A cache that saw the first "b" (version 1) cannot mistake the second for it.
     assert await one(backend, Transaction({"b": 1}, writes={"b": b"x"})) == Conflict(
         frozenset({"b"})
@@ -83,13 +106,13 @@ async def test_stale_reads_conflict_naming_exactly_those_keys(backend: Backend) 
 async def test_a_conflict_changes_nothing_and_draws_no_version(backend: Backend) -> None:
     await one(
         backend,
-        Transaction({}, writes={"a": b"1", "b": b"1"}, outbox_ops=[OpenOutbox("s", 8, 100)]),
+        Transaction({}, writes={"a": b"1", "b": b"1"}, outbox_ops=[OpenOutbox("s", CONN, 8, 100)]),
     )
     stale = Transaction(
         {"a": 0},
         writes={"a": b"2", "c": b"2"},
         deletes=frozenset({"b"}),
-        outbox_ops=[Detach("s"), OpenOutbox("t", 8, 100)],
+        outbox_ops=[Detach("s"), OpenOutbox("t", CONN, 8, 100)],
         deliveries=[("s", b"x")],
     )
     assert await one(backend, stale) == Conflict(frozenset({"a"}))
@@ -98,9 +121,9 @@ async def test_a_conflict_changes_nothing_and_draws_no_version(backend: Backend)
         "b": Versioned(1, b"1"),
         "c": ABSENT,
     }
-    assert await backend.outboxes(["s", "t"]) == {"s": OutboxState(1, 1, True, 1), "t": None}
+    assert await backend.outboxes(["s", "t"]) == {"s": OutboxState(1, 1, CONN, 1), "t": None}
     assert await held(backend, "s") == []
-    assert await one(backend, Transaction({})) == Committed(2, ())
+    assert await one(backend, Transaction({})) == CommittedAs(2, ())
 
 
 async def test_writes_and_deletes_apply_together_deletes_last(backend: Backend) -> None:
@@ -110,7 +133,7 @@ async def test_writes_and_deletes_apply_together_deletes_last(backend: Backend) 
         writes={"a": b"\x00\xff binary", "b": b"gone anyway", "c": b"3"},
         deletes=frozenset({"b", "never-was"}),
     )
-    assert await one(backend, txn) == Committed(2, ())
+    assert await one(backend, txn) == CommittedAs(2, ())
     assert await backend.load(["a", "b", "c", "never-was"]) == {
         "a": Versioned(2, b"\x00\xff binary"),
         "b": ABSENT,
@@ -124,7 +147,7 @@ async def test_nothing_asked_nothing_answered(backend: Backend) -> None:
     assert await backend.outboxes([]) == {}
     assert await backend.commit("empty", []) == []
     assert await backend.commit("empty", []) == []
-    assert await one(backend, Transaction({})) == Committed(1, ())
+    assert await one(backend, Transaction({})) == CommittedAs(1, ())
 
 
 # Outboxes
@@ -132,11 +155,11 @@ async def test_nothing_asked_nothing_answered(backend: Backend) -> None:
 
 async def test_an_outbox_numbers_from_one_and_holds_frames_in_order(backend: Backend) -> None:
     frames = [b'{"type":"a"}', b"", b"\x00\xff\r\n"]
-    opened = deliver(("s", frames[0]), ("s", frames[1]), ops=[OpenOutbox("s", 8, 100)])
-    assert await one(backend, opened) == Committed(1, (1, 2))
-    assert await one(backend, deliver(("s", frames[2]))) == Committed(2, (3,))
+    opened = deliver(("s", frames[0]), ("s", frames[1]), ops=[OpenOutbox("s", CONN, 8, 100)])
+    assert await one(backend, opened) == CommittedAs(1, (1, 2))
+    assert await one(backend, deliver(("s", frames[2]))) == CommittedAs(2, (3,))
     assert await backend.outboxes(["s", "nobody"]) == {
-        "s": OutboxState(4, 1, True, 1),
+        "s": OutboxState(4, 1, CONN, 1),
         "nobody": None,
     }
     assert await held(backend, "s") == list(enumerate(frames, 1))
@@ -150,25 +173,25 @@ async def test_an_outbox_numbers_from_one_and_holds_frames_in_order(backend: Bac
 
 async def test_many_deliveries_to_one_session_in_one_transaction(backend: Backend) -> None:
     frames = [str(n).encode() for n in range(2500)]
-    txn = deliver(*(("s", frame) for frame in frames), ops=[OpenOutbox("s", 3000, 10**6)])
-    assert await one(backend, txn) == Committed(1, tuple(range(1, 2501)))
+    txn = deliver(*(("s", frame) for frame in frames), ops=[OpenOutbox("s", CONN, 3000, 10**6)])
+    assert await one(backend, txn) == CommittedAs(1, tuple(range(1, 2501)))
     assert await held(backend, "s") == list(enumerate(frames, 1))[:1000]
     assert await backend.frames_after("s", 2000, 1000) == list(enumerate(frames, 1))[2000:]
 
 
 async def test_the_message_budget_drops_the_oldest(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 2, 100)))
-    assert await one(backend, deliver(("s", b"1"), ("s", b"2"), ("s", b"3"))) == Committed(
+    await one(backend, ops(OpenOutbox("s", CONN, 2, 100)))
+    assert await one(backend, deliver(("s", b"1"), ("s", b"2"), ("s", b"3"))) == CommittedAs(
         2, (1, 2, 3)
     )
     assert await held(backend, "s") == [(2, b"2"), (3, b"3")]
-    assert (await backend.outboxes(["s"]))["s"] == OutboxState(4, 2, True, 1)
+    assert (await backend.outboxes(["s"]))["s"] == OutboxState(4, 2, CONN, 1)
 
 
 async def test_the_byte_budget_drops_the_oldest_and_a_frame_over_it_is_held_alone(
     backend: Backend,
 ) -> None:
-    await one(backend, ops(OpenOutbox("s", 100, 10)))
+    await one(backend, ops(OpenOutbox("s", CONN, 100, 10)))
     await one(backend, deliver(("s", b"aaaa"), ("s", b"bbbb"), ("s", b"cccc")))
     assert await held(backend, "s") == [(2, b"bbbb"), (3, b"cccc")]
     await one(backend, deliver(("s", b"x" * 25)))
@@ -178,19 +201,19 @@ async def test_the_byte_budget_drops_the_oldest_and_a_frame_over_it_is_held_alon
 
 
 async def test_an_attached_session_drops_its_oldest_frames_freely(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 1, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 1, 100)))
     outcome = await one(backend, deliver(*(("s", b"%d" % n) for n in range(5))))
-    assert outcome == Committed(2, (1, 2, 3, 4, 5))
+    assert outcome == CommittedAs(2, (1, 2, 3, 4, 5))
     assert await held(backend, "s") == [(5, b"4")]
 
 
 async def test_a_detached_session_losing_an_unread_frame_overflows_with_nothing_applied(
     backend: Backend,
 ) -> None:
-    await one(backend, ops(OpenOutbox("s", 2, 100), OpenOutbox("t", 8, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 2, 100), OpenOutbox("t", CONN, 8, 100)))
     await one(backend, deliver(("s", b"1"), ("s", b"2")))
     await one(backend, ops(Detach("s")))  # the client had both: 3 is the first it lacks
-    assert await one(backend, deliver(("s", b"3"), ("s", b"4"))) == Committed(4, (3, 4))
+    assert await one(backend, deliver(("s", b"3"), ("s", b"4"))) == CommittedAs(4, (3, 4))
     txn = Transaction(
         {},
         writes={"x": b"1"},
@@ -201,44 +224,48 @@ async def test_a_detached_session_losing_an_unread_frame_overflows_with_nothing_
     assert await backend.load(["x"]) == {"x": ABSENT}
     assert await held(backend, "s") == [(3, b"3"), (4, b"4")]
     assert await held(backend, "t") == []
-    assert await one(backend, Transaction({})) == Committed(5, ())  # no version was drawn
+    assert await one(backend, Transaction({})) == CommittedAs(5, ())  # no version was drawn
 
 
 async def test_overflow_names_each_session_once_in_the_order_they_overflowed(
     backend: Backend,
 ) -> None:
-    await one(backend, ops(OpenOutbox("a", 1, 100), OpenOutbox("b", 1, 100)))
+    await one(backend, ops(OpenOutbox("a", CONN, 1, 100), OpenOutbox("b", CONN, 1, 100)))
     await one(backend, deliver(("a", b"1"), ("b", b"1"), ops=[Detach("a"), Detach("b")]))
     outcome = await one(backend, deliver(("b", b"2"), ("a", b"2"), ("b", b"3")))
     assert outcome == Overflow(("b", "a"))
 
 
 async def test_detach_with_the_first_unsent_seq(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 2, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 2, 100)))
     await one(backend, deliver(("s", b"1"), ("s", b"2"), ("s", b"3")))
     await one(backend, ops(Detach("s", unsent_from=3)))  # the node wrote 2, not 3
-    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 2, False, 3)}
-    assert await one(backend, deliver(("s", b"4"))) == Committed(4, (4,))  # drops 2: read
+    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 2, None, 3)}
+    assert await one(backend, deliver(("s", b"4"))) == CommittedAs(4, (4,))  # drops 2: read
     assert await one(backend, deliver(("s", b"5"))) == Overflow(("s",))  # would drop 3
 
 
 async def test_attach_needs_every_frame_after_last_seq(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 2, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 2, 100)))
     await one(backend, deliver(("s", b"1"), ("s", b"2"), ("s", b"3")))
     await one(backend, ops(Detach("s")))
-    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 2, False, 4)}
+    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 2, None, 4)}
     for gone_or_ahead in (0, 4):
-        assert await one(backend, ops(Attach("s", gone_or_ahead))) == Conflict(
+        assert await one(backend, ops(Attach("s", CONN, gone_or_ahead))) == Conflict(
             frozenset({"outbox:s"})
         )
-    assert await one(backend, ops(Attach("nobody", 0))) == Conflict(frozenset({"outbox:nobody"}))
+    assert await one(backend, ops(Attach("nobody", CONN, 0))) == Conflict(
+        frozenset({"outbox:nobody"})
+    )
     for last_seq in (1, 3):
-        assert isinstance(await one(backend, ops(Detach("s"), Attach("s", last_seq))), Committed)
-        assert (await backend.outboxes(["s"]))["s"] == OutboxState(4, 2, True, 4)
+        assert isinstance(
+            await one(backend, ops(Detach("s"), Attach("s", CONN, last_seq))), Committed
+        )
+        assert (await backend.outboxes(["s"]))["s"] == OutboxState(4, 2, CONN, 4)
 
 
 async def test_acknowledge_drops_what_the_client_has_and_no_more(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 100, 10)))
+    await one(backend, ops(OpenOutbox("s", CONN, 100, 10)))
     await one(backend, deliver(("s", b"aaaa"), ("s", b"bbbb")))
     assert await one(backend, ops(Acknowledge("s", 3))) == Conflict(frozenset({"outbox:s"}))
     assert await one(backend, ops(Acknowledge("nobody", 0))) == Conflict(
@@ -251,21 +278,23 @@ async def test_acknowledge_drops_what_the_client_has_and_no_more(backend: Backen
     assert await held(backend, "s") == [(2, b"bbbb"), (3, b"cccc")]
     assert isinstance(await one(backend, ops(Acknowledge("s", 1))), Committed)  # already gone
     assert isinstance(await one(backend, ops(Acknowledge("s", 3))), Committed)
-    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 4, True, 1)}
+    assert await backend.outboxes(["s"]) == {"s": OutboxState(4, 4, CONN, 1)}
     assert await held(backend, "s") == []
 
 
 async def test_close_removes_an_outbox_and_open_makes_a_new_one(backend: Backend) -> None:
-    await one(backend, deliver(("s", b"1"), ops=[OpenOutbox("s", 8, 100)]))
-    assert await one(backend, ops(OpenOutbox("s", 8, 100))) == Conflict(frozenset({"outbox:s"}))
+    await one(backend, deliver(("s", b"1"), ops=[OpenOutbox("s", CONN, 8, 100)]))
+    assert await one(backend, ops(OpenOutbox("s", CONN, 8, 100))) == Conflict(
+        frozenset({"outbox:s"})
+    )
     assert isinstance(await one(backend, ops(CloseOutbox("s"))), Committed)
     assert await backend.outboxes(["s"]) == {"s": None}
     assert await held(backend, "s") == []
     for after_close in (ops(CloseOutbox("s")), ops(Detach("s")), deliver(("s", b"2"))):
         assert await one(backend, after_close) == Conflict(frozenset({"outbox:s"}))
-    await one(backend, deliver(("s", b"a"), ops=[OpenOutbox("s", 8, 100)]))
-    reopened = deliver(("s", b"b"), ops=[CloseOutbox("s"), OpenOutbox("s", 8, 100)])
-    assert await one(backend, reopened) == Committed(4, (1,))
+    await one(backend, deliver(("s", b"a"), ops=[OpenOutbox("s", CONN, 8, 100)]))
+    reopened = deliver(("s", b"b"), ops=[CloseOutbox("s"), OpenOutbox("s", CONN, 8, 100)])
+    assert await one(backend, reopened) == CommittedAs(4, (1,))
     assert await held(backend, "s") == [(1, b"b")]
 
 
@@ -273,7 +302,7 @@ async def test_a_delivery_to_a_session_without_an_outbox_conflicts(backend: Back
     await one(backend, Transaction({}, writes={"a": b"1"}))
     txn = Transaction({"a": 0}, writes={"b": b"1"}, deliveries=[("nobody", b"x")])
     assert await one(backend, txn) == Conflict(frozenset({"a", "outbox:nobody"}))
-    await one(backend, ops(OpenOutbox("s", 8, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 8, 100)))
     closing = deliver(("s", b"x"), ops=[CloseOutbox("s")])
     assert await one(backend, closing) == Conflict(frozenset({"outbox:s"}))
 
@@ -282,7 +311,7 @@ async def test_a_delivery_to_a_session_without_an_outbox_conflicts(backend: Back
 
 
 async def test_a_batch_commits_in_order_each_transaction_by_itself(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 8, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 8, 100)))
     outcomes = await commit(
         backend,
         Transaction({"a": 0}, writes={"a": b"1"}, deliveries=[("s", b"1")]),
@@ -291,15 +320,15 @@ async def test_a_batch_commits_in_order_each_transaction_by_itself(backend: Back
         Transaction({"b": 0}, writes={"c": b"1"}, deliveries=[("s", b"2")]),  # b never came
     )
     assert outcomes == [
-        Committed(2, (1,)),
+        CommittedAs(2, (1,)),
         Conflict(frozenset({"a"})),
         Conflict(frozenset({"z"})),
-        Committed(3, (2,)),
+        CommittedAs(3, (2,)),
     ]
 
 
 async def test_a_batch_committed_again_applies_once_and_says_the_same(backend: Backend) -> None:
-    await one(backend, ops(OpenOutbox("s", 8, 100)))
+    await one(backend, ops(OpenOutbox("s", CONN, 8, 100)))
     batch = [
         Transaction({"a": 0}, writes={"a": b"1"}, deliveries=[("s", b"1")]),
         Transaction({"a": 0}, writes={"a": b"2"}),
@@ -308,15 +337,15 @@ async def test_a_batch_committed_again_applies_once_and_says_the_same(backend: B
     ]
     first = await backend.commit("retried", batch)
     assert first == [
-        Committed(2, (1,)),
+        CommittedAs(2, (1,)),
         Conflict(frozenset({"a"})),
         Conflict(frozenset({"outbox:nobody"})),
-        Committed(3, (2,)),
+        CommittedAs(3, (2,)),
     ]
     assert await backend.commit("retried", batch) == first
     assert await backend.commit("retried", batch[:1]) == first  # the id alone decides
     assert await held(backend, "s") == [(1, b"1"), (2, b"2")]
-    assert await one(backend, Transaction({})) == Committed(4, ())
+    assert await one(backend, Transaction({})) == CommittedAs(4, ())
 
 
 # Both backends, side by side
@@ -345,15 +374,23 @@ def _transactions(
         next_seq = 1 if box is None else box.next_seq
         return st.integers(next_seq - 3, next_seq)
 
-    def with_seq(op: type[Attach | Acknowledge]) -> st.SearchStrategy[OutboxOp]:
-        return mostly(live).flatmap(lambda sid: st.builds(op, st.just(sid), near_seq(sid)))
+    def attach(sid: str) -> st.SearchStrategy[OutboxOp]:
+        return st.builds(Attach, st.just(sid), CONNS, near_seq(sid))
+
+    def acknowledge(sid: str) -> st.SearchStrategy[OutboxOp]:
+        return st.builds(Acknowledge, st.just(sid), near_seq(sid))
+
+    def applied(sid: str) -> st.SearchStrategy[tuple[str, int]]:
+        box = outboxes[sid]
+        last = 0 if box is None else box.last_cseq
+        return st.tuples(st.just(sid), st.integers(max(0, last - 1), last + 2))
 
     detach = mostly(live).flatmap(
         lambda sid: st.builds(Detach, st.just(sid), st.none() | near_seq(sid))
     )
     op = st.one_of(
         _open_outbox(mostly(gone)),
-        *[with_seq(Attach), with_seq(Acknowledge), detach] * 2,
+        *[mostly(live).flatmap(attach), mostly(live).flatmap(acknowledge), detach] * 2,
         st.builds(CloseOutbox, mostly(live)),
     )
     keys = st.sampled_from(KEYS)
@@ -366,12 +403,13 @@ def _transactions(
         st.frozensets(keys, max_size=1),
         st.lists(op, max_size=2),
         st.lists(st.tuples(mostly(live), st.binary(max_size=10)), max_size=6),
+        st.none() | mostly(live).flatmap(applied),
     )
 
 
 def _open_outbox(sessions: st.SearchStrategy[str]) -> st.SearchStrategy[OpenOutbox]:
     """Small budgets, so that frames are dropped (and detached sessions overflow) often."""
-    return st.builds(OpenOutbox, sessions, st.integers(0, 3), st.integers(0, 16))
+    return st.builds(OpenOutbox, sessions, CONNS, st.integers(0, 3), st.integers(0, 16))
 
 
 @pytest.mark.redis
@@ -409,3 +447,33 @@ async def _same_on_both(redis: RedisBackend, data: st.DataObject) -> None:
                 memory.frames_after_now(sid, after, limit)
             )
             assert await held(redis, sid) == memory.frames_after_now(sid, 0, 1000)
+
+
+# Connections, and the client messages applied
+
+
+async def test_each_delivery_names_the_connection_its_session_is_on(backend: Backend) -> None:
+    await one(backend, ops(OpenOutbox("s", CONN, 8, 100), OpenOutbox("t", 9 << 32, 8, 100)))
+    outcome = await one(backend, deliver(("s", b"1"), ("t", b"2"), ops=[Detach("t")]))
+    assert outcome == Committed(2, (1, 1), (CONN, None))
+    moved = deliver(("t", b"3"), ops=[Attach("t", CONN + 1, 1)])
+    assert await one(backend, moved) == Committed(3, (2,), (CONN + 1,))
+    assert (await backend.outboxes(["t"]))["t"] == OutboxState(3, 1, CONN + 1, 1)
+
+
+async def test_a_client_message_applies_once(backend: Backend) -> None:
+    await one(backend, ops(OpenOutbox("s", CONN, 8, 100)))
+    first = Transaction({}, deliveries=[("s", b"reply")], applied=("s", 4))
+    assert await one(backend, first) == Committed(2, (1,), (CONN,))
+    assert (await backend.outboxes(["s"]))["s"] == OutboxState(2, 1, CONN, 1, last_cseq=4)
+    for again in (4, 3):
+        resent = Transaction({}, deliveries=[("s", b"reply")], applied=("s", again))
+        assert await one(backend, resent) == Conflict(frozenset({"outbox:s"}))
+    assert await held(backend, "s") == [(1, b"reply")]
+    ended = Transaction({}, outbox_ops=[CloseOutbox("s")], applied=("s", 5))  # a `bye`
+    assert isinstance(await one(backend, ended), Committed)
+
+
+async def test_node_numbers_are_never_given_twice(backend: Backend) -> None:
+    numbers = [await backend.register_node() for _ in range(3)]
+    assert len(set(numbers)) == 3 and min(numbers) >= 1

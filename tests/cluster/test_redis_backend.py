@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from callbox.cluster.backend import ABSENT, ClusterUnavailable, Committed, Transaction
+from callbox.cluster.backend import ABSENT, ClusterUnavailable, Transaction
 from callbox.cluster.redis_backend import BadRedis, RedisBackend, connect
 from tests.cluster.redis_server import RedisServer, needs_redis_server, unique_prefix
+from tests.cluster.test_backend_contract import CommittedAs
 
 pytestmark = pytest.mark.redis
 
@@ -131,7 +132,7 @@ async def test_the_instance_id_changes_only_when_redis_lost_it(redis_server: Red
 
 async def test_scripts_redis_forgot_are_loaded_again(redis_backend: RedisBackend) -> None:
     await redis_backend.client.script_flush()  # as a restarted Redis has none
-    assert await redis_backend.commit("b", [Transaction({})]) == [Committed(1, ())]
+    assert await redis_backend.commit("b", [Transaction({})]) == [CommittedAs(1, ())]
     assert await redis_backend.load(["k"]) == {"k": ABSENT}
 
 

@@ -29,11 +29,16 @@ must behave identically (tests/cluster/test_backend_contract.py runs the same ca
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from attrs import define, field, frozen
+
+LAST_SEEN_TTL_MS: Final = 7 * 24 * 3600 * 1000
+"""How long the store keeps when a user was last seen ("last_seen:<user>" keys expire then): a
+single process remembers the last `LAST_SEEN_REMEMBERED` users instead."""
 
 Version = int
 """A key's version: the number of the commit that last wrote it; 0 means absent."""
@@ -181,6 +186,14 @@ class Backend(Protocol):
         """Apply `batch` in order, each transaction whole or not at all (see the module)."""
         ...
 
+    async def now_ms(self) -> int:
+        """The cluster's clock (Unix ms): what every node's deadlines are measured on."""
+        ...
+
+    async def register_node(self) -> int:
+        """A node number never given before (from 1): a new node's, for its connection ids."""
+        ...
+
     async def frames_after(
         self, session_id: str, after_seq: int, limit: int
     ) -> list[tuple[int, bytes]]:
@@ -248,6 +261,8 @@ class MemoryBackend:
     last_version: Version = 0
     batches: dict[str, list[Outcome]] = field(factory=dict)
     """Outcomes by batch id, so a batch committed twice applies once."""
+    nodes: int = 0
+    """Node numbers given so far."""
 
     def load_now(self, keys: Sequence[str]) -> dict[str, Versioned]:
         found = {}
@@ -372,3 +387,10 @@ class MemoryBackend:
         self, session_id: str, after_seq: int, limit: int
     ) -> list[tuple[int, bytes]]:
         return self.frames_after_now(session_id, after_seq, limit)
+
+    async def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    async def register_node(self) -> int:
+        self.nodes += 1
+        return self.nodes

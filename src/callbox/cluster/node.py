@@ -37,7 +37,8 @@ from callbox.core.store import Missing
 
 CONN_BITS: Final = 32
 MAX_CONFLICTS: Final = 3
-"""Commits of one event refused for a conflict before it is given up (`Unavailable`)."""
+"""Commits of one event refused for contention (a key loaded for the event changed before its
+commit) before it is given up (`Unavailable`)."""
 MAX_LOADS: Final = 64
 """Loads for one event before it is given up: a record names a few others, never this many."""
 
@@ -85,6 +86,10 @@ class Node:
         find the cache as its first run left it."""
         store = self.store
         conflicts = loads = 0
+        loaded_now: set[str] = set()
+        """Keys loaded for this event: a conflict on one of them is contention (another node
+        changed it meanwhile), which `MAX_CONFLICTS` bounds; a conflict on a key the cache
+        held from before is a stale copy found, which the next load replaces (`MAX_LOADS`)."""
         try:
             while True:
                 try:
@@ -97,7 +102,8 @@ class Node:
                     elif isinstance(outcome, Overflow):
                         store.overflowing |= frozenset(outcome.session_ids)
                     else:
-                        conflicts += 1
+                        if outcome.keys & loaded_now:
+                            conflicts += 1
                         if conflicts > MAX_CONFLICTS:
                             raise Unavailable(f"conflicts on {sorted(outcome.keys)}") from None
                         store.evict(outcome.keys)
@@ -105,7 +111,9 @@ class Node:
                     loads += 1
                     if loads > MAX_LOADS:
                         raise Unavailable(f"{loads} loads, the last {miss.key}") from None
-                    loaded = yield self._load(miss.key)
+                    request = self._load(miss.key)
+                    loaded_now.update(request.keys, (f"outbox:{s}" for s in request.outboxes))
+                    loaded = yield request
                     assert isinstance(loaded, tuple)
                     store.install(*loaded)
         except BaseException:

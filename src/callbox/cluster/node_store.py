@@ -152,6 +152,7 @@ class NodeStore(TrackingStore):
             self._drop(kind, key)
             self.known.discard((kind, key))
             self.versions.pop((kind, key), None)
+            self._failed_reads.pop((kind, key), None)  # read again when run again
 
     def _put(self, kind: str, key: str, data: bytes) -> None:
         if kind == "session":
@@ -304,8 +305,9 @@ class NodeStore(TrackingStore):
     # The transaction ---------------------------------------------------------------------------
 
     @property
-    def committed_before(self) -> bool:
-        return self.outcome is not None
+    def reads_checked(self) -> bool:
+        """Checked by the event's commit, or nothing read by the runs rolled back."""
+        return self.outcome is not None or not self._failed_reads
 
     def rollback(self) -> None:
         for key, version in self._reads.items():
@@ -330,7 +332,7 @@ class NodeStore(TrackingStore):
         reads = {
             key: version
             for key, version in self._failed_reads.items()
-            if self.versions.get(key, 0) == version  # else loaded since, and read again
+            if key in self.known and self.versions[key] == version  # else loaded again since
         }
         reads.update(self._reads)
         transaction = Transaction(

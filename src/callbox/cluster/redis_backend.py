@@ -20,9 +20,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from importlib.resources import files
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import coredis
 from attrs import define, field
 from coredis.commands.script import Script
@@ -32,6 +33,7 @@ from coredis.retry import ConstantRetryPolicy
 from coredis.tokens import PureToken
 
 from callbox.cluster.backend import (
+    LAST_SEEN_TTL_MS,
     Acknowledge,
     Attach,
     ClusterUnavailable,
@@ -113,9 +115,11 @@ class RedisBackend:
             reply: object = await self._outboxes([], [self.prefix, *session_ids], readonly=True)
         numbers = iter(cast(list[int], reply))
         return {
-            sid: OutboxState(next_seq, first_held, attached == 1, unsent_from) if next_seq else None
-            for sid, next_seq, first_held, attached, unsent_from in zip(
-                session_ids, numbers, numbers, numbers, numbers, strict=True
+            sid: OutboxState(next_seq, first_held, conn or None, unsent_from, last_cseq)
+            if next_seq
+            else None
+            for sid, next_seq, first_held, conn, unsent_from, last_cseq in zip(
+                session_ids, numbers, numbers, numbers, numbers, numbers, strict=True
             )
         }
 
@@ -142,6 +146,10 @@ class RedisBackend:
         with self._reaching():
             now: object = await self._now_ms([], [], readonly=True)
         return cast(int, now)
+
+    async def register_node(self) -> int:
+        with self._reaching():
+            return await self.client.incr(f"{self.prefix}nodes")
 
     async def instance(self) -> str:
         """The id of the data Redis holds: made by the first node that asks, it changes only
@@ -196,6 +204,38 @@ class RedisBackend:
             raise ClusterUnavailable(f"{self.where} refused: {exc}") from exc
 
 
+@define(eq=False)
+class RedisBus:
+    """Nodes wake each other through Redis pub/sub, a channel per node (`<prefix>n:<number>`).
+    Pub/sub loses what is published while a subscriber reconnects: a wake-up only hastens a
+    delivery the outbox holds anyway (the next frame's gap, or a catch-up, finds it)."""
+
+    backend: RedisBackend
+
+    async def publish(self, node: int, message: bytes) -> None:
+        with self.backend._reaching():
+            await self.backend.client.publish(f"{self.backend.prefix}n:{node}", message)
+
+    @asynccontextmanager
+    async def subscribe(self, node: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        channel = f"{self.backend.prefix}n:{node}"
+        try:
+            async with self.backend.client.pubsub(
+                channels=[channel], ignore_subscribe_messages=True
+            ) as consumer:
+                yield _payloads(consumer)
+        except* anyio.ClosedResourceError:
+            # coredis 6.9, cancelled (a node stopping), unsubscribes on the connection its
+            # cancellation has closed: nothing is left to unsubscribe from.
+            pass
+
+
+async def _payloads(consumer: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async for message in consumer:
+        if message["type"] == "message":
+            yield cast(bytes, message["data"])
+
+
 def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> list[str | bytes]:
     """ARGV for commit.lua (which describes the layout): the batch as two strings, integers
     and the bytes of every key, session id and frame, so that coredis handles four arguments
@@ -226,20 +266,27 @@ def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> li
             ints.append(code)
             string(op.session_id)
             ints.extend(numbers)
+        if txn.applied is None:
+            ints.append(0)
+        else:
+            ints.append(1)
+            string(txn.applied[0])
+            ints.append(txn.applied[1])
         ints.append(len(txn.deliveries))
         for sid, frame in txn.deliveries:
             string(sid)
             string(frame)
-    return [prefix, batch_id, struct.pack(f">{len(ints)}q", *ints), b"".join(blob)]
+    packed = struct.pack(f">{len(ints)}q", *ints)
+    return [prefix, batch_id, packed, b"".join(blob), str(LAST_SEEN_TTL_MS)]
 
 
 def _op_ints(op: OutboxOp) -> tuple[int, ...]:
     """The operation's code, then its numbers (its session id goes between: commit.lua)."""
     match op:
-        case OpenOutbox(_, max_messages, max_bytes):
-            return (1, max_messages, max_bytes)
-        case Attach(_, last_seq):
-            return (2, last_seq)
+        case OpenOutbox(_, conn, max_messages, max_bytes):
+            return (1, conn, max_messages, max_bytes)
+        case Attach(_, conn, last_seq):
+            return (2, conn, last_seq)
         case Detach(_, None):
             return (4,)
         case Detach(_, int(unsent_from)):
@@ -253,8 +300,12 @@ def _op_ints(op: OutboxOp) -> tuple[int, ...]:
 def _outcome(reply: list[object]) -> Outcome:
     kind, *rest = reply
     if kind == 0:
-        version, seqs = rest
-        return Committed(cast(int, version), tuple(cast(list[int], seqs)))
+        version, seqs, conns = rest
+        return Committed(
+            cast(int, version),
+            tuple(cast(list[int], seqs)),
+            tuple(conn or None for conn in cast(list[int], conns)),
+        )
     names = [name.decode() for name in cast(list[bytes], rest[0])]
     return Conflict(frozenset(names)) if kind == 1 else Overflow(tuple(names))
 

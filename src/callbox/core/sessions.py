@@ -309,6 +309,8 @@ class Sessions:
     """The switchboard's end of a session, everything it was in included: a resume that cannot
     be honoured ends the session it names."""
     auth_throttle: AuthThrottle = field(factory=AuthThrottle)
+    node: str | None = None
+    """In a cluster, the name of the node `welcome` comes from."""
 
     def hello(self, link: Link, hello: Hello, now: float) -> Session | None:
         """Answer `hello` now, or once its address's sign-in throttle allows; returns the new
@@ -385,6 +387,7 @@ class Sessions:
             resume_token=session.resume_token,
             resumed=resumed,
             last_cseq=session.last_cseq if resumed else None,
+            node=self.node,
             ice_servers=self.ice_servers(session.user_id),
             heartbeat_ms=self.config.heartbeat_ms,
             limits=self.config.limits(),

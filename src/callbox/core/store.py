@@ -167,10 +167,11 @@ class Store(Protocol):
         ...
 
     @property
-    def committed_before(self) -> bool:
-        """Whether the event is being run again to take effect, its changes committed by an
-        earlier run (a store shared by many nodes commits first): what that run logged is
-        not logged again."""
+    def reads_checked(self) -> bool:
+        """Whether what the event reads is known to be current, so that a bug it hits is one
+        (logged): always in a single process; a node of a cluster knows only once the event's
+        commit has checked its reads, and runs it again (a stale copy of a record may make the
+        core fail where the current one would not)."""
         ...
 
     # Transactions: one per event. Between events, and in an event until `changing`, the
@@ -238,8 +239,8 @@ class LocalStore:
     # Transactions ----------------------------------------------------------------------------
 
     @property
-    def committed_before(self) -> bool:
-        return False  # an event commits here once, at its end
+    def reads_checked(self) -> bool:
+        return True  # every record is here, current
 
     def changing(self) -> None:
         self._changing = True

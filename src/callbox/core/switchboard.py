@@ -134,6 +134,8 @@ class Switchboard:
     ice_refresh_in: Callable[[], float | None]
     """Seconds until those credentials should be refreshed, or None if they never expire."""
     new_token: Callable[[int], str] = secrets.token_urlsafe
+    node: str | None = field(default=None, kw_only=True)
+    """In a cluster, this node's name: `welcome` carries it."""
     store: Store = field(factory=LocalStore, kw_only=True)
     outbox: Outbox = field(factory=Outbox, kw_only=True)
     """What each event decides; a test may pass one that records more."""
@@ -166,6 +168,7 @@ class Switchboard:
             ice_refresh_in=self.ice_refresh_in,
             new_token=self._tokens,
             end_session=self._end_session,
+            node=self.node,
         )
 
     # -----------------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ class Switchboard:
             except Missing:
                 raise
             except Exception:  # a bug, not a refusal: contained to this message and its sender
-                if not self.store.committed_before:
+                if self.store.reads_checked:
                     log.exception("internal error handling %s on connection %s", message.TYPE, conn)
                 actions = self._transact(False, self._internal_error, link, message)
         except Missing:
@@ -250,12 +253,17 @@ class Switchboard:
         except Missing:
             raise
         except Exception:
-            if not self.store.committed_before:
+            if self.store.reads_checked:
                 log.exception("internal error handling timer %r", key)
             return self._transact(False, _nothing)
 
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
+
+    def has_session(self, conn: ConnId) -> bool:
+        """Whether `conn` carries a session (its `hello` has been answered)."""
+        link = self._links.get(conn)
+        return link is not None and link.session_id is not None
 
     @property
     def errors(self) -> Counter[str]:

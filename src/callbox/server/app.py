@@ -43,6 +43,7 @@ from callbox.core.actions import (
     StartTimer,
     TimerKey,
 )
+from callbox.core.store import LocalStore, Store
 from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
@@ -249,8 +250,11 @@ class SignalingServer:
         self._carry_out(self.switchboard.timer_fired(key, trio.current_time(), time.time()))
 
 
-def build_switchboard(config: Config) -> Switchboard:
-    """The switchboard with real authentication and ICE servers, which read the wall clock."""
+def build_switchboard(
+    config: Config, store: Store | None = None, node: str | None = None
+) -> Switchboard:
+    """The switchboard with real authentication and ICE servers, which read the wall clock;
+    a cluster node's runs on its own `store` and names its `node` in `welcome`."""
 
     def authenticate_hello(hello: Hello) -> str:
         return authenticate(hello, config, now=time.time())
@@ -268,6 +272,8 @@ def build_switchboard(config: Config) -> Switchboard:
         authenticate=authenticate_hello,
         ice_servers=ice_servers,
         ice_refresh_in=ice_refresh_in,
+        store=LocalStore() if store is None else store,
+        node=node,
     )
 
 
@@ -289,12 +295,29 @@ async def serve(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the signaling server until cancelled; reports its listeners once it is accepting.
+    With `config.redis_url`, it is a node of that cluster (callbox.server.cluster).
 
     A process that is only this server should also `tune_garbage_collector()`; `callbox serve`
     does. It is not done here because the collector's settings belong to the whole process.
     """
+    if config.redis_url is not None:
+        from callbox.server.cluster import serve_on_redis  # noqa: PLC0415 (needs '.[cluster]')
+
+        await serve_on_redis(config, config.redis_url, task_status=task_status)
+        return
+    await run_server(
+        config, lambda nursery: SignalingServer(build_switchboard(config), nursery), task_status
+    )
+
+
+async def run_server(
+    config: Config,
+    make_server: Callable[[trio.Nursery], SignalingServer],
+    task_status: trio.TaskStatus[list[trio.SocketListener]],
+) -> None:
+    """Run the server `make_server` makes, on listeners for `config`'s host and port."""
     async with trio.open_nursery() as nursery:
-        server = SignalingServer(build_switchboard(config), nursery)
+        server = make_server(nursery)
         listeners: list[trio.SocketListener] = await nursery.start(
             lambda task_status: serve_websockets(
                 server,

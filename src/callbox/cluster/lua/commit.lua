@@ -14,23 +14,26 @@
 --   n, (key, data) * n                             the writes
 --   n, key * n                                     the deletes
 --   n, op * n                                      outbox operations, each a code and a session:
---      1 sid max_messages max_bytes (open) | 2 sid last_seq (attach)
+--      1 sid conn max_messages max_bytes (open) | 2 sid conn last_seq (attach)
 --      | 3 sid unsent_from (detach) | 4 sid (detach from the next seq)
 --      | 5 sid last_seq (acknowledge) | 6 sid (close)
+--   0 | 1, session id, cseq                         the client message applied, if one was
 --   n, (session id, frame) * n                     the deliveries
--- Reply, one per transaction: {0, version, {seq...}} | {1, {key...}} | {2, {session id...}}.
+-- ARGV[5]: how long "last_seen:" records are kept, ms (they expire; nothing else does).
+-- Reply, one per transaction: {0, version, {seq...}, {conn...}} (conn 0: the session is away)
+-- | {1, {key...}} | {2, {session id...}}.
 --
 -- Every item is taken in its own statement: Lua leaves the order of an expression list's
 -- evaluation undefined.
 --
 -- Keys: <prefix>r:<key> a record, a hash {v = version, d = data}; <prefix>q:<sid> a session's
--- outbox, seven integers packed as META says (next seq, first seq held, bytes held, attached
--- 1/0, unsent_from, max messages, max bytes: a GET and a SET a commit, where a hash took an
--- HMGET of six fields, an LLEN and an HSET) and <prefix>o:<sid> its frames, a list, oldest
+-- outbox, eight integers packed as META says (next seq, first seq held, bytes held, the
+-- connection it is attached to (0: none), unsent_from, max messages, max bytes, the last cseq
+-- applied: a GET and a SET a commit, where a hash took an HMGET, an LLEN and an HSET) and <prefix>o:<sid> its frames, a list, oldest
 -- first; <prefix>version the counter every commit draws its version from;
 -- <prefix>idem:<batch id> a batch's reply, kept 300 s.
 
-local META = '>i8i8i8i8i8i8i8'
+local META = '>i8i8i8i8i8i8i8i8'
 local prefix = ARGV[1]
 local idem = prefix .. 'idem:' .. ARGV[2]
 local done = redis.call('GET', idem)
@@ -39,6 +42,7 @@ if done then
 end
 
 local ints, ints_at, blob, blob_at = ARGV[3], 1, ARGV[4], 1
+local last_seen_ttl = tonumber(ARGV[5])
 local function take_number()
   local n
   n, ints_at = struct.unpack('>i8', ints, ints_at)
@@ -53,10 +57,10 @@ end
 -- An outbox as a transaction leaves it, in Lua only until the transaction commits. Its frames
 -- are the `stored` ones in Redis followed by `new` ones; `dropped` of them, from the front,
 -- are gone. `fresh`: opened by this transaction (the list in Redis, if any, is an old one).
-local function new_box(sid, max_messages, max_bytes)
+local function new_box(sid, conn, max_messages, max_bytes)
   return {
     q = prefix .. 'q:' .. sid, o = prefix .. 'o:' .. sid,
-    n = 1, held = 0, attached = true, unsent = 1, mm = max_messages, mb = max_bytes,
+    n = 1, held = 0, conn = conn, unsent = 1, mm = max_messages, mb = max_bytes, cseq = 0,
     stored = 0, new = {}, dropped = 0, fresh = true,
   }
 end
@@ -67,9 +71,9 @@ local function load_box(sid)
   if not meta then
     return false
   end
-  local first, attached
-  box.n, first, box.held, attached, box.unsent, box.mm, box.mb = struct.unpack(META, meta)
-  box.attached, box.stored, box.fresh = attached == 1, box.n - first, false
+  local first
+  box.n, first, box.held, box.conn, box.unsent, box.mm, box.mb, box.cseq = struct.unpack(META, meta)
+  box.stored, box.fresh = box.n - first, false
   return box
 end
 
@@ -104,7 +108,7 @@ local function hold(box, frame)
   box.held = box.held + #frame
   local lost_unread = false
   while (box.held > box.mb or count(box) > box.mm) and count(box) > 1 do
-    if not box.attached and box.n - count(box) >= box.unsent then
+    if box.conn == 0 and box.n - count(box) >= box.unsent then
       lost_unread = true
     end
     box.held = box.held - drop_front(box, 1)
@@ -128,7 +132,7 @@ local function save_box(box)
     first = last + 1
   end
   redis.call('SET', box.q, struct.pack(META, box.n, box.n - count(box), box.held,
-    box.attached and 1 or 0, box.unsent, box.mm, box.mb))
+    box.conn, box.unsent, box.mm, box.mb, box.cseq))
 end
 
 -- Adds `name` to a transaction's set of conflicts, made at its first one: most have none.
@@ -180,10 +184,14 @@ local function apply()
       if box then
         stale = conflict(stale, 'outbox:' .. sid)
       end
+      local conn = take_number()
       local max_messages = take_number()
-      boxes[sid] = new_box(sid, max_messages, take_number())
+      boxes[sid] = new_box(sid, conn, max_messages, take_number())
     else
-      local arg = nil
+      local conn, arg = nil, nil
+      if code == 2 then
+        conn = take_number()
+      end
       if code == 2 or code == 3 or code == 5 then
         arg = take_number()
       end
@@ -196,9 +204,9 @@ local function apply()
         if not (first - 1 <= arg and arg <= box.n - 1) then
           stale = conflict(stale, 'outbox:' .. sid)
         end
-        box.attached = true
+        box.conn = conn
       elseif code == 3 or code == 4 then -- detach
-        box.attached = false
+        box.conn = 0
         box.unsent = arg or box.n
       elseif arg > box.n - 1 then -- acknowledge
         stale = conflict(stale, 'outbox:' .. sid)
@@ -207,6 +215,17 @@ local function apply()
         local k = math.max(0, math.min(arg - first + 1, count(box)))
         box.held = box.held - drop_front(box, k)
       end
+    end
+  end
+  if take_number() == 1 then -- the client message applied: its cseq must be new
+    local sid = take()
+    local cseq = take_number()
+    local box = box_of(sid)
+    if box then -- else the message ended its session (`bye`)
+      if cseq <= box.cseq then
+        stale = conflict(stale, 'outbox:' .. sid)
+      end
+      box.cseq = cseq
     end
   end
   local deliveries = {} -- session id, frame, session id, frame...
@@ -221,11 +240,12 @@ local function apply()
     return {1, stale}
   end
 
-  local seqs, overflowing = {}, nil
+  local seqs, conns, overflowing = {}, {}, nil
   for i = 1, #deliveries, 2 do
     local sid = deliveries[i]
     local seq, lost_unread = hold(boxes[sid], deliveries[i + 1])
     seqs[#seqs + 1] = seq
+    conns[#conns + 1] = boxes[sid].conn
     if lost_unread then
       overflowing = conflict(overflowing, sid)
     end
@@ -236,7 +256,11 @@ local function apply()
 
   version = version + 1
   for i = 1, #writes, 2 do
-    redis.call('HSET', prefix .. 'r:' .. writes[i], 'v', version, 'd', writes[i + 1])
+    local key = prefix .. 'r:' .. writes[i]
+    redis.call('HSET', key, 'v', version, 'd', writes[i + 1])
+    if string.sub(writes[i], 1, 10) == 'last_seen:' then
+      redis.call('PEXPIRE', key, last_seen_ttl)
+    end
   end
   for _, key in ipairs(deletes) do
     redis.call('DEL', prefix .. 'r:' .. key)
@@ -249,7 +273,7 @@ local function apply()
       redis.call('DEL', prefix .. 'q:' .. sid, prefix .. 'o:' .. sid)
     end
   end
-  return {0, version, seqs}
+  return {0, version, seqs, conns}
 end
 
 local outcomes = {}

@@ -276,3 +276,11 @@ async def internal_failure(ctx: Context) -> None:
     """error internal means the server failed while handling a message: no client can provoke
     it (tests/core/test_internal_errors.py forces one in each of our server's handlers)."""
     raise Skip("only a failing server answers internal; no valid or invalid request can")
+
+
+@case("errors.unavailable", "errors", covers=("error:unavailable",))
+async def store_unavailable(ctx: Context) -> None:
+    """error unavailable means a node of a cluster could not reach the store it shares with
+    the others in time, and applied nothing: no client can provoke it (tests/cluster/
+    test_shell.py takes a node's store away and checks the answer, and the 1013 a hello gets)."""
+    raise Skip("only a cluster node whose store is out of reach answers unavailable")

@@ -1,0 +1,351 @@
+"""The trio shell of a cluster node: the single process's shell (`SignalingServer`), with every
+event run against the shared store (docs/decisions/0014-cluster.md).
+
+What changes from a single process:
+
+- **Events queue.** The transport's callbacks cannot wait, and an event may have to load records
+  and commit, so each is queued (`MAX_QUEUED_EVENTS`) and one task runs them in order through
+  `Node.run`: a rerun must find the cache as its first run left it. A client message that finds
+  the queue full, or the store out of reach for `RETRY_FOR` seconds, gets `error unavailable`
+  (not applied); a `hello` gets close 1013 instead. A timer that could not run is run again a
+  second later.
+- **Frames.** What a commit numbers reaches this node's connections through the `Gateway`, in
+  `seq` order; frames for another node's connections wake that node (the `Bus`), which reads them
+  from the session's outbox. A resume's replay is read from the outbox too.
+- **Time.** The core's `now` is the cluster's clock (the store's, in seconds), so a deadline
+  one node writes into a record means the same on every node; timers run on the local clock,
+  shifted by the difference measured at start.
+- **Connection ids** are unique in the cluster: the node's number in the high bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final, Protocol
+
+import trio
+from attrs import define, field, frozen
+
+from callbox.cluster.backend import Backend, ClusterUnavailable
+from callbox.cluster.node import (
+    Commit,
+    Fetch,
+    Forward,
+    Gateway,
+    Load,
+    Node,
+    Reply,
+    Unavailable,
+    Wake,
+    first_conn,
+)
+from callbox.cluster.node_store import NodeStore
+from callbox.codec import encode, rid_of
+from callbox.config import Config
+from callbox.core.actions import Action, Close, ConnId, StartTimer, TimerKey
+from callbox.core.switchboard import Switchboard
+from callbox.messages import Error
+from callbox.server.app import SignalingServer, build_switchboard, run_server
+from callbox.server.transport.connection import Connection
+
+log = logging.getLogger("callbox.cluster")
+
+MAX_QUEUED_EVENTS: Final = 10_000
+"""Events waiting for the node's event task; beyond, messages are answered `unavailable`."""
+RETRY_FOR: Final = 2.0
+"""Seconds a load or commit is retried while the store is out of reach."""
+FETCH_LIMIT: Final = 256
+"""Frames read from an outbox per request (a resume's replay may take several)."""
+TIMER_RETRY: Final = 1.0
+"""Seconds before a timer whose event could not commit is run again."""
+CLOSE_UNAVAILABLE: Final = 1013
+UNAVAILABLE_MESSAGE: Final = (
+    "the cluster's store is out of reach: the message was not applied; send it again"
+)
+
+
+class Bus(Protocol):
+    """How nodes wake each other: at most once, in order per sender, possibly not at all (a
+    lost wake-up delays frames until the next one, never loses them: outboxes hold them)."""
+
+    async def publish(self, node: int, message: bytes) -> None: ...
+    def subscribe(self, node: int) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+@define(eq=False)
+class MemoryBus:
+    """The `Bus` of nodes in one process (tests)."""
+
+    _channels: dict[int, trio.MemorySendChannel[bytes]] = field(factory=dict)
+
+    async def publish(self, node: int, message: bytes) -> None:
+        channel = self._channels.get(node)
+        if channel is not None:
+            lost = (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError)
+            with contextlib.suppress(*lost):  # as pub/sub loses them: the outbox has the frames
+                channel.send_nowait(message)
+
+    @asynccontextmanager
+    async def subscribe(self, node: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        send, receive = trio.open_memory_channel[bytes](MAX_QUEUED_EVENTS)
+        self._channels[node] = send
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._channels.pop(node, None)
+
+
+@frozen
+class Queued:
+    """An event waiting for the node's event task."""
+
+    run: Callable[[], list[Action]]
+    conn: ConnId | None = None
+    """The connection of a client message (told if it cannot be applied)."""
+    data: bytes | None = None
+    timer: TimerKey | None = None
+
+
+def wake_message(wake: Wake) -> bytes:
+    return f"w {wake.conn} {wake.seq} {wake.session_id}".encode()
+
+
+def close_message(close: Close) -> bytes:
+    return f"c {close.conn} {close.code} {close.reason}".encode()
+
+
+class ClusterServer(SignalingServer):
+    """A node: connections and timers here, records and outboxes in the shared store."""
+
+    def __init__(
+        self,
+        switchboard: Switchboard,
+        nursery: trio.Nursery,
+        *,
+        backend: Backend,
+        bus: Bus,
+        number: int,
+        clock_offset: float,
+    ) -> None:
+        super().__init__(switchboard, nursery)
+        store = switchboard.store
+        assert isinstance(store, NodeStore), "a cluster node's switchboard runs on a NodeStore"
+        self.number = number
+        self._backend = backend
+        self._bus = bus
+        self._node = Node(store)
+        self._gateway = Gateway(number)
+        self._first_conn = first_conn(number)
+        self._offset = clock_offset
+        """The cluster's clock minus trio's, in seconds."""
+        self._batches = itertools.count(1)
+        self._queue, self._queued = trio.open_memory_channel[Queued](MAX_QUEUED_EVENTS)
+        nursery.start_soon(self._run_events, name=f"node {number} events")
+        nursery.start_soon(self._listen, name=f"node {number} wake-ups")
+
+    def _now(self, local: float | None = None) -> float:
+        """The cluster's clock, in seconds, at trio's `local` time (default: now)."""
+        return (trio.current_time() if local is None else local) + self._offset
+
+    def _id(self, conn: Connection) -> ConnId:
+        return self._first_conn + conn.id
+
+    # ConnectionHandler: every event queued -----------------------------------------------------
+
+    def on_open(self, conn: Connection) -> None:
+        conn_id = self._id(conn)
+        self._connections[conn_id] = conn
+        now, address = self._now(), conn.client_host
+        self._enqueue(Queued(lambda: self.switchboard.connect(conn_id, now, address)))
+
+    def on_text(self, conn: Connection, data: bytes) -> None:
+        conn_id = self._id(conn)
+        now, wall = self._now(conn.last_received), time.time()
+        self._enqueue(
+            Queued(lambda: self.switchboard.receive(conn_id, data, now, wall), conn_id, data)
+        )
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        conn_id, now = self._id(conn), self._now()
+        self._enqueue(Queued(lambda: self.switchboard.receive_binary(conn_id, now)))
+
+    def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
+        conn_id, now = self._id(conn), self._now()
+        self._connections.pop(conn_id, None)
+        self._gateway.closed(conn_id)
+        self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
+
+    def _timer_fired(self, key: TimerKey) -> None:
+        now, wall = self._now(), time.time()
+        self._enqueue(Queued(lambda: self.switchboard.timer_fired(key, now, wall), timer=key))
+
+    def _enqueue(self, event: Queued) -> None:
+        try:
+            self._queue.send_nowait(event)
+        except trio.WouldBlock:
+            log.warning("node %d: %d events queued; refusing one", self.number, MAX_QUEUED_EVENTS)
+            self._refuse(event)
+
+    # The event task --------------------------------------------------------------------------
+
+    async def _run_events(self) -> None:
+        async for event in self._queued:
+            try:
+                actions = await self._run(event.run)
+            except (Unavailable, ClusterUnavailable) as unavailable:
+                log.warning("node %d: event not applied: %s", self.number, unavailable)
+                self._refuse(event)
+                continue
+            await self._carry_out_routed(actions)
+
+    async def _run(self, event: Callable[[], list[Action]]) -> list[Action]:
+        """`event` run to its commit against the store (see `Node.run`)."""
+        steps = self._node.run(event)
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(await self._serve(request))
+        except StopIteration as done:
+            actions: list[Action] = done.value
+            return actions
+        finally:
+            steps.close()  # a no-op once it has returned; else it gives the event up
+
+    async def _serve(self, request: Load | Commit) -> Reply:
+        """The store's answer to `request`, retried for `RETRY_FOR` seconds while out of
+        reach (a commit under the same batch id: it applies once however often it is sent)."""
+        batch_id = f"{self.number}:{next(self._batches)}" if isinstance(request, Commit) else ""
+        give_up = trio.current_time() + RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                return await self._ask(request, batch_id)
+            except ClusterUnavailable:
+                if trio.current_time() + delay > give_up:
+                    raise
+                await trio.sleep(delay)
+                delay = min(2 * delay, 0.5)
+
+    async def _ask(self, request: Load | Commit, batch_id: str) -> Reply:
+        if isinstance(request, Load):
+            loaded = await self._backend.load(request.keys)
+            return loaded, await self._backend.outboxes(request.outboxes)
+        (outcome,) = await self._backend.commit(batch_id, [request.transaction])
+        return outcome
+
+    def _refuse(self, event: Queued) -> None:
+        """The event could not be applied: a client message is answered `unavailable` (a
+        `hello`, close 1013), a timer is run again later; a lost connection's grace starts when
+        the store is back (its session's node will be found dead)."""
+        if event.timer is not None:
+            super()._carry_out([StartTimer(event.timer, trio.current_time() + TIMER_RETRY)])
+            return
+        if event.conn is None or event.data is None:
+            return
+        connection = self._connections.get(event.conn)
+        if connection is None:
+            return
+        if not self.switchboard.has_session(event.conn):
+            connection.close(CLOSE_UNAVAILABLE, "store unavailable")
+            return
+        error = Error(code="unavailable", message=UNAVAILABLE_MESSAGE, rid=rid_of(event.data))
+        connection.send_text(encode(error))
+
+    # What events do --------------------------------------------------------------------------
+
+    async def _carry_out_routed(self, actions: list[Action]) -> None:
+        wakes: dict[int, list[bytes]] = {}
+        for item in self._gateway.route(actions):
+            if isinstance(item, Wake):
+                wakes.setdefault(item.node, []).append(wake_message(item))
+            elif isinstance(item, Forward):
+                if isinstance(item.action, Close):
+                    wakes.setdefault(item.node, []).append(close_message(item.action))
+            elif isinstance(item, Fetch):
+                await self._fetch(item)
+            elif isinstance(item, StartTimer):  # the core's deadline is on the cluster's clock
+                super()._carry_out([StartTimer(item.key, item.deadline - self._offset)])
+            else:
+                super()._carry_out([item])
+        for node, messages in wakes.items():
+            await self._bus.publish(node, b"\n".join(messages))
+
+    async def _fetch(self, fetch: Fetch) -> None:
+        """Write the frames `fetch` asks for, as many reads as it takes."""
+        while True:
+            try:
+                frames = await self._backend.frames_after(
+                    fetch.session_id, fetch.after_seq, FETCH_LIMIT
+                )
+            except ClusterUnavailable as unavailable:
+                log.warning("node %d: frames not read: %s", self.number, unavailable)
+                return  # the next frame for the session finds the gap and reads them
+            for send in self._gateway.fetched(fetch, frames):
+                self._write(send)
+            if len(frames) < FETCH_LIMIT:
+                return
+            fetch = Fetch(fetch.conn, fetch.session_id, frames[-1][0])
+
+    async def _listen(self) -> None:
+        """Wake-ups and forwarded closes from the other nodes."""
+        async with self._bus.subscribe(self.number) as messages:
+            async for message in messages:
+                for line in message.split(b"\n"):
+                    await self._heard(line.decode())
+
+    async def _heard(self, line: str) -> None:
+        kind, conn_text, number, rest = line.split(" ", 3)
+        conn = int(conn_text)
+        if kind == "w":
+            for fetch in self._gateway.woken(Wake(self.number, conn, rest, int(number))):
+                await self._fetch(fetch)
+        elif kind == "c":
+            self._gateway.closed(conn)
+            super()._carry_out([Close(conn, int(number), rest)])
+
+
+async def serve_node(
+    config: Config,
+    backend: Backend,
+    bus: Bus,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node of the cluster on `backend` and `bus` until cancelled."""
+    number = await backend.register_node()
+    clock_offset = await backend.now_ms() / 1000 - trio.current_time()
+    name = f"{socket.gethostname()}/{number}"
+    log.info("cluster node %s", name)
+
+    def make_server(nursery: trio.Nursery) -> ClusterServer:
+        switchboard = build_switchboard(config, NodeStore(), name)
+        return ClusterServer(
+            switchboard,
+            nursery,
+            backend=backend,
+            bus=bus,
+            number=number,
+            clock_offset=clock_offset,
+        )
+
+    await run_server(config, make_server, task_status)
+
+
+async def serve_on_redis(
+    config: Config,
+    url: str,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node of the cluster on the Redis at `url`."""
+    from callbox.cluster.redis_backend import RedisBus, connect  # noqa: PLC0415
+
+    async with connect(url) as backend:
+        await serve_node(config, backend, RedisBus(backend), task_status=task_status)

@@ -1,0 +1,183 @@
+"""Random interleavings of events on three nodes over the in-memory shared store.
+
+Each node runs its events one at a time, but between one event's load or commit and its next,
+any other node may run: a commit may find what it read changed, conflict and run again, or
+give up (`Unavailable`: the client would be told `unavailable`, and nothing of it happened).
+Whatever the order, each connection sees `seq` 1, 2, 3, ... with no gap or repeat, every party
+of a call is told of its end at most once, no event fails as a bug (`internal`), and once every
+session has said `bye`, no record and no outbox is left in the store (but when each user was
+last seen, which expires by itself).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from callbox.cluster.node import Reply, Request, Unavailable
+from callbox.core.actions import Action
+from callbox.core.switchboard import Switchboard
+from tests.cluster.harness import ClusterHarness, ClusterNode
+from tests.core.harness import Wire, initiate
+
+USERS = ("alice", "bob", "carol", "dave")
+
+Steps = Generator[Request, Reply, list[Action]]
+
+
+class InterleavingHarness(ClusterHarness):
+    """A cluster whose events wait in a queue per node, each run a step at a time (`step`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: dict[int, deque[Callable[[Switchboard], list[Action]]]] = {
+            n: deque() for n in self.nodes
+        }
+        self.running: dict[int, tuple[Steps, Request]] = {}
+        self.unavailable = 0
+        self.stepping = False
+
+    def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
+        if not self.stepping:
+            super()._on(conn, event)
+            return
+        self.queued[conn >> 32].append(event)
+
+    def busy(self) -> list[int]:
+        return [n for n in self.nodes if n in self.running or self.queued[n]]
+
+    def step(self, number: int) -> None:
+        """Node `number` takes one step: starts its next event, or has its current one's
+        request answered by the store."""
+        node = self.nodes[number]
+        if number in self.running:
+            steps, request = self.running.pop(number)
+            self._advance(node, steps, lambda: steps.send(self._serve(request)))
+        elif self.queued[number]:
+            steps = self._steps(node, self.queued[number].popleft())
+            self._advance(node, steps, lambda: next(steps))
+
+    def _advance(self, node: ClusterNode, steps: Steps, move: Callable[[], Request]) -> None:
+        try:
+            self.running[node.number] = (steps, move())
+        except StopIteration as done:
+            self._done(node, done.value)
+        except Unavailable:
+            self.unavailable += 1
+
+    def settle(self) -> None:
+        while busy := self.busy():
+            self.step(busy[0])
+
+
+class Interleavings(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = InterleavingHarness()
+        self.conns: dict[str, int] = {}
+        self.seen: dict[int, int] = {}
+        """Per connection, how many of its messages the invariants have checked."""
+        self.ended: set[tuple[int, str]] = set()
+        """(connection, call id) of every `call_ended`."""
+        self.call_ids: list[str] = []
+
+    @initialize()
+    def sign_in(self) -> None:
+        for user in USERS:
+            self.conns[user] = self.h.login(user)
+        self.h.stepping = True
+
+    def _send(self, user: str, message: Wire) -> None:
+        self.h.send(self.conns[user], message)
+
+    @rule(user=st.sampled_from(USERS), to=st.sampled_from(USERS))
+    def call(self, user: str, to: str) -> None:
+        """A call under a new id: each id names one call, so each party hears of its end once."""
+        call_id = f"call-{len(self.call_ids):04}"
+        self.call_ids.append(call_id)
+        self._send(user, initiate(call_id, to))
+
+    @precondition(lambda self: bool(self.call_ids))
+    @rule(user=st.sampled_from(USERS), data=st.data())
+    def answer(self, user: str, data: st.DataObject) -> None:
+        self._send(user, {"type": "call_answer", "call_id": self._call_id(data)})
+
+    @precondition(lambda self: bool(self.call_ids))
+    @rule(user=st.sampled_from(USERS), data=st.data())
+    def reject(self, user: str, data: st.DataObject) -> None:
+        self._send(user, {"type": "call_reject", "call_id": self._call_id(data)})
+
+    @precondition(lambda self: bool(self.call_ids))
+    @rule(user=st.sampled_from(USERS), data=st.data())
+    def hang_up(self, user: str, data: st.DataObject) -> None:
+        self._send(user, {"type": "hangup", "call_id": self._call_id(data)})
+
+    @precondition(lambda self: bool(self.call_ids))
+    @rule(user=st.sampled_from(USERS), to=st.sampled_from(USERS), data=st.data())
+    def offer(self, user: str, to: str, data: st.DataObject) -> None:
+        message = {"type": "sdp_offer", "call_id": self._call_id(data), "to": to, "sdp": "v=0"}
+        self._send(user, message)
+
+    def _call_id(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(self.call_ids))
+
+    @rule(user=st.sampled_from(USERS), watched=st.sampled_from(USERS))
+    def watch(self, user: str, watched: str) -> None:
+        self._send(user, {"type": "presence_subscribe", "users": [watched]})
+
+    @rule(user=st.sampled_from(USERS))
+    def join_the_room(self, user: str) -> None:
+        self._send(user, {"type": "room_join", "room": "lobby"})
+
+    @precondition(lambda self: bool(self.h.busy()))
+    @rule(data=st.data())
+    def step(self, data: st.DataObject) -> None:
+        self.h.step(data.draw(st.sampled_from(self.h.busy())))
+
+    @invariant()
+    def sequences_have_no_gap_and_calls_end_once(self) -> None:
+        for conn in self.conns.values():
+            inbox = self.h.inbox[conn]
+            for message in inbox[self.seen.get(conn, 0) :]:
+                assert message.get("code") != "internal", message
+                if "seq" in message:
+                    expected = self.seen.get(-conn, 0) + 1
+                    assert message["seq"] == expected, (conn, message, expected)
+                    self.seen[-conn] = expected
+                if message["type"] == "call_ended":
+                    key = (conn, message["call_id"])
+                    assert key not in self.ended, f"{key} ended twice"
+                    self.ended.add(key)
+            self.seen[conn] = len(inbox)
+
+    def teardown(self) -> None:
+        h = self.h
+        h.settle()
+        h.stepping = False
+        for conn in self.conns.values():
+            h.send(conn, {"type": "bye"})
+        self.sequences_have_no_gap_and_calls_end_once()
+        left = [key for key in h.backend.records if not key.startswith("last_seen:")]
+        assert left == [], left  # when users were last seen is kept, for `LAST_SEEN_TTL_MS`
+        assert h.backend.outboxes_by_session == {}
+
+
+def run_interleavings(max_examples: int) -> None:
+    Interleavings.TestCase.settings = settings(
+        max_examples=max_examples, stateful_step_count=40, deadline=None
+    )
+    Interleavings.TestCase().runTest()
+
+
+def test_random_interleavings_on_three_nodes() -> None:
+    run_interleavings(max_examples=60)
+
+
+@pytest.mark.slow
+def test_many_random_interleavings_on_three_nodes() -> None:
+    run_interleavings(max_examples=600)

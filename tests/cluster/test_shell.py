@@ -1,0 +1,113 @@
+"""Nodes of a cluster in one process, on the in-memory backend and bus, over real WebSockets:
+a call between two nodes, and a session resumed on the node it did not start on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from callbox.client import connect
+from callbox.cluster.backend import (
+    ClusterUnavailable,
+    MemoryBackend,
+    Outcome,
+    Transaction,
+    Versioned,
+)
+from callbox.config import Config
+from callbox.messages import (
+    CallAccepted,
+    CallEnded,
+    CallIncoming,
+    CallRinging,
+    Error,
+    RelayedSdpOffer,
+)
+from callbox.server.cluster import CLOSE_UNAVAILABLE, MemoryBus, serve_node
+from tests.helpers import server_url
+
+
+async def start_nodes(nursery: trio.Nursery, count: int) -> list[str]:
+    backend, bus = MemoryBackend(), MemoryBus()
+    config = Config(port=0)
+    return [server_url(await nursery.start(serve_node, config, backend, bus)) for _ in range(count)]
+
+
+async def test_a_call_between_two_nodes(nursery: trio.Nursery) -> None:
+    first, second = await start_nodes(nursery, 2)
+    async with connect(first, user_id="alice") as alice, connect(second, user_id="bob") as bob:
+        assert alice.welcome.node != bob.welcome.node
+        call_id = await alice.initiate(["bob"])
+        await alice.expect(CallRinging, call_id=call_id)
+        await bob.expect(CallIncoming, call_id=call_id, from_="alice")
+        await bob.answer(call_id)
+        await alice.expect(CallAccepted, by="bob")
+        await bob.expect(CallAccepted, by="bob")
+        await bob.offer(call_id, "alice", "v=0")
+        offer = await alice.expect(RelayedSdpOffer, sdp="v=0")
+        assert offer.seq == 3
+        await alice.hangup(call_id)
+        await bob.expect(CallEnded, reason="hangup")
+
+
+async def test_a_session_resumes_on_another_node(nursery: trio.Nursery) -> None:
+    first, second = await start_nodes(nursery, 2)
+    async with connect(first, user_id="alice") as alice, connect(first, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        await alice.expect(CallRinging)
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)
+        await bob.expect(CallAccepted)
+        await alice.expect(CallAccepted)
+        await bob.drop()
+        for n in range(3):
+            await alice.offer(call_id, "bob", f"v={n}")
+        bob.urls = (second,)
+        welcome = await bob.resume()
+        assert welcome.resumed and welcome.node != alice.welcome.node
+        for n in range(3):
+            offer = await bob.expect(RelayedSdpOffer, sdp=f"v={n}")
+            assert offer.seq == 3 + n
+        await alice.hangup(call_id)
+        await bob.expect(CallEnded, reason="hangup")
+
+
+class FailingBackend(MemoryBackend):
+    """A `MemoryBackend` that can be made out of reach, as Redis stopped would be."""
+
+    down = False
+
+    async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
+        self._reach()
+        return await super().load(keys)
+
+    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+        self._reach()
+        return await super().commit(batch_id, batch)
+
+    def _reach(self) -> None:
+        if self.down:
+            raise ClusterUnavailable("the store is down (a test)")
+
+
+async def test_a_store_out_of_reach_answers_unavailable_and_recovers(
+    nursery: trio.Nursery,
+) -> None:
+    backend = FailingBackend()
+    url = server_url(await nursery.start(serve_node, Config(port=0), backend, MemoryBus()))
+    async with connect(url, user_id="alice") as alice, connect(url, user_id="bob") as bob:
+        backend.down = True
+        call_id = await alice.initiate(["bob"], rid="r1")
+        refusal = await alice.expect(Error, code="unavailable", rid="r1")
+        assert "not applied" in refusal.message
+        with pytest.raises(ConnectionClosed) as refused:  # a new session: closed with 1013
+            async with connect(url, user_id="carol"):
+                pass
+        assert refused.value.reason.code == CLOSE_UNAVAILABLE
+        backend.down = False
+        await alice.initiate(["bob"], call_id=call_id)  # sent again: applied once
+        await alice.expect(CallRinging, call_id=call_id)
+        await bob.expect(CallIncoming, call_id=call_id)
