@@ -253,12 +253,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"callbox {callbox.__version__}\n"
 
 
-def test_a_port_in_use_is_said_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_port_in_use_is_said_in_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"callbox: cannot listen on 127.0.0.1:{port}: " in err
     assert "Traceback" not in err and "ExceptionGroup" not in err

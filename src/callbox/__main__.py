@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the server at ws://HOST:PORT/ws; the server logs that line once it"
         " listens. Settings come from the environment (see 'callbox --help'); the flags below"
         " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; a configuration"
-        " error exits with status 2. Logs go to stderr, one line per event.",
+        " error, or an address it cannot listen on, exits with status 2 and one line on stderr."
+        " Logs go to stderr, one line per event.",
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="TCP port (0: any)")
@@ -121,9 +122,9 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(_serve_until_signalled, serve, config)
     except* KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown, or one before the signal handler was installed
-    except* ListenError as failed:
+    except* ListenError as failed:  # a start-up error, like a configuration one
         print(f"callbox: {_first_leaf(failed)}", file=sys.stderr)
-        status = 1
+        status = 2
     return status
 
 
