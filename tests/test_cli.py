@@ -146,6 +146,39 @@ def test_serve_runs_the_app_with_env_and_flags(
     assert seen == [Config(host="0.0.0.0", port=9100, ring_timeout_ms=20_000)]
 
 
+def test_tls_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch, fake_app: Callable[[Serve], None]
+) -> None:
+    seen: list[Config] = []
+
+    async def serve(config: Config) -> None:
+        seen.append(config)
+
+    fake_app(serve)
+    monkeypatch.setenv("TLS_CERT_FILE", "/env/cert.pem")
+    monkeypatch.setenv("TLS_KEY_FILE", "/env/key.pem")
+    assert main(["serve", "--tls-cert", "/flag/cert.pem", "--tls-key", "/flag/key.pem"]) == 0
+    assert (seen[0].tls_cert_file, seen[0].tls_key_file) == ("/flag/cert.pem", "/flag/key.pem")
+
+
+def test_serve_warns_when_tokens_are_on_and_any_origin_may_use_them(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_app: Callable[[Serve], None],
+) -> None:
+    async def serve(config: Config) -> None:
+        pass
+
+    fake_app(serve)
+    monkeypatch.setenv("JWT_SECRET", "k" * 32)
+    assert main(["serve"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "WARNING callbox: ALLOWED_ORIGINS is not set: pages from any site" in line
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
+    assert main(["serve"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_serve_logs_to_stderr_and_warns_about_development_mode_and_typos(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -23,7 +23,7 @@ from callbox.conformance.cli import add_parser as add_conformance_parser
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SERVE_FLAGS = ("host", "port")
+SERVE_FLAGS = ("host", "port", "tls_cert_file", "tls_key_file")
 """`serve` flags that override the environment; argparse omits the ones not given."""
 
 log = logging.getLogger("callbox")
@@ -60,6 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="TCP port (0: any)")
+    serve.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        dest="tls_key_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM private key of the certificate",
+    )
     serve.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="default: info"
     )
@@ -111,6 +125,11 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if config.jwt_secret is None:
         log.warning("JWT_SECRET is not set: development mode, clients say who they are")
+    elif not config.allowed_origins:
+        log.warning(
+            "ALLOWED_ORIGINS is not set: pages from any site may open WebSockets here and"
+            " sign in with the tokens they hold; list the sites of your clients"
+        )
 
     # Imported here so that --help, schemas and version work without the server's dependencies.
     from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
