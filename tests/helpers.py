@@ -7,10 +7,12 @@ the `url` fixture for tests that need a server with the default configuration.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.lowlevel
+import trustme
 
 from callbox.config import Config
 from callbox.server.app import serve
@@ -20,10 +22,20 @@ SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 """A minimal session description: the server relays SDP without reading it."""
 
 
-def server_url(listeners: list[trio.SocketListener]) -> str:
-    """The WebSocket URL of the first of `serve`'s listeners."""
+def server_url(listeners: list[trio.SocketListener], scheme: str = "ws") -> str:
+    """The WebSocket URL of the first of `serve`'s listeners (`scheme` "wss" for TLS)."""
     host, port = listeners[0].socket.getsockname()[:2]
-    return f"ws://{host}:{port}/ws"
+    return f"{scheme}://{host}:{port}/ws"
+
+
+def write_certificate(ca: trustme.CA, directory: Path, name: str = "server") -> tuple[str, str]:
+    """A new certificate of `ca` for 127.0.0.1 and localhost, as the files `callbox serve`
+    takes: `name`.pem (the chain) and `name`.key; returns their paths."""
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    leaf.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    return str(cert), str(key)
 
 
 async def start_server(nursery: trio.Nursery, **settings: Any) -> str:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 import callbox
 import callbox.__main__ as cli
 from callbox.__main__ import main
 from callbox.config import ENV_PREFIX, Config, environment_variables
+from tests.helpers import write_certificate
 
 Serve = Callable[[Config], Awaitable[None]]
 
@@ -147,7 +149,7 @@ def test_serve_runs_the_app_with_env_and_flags(
 
 
 def test_tls_flags_override_the_environment(
-    monkeypatch: pytest.MonkeyPatch, fake_app: Callable[[Serve], None]
+    monkeypatch: pytest.MonkeyPatch, fake_app: Callable[[Serve], None], tmp_path: Path
 ) -> None:
     seen: list[Config] = []
 
@@ -155,10 +157,11 @@ def test_tls_flags_override_the_environment(
         seen.append(config)
 
     fake_app(serve)
+    cert, key = write_certificate(trustme.CA(), tmp_path)  # loaded before serving
     monkeypatch.setenv("TLS_CERT_FILE", "/env/cert.pem")
     monkeypatch.setenv("TLS_KEY_FILE", "/env/key.pem")
-    assert main(["serve", "--tls-cert", "/flag/cert.pem", "--tls-key", "/flag/key.pem"]) == 0
-    assert (seen[0].tls_cert_file, seen[0].tls_key_file) == ("/flag/cert.pem", "/flag/key.pem")
+    assert main(["serve", "--tls-cert", cert, "--tls-key", key]) == 0
+    assert (seen[0].tls_cert_file, seen[0].tls_key_file) == (cert, key)
 
 
 def test_serve_warns_when_tokens_are_on_and_any_origin_may_use_them(

@@ -116,6 +116,18 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"callbox: configuration error: {error}", file=sys.stderr)
         return 2
+
+    # Imported here so that --help, schemas and version work without the server's dependencies.
+    from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
+    from callbox.server.transport.listener import ListenError  # noqa: PLC0415
+    from callbox.server.transport.tls import CertificateError, load_context  # noqa: PLC0415
+
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        try:  # before any log line, so that the error is the only one (`serve` loads it again)
+            load_context(config.tls_cert_file, config.tls_key_file)
+        except CertificateError as error:
+            print(f"callbox: {error}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
     )
@@ -131,17 +143,13 @@ def _serve(args: argparse.Namespace) -> int:
             " sign in with the tokens they hold; list the sites of your clients"
         )
 
-    # Imported here so that --help, schemas and version work without the server's dependencies.
-    from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
-    from callbox.server.transport.listener import ListenError  # noqa: PLC0415
-
     tune_garbage_collector()
     status = 0
     try:
         trio.run(_serve_until_signalled, serve, config)
     except* KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown, or one before the signal handler was installed
-    except* ListenError as failed:  # a start-up error, like a configuration one
+    except* (ListenError, CertificateError) as failed:  # start-up errors, like configuration
         print(f"callbox: {_first_leaf(failed)}", file=sys.stderr)
         status = 2
     return status

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -51,6 +52,7 @@ from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpResponse
 from callbox.server.transport.listener import serve_websockets
+from callbox.server.transport.tls import CertificateError, ServerCertificate
 
 log = logging.getLogger("callbox.server")
 
@@ -287,10 +289,19 @@ async def serve(
 ) -> None:
     """Run the signaling server until cancelled; reports its listeners once it is accepting.
 
+    With a TLS certificate and key configured, it serves `wss://` and `https://`, and reads them
+    again on SIGHUP (so it must then run in the main thread); an unreadable or invalid one stops
+    it at start-up with `CertificateError`.
+
     A process that is only this server should also `tune_garbage_collector()`; `callbox serve`
     does. It is not done here because the collector's settings belong to the whole process.
     """
+    certificate = None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        certificate = ServerCertificate(config.tls_cert_file, config.tls_key_file)
     async with trio.open_nursery() as nursery:
+        if certificate is not None:
+            await nursery.start(_reload_on_hangup, certificate)
         server = SignalingServer(build_switchboard(config), nursery)
         listeners: list[trio.SocketListener] = await nursery.start(
             lambda task_status: serve_websockets(
@@ -299,10 +310,38 @@ async def serve(
                 config.host,
                 config.port,
                 http_handler=server.http,
+                certificate=certificate,
                 task_status=task_status,
             )
         )
+        secure = "s" if certificate is not None else ""
         for listener in listeners:
-            host, port = listener.socket.getsockname()[:2]
-            log.info("callbox listening on ws://%s:%d%s", host, port, config.path)
+            address = _url_address(listener)
+            # `.ci/run` and the tests find the URL in this line: keep its words.
+            log.info("callbox listening on ws%s://%s%s", secure, address, config.path)
+            log.info("demo page at http%s://%s/", secure, address)
         task_status.started(listeners)
+
+
+def _url_address(listener: trio.SocketListener) -> str:
+    """The listener's host and port as a URL writes them (an IPv6 address in brackets)."""
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _reload_on_hangup(
+    certificate: ServerCertificate, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Read the certificate and key again on each SIGHUP: a renewed certificate is served to
+    new connections without a restart (open ones keep theirs). A failed reload keeps the
+    current certificate and says why."""
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            try:
+                certificate.reload()
+            except CertificateError as error:
+                # One line: the error says what and why; a traceback would add nothing.
+                log.error("SIGHUP: %s; still serving the previous certificate", error)  # noqa: TRY400
+            else:
+                log.info("SIGHUP: reloaded the TLS certificate %s", certificate.cert_file)

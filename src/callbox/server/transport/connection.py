@@ -34,7 +34,7 @@ from callbox.server.transport.outbound import TRANSPORT_ERRORS, Outbound
 if TYPE_CHECKING:
     from callbox.server.transport.listener import SharedServices
 
-__all__ = ["Connection", "ConnectionHandler", "ConnectionStatistics"]
+__all__ = ["Connection", "ConnectionHandler", "ConnectionStatistics", "Source"]
 
 logger = logging.getLogger("callbox.transport")
 
@@ -254,7 +254,7 @@ class Connection(Outbound):
                         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                         break
                     try:
-                        data = await self._stream.receive_some(min(room, config.read_size))
+                        data = await self._receive_head(min(room, config.read_size))
                     except TRANSPORT_ERRORS as exc:
                         self._abort(exc)
                         break
@@ -269,12 +269,21 @@ class Connection(Outbound):
                 self._refuse(HTTPStatus.REQUEST_TIMEOUT)
         return proto.state is OPEN
 
+    async def _receive_head(self, max_bytes: int) -> bytes:
+        """Bytes of the request head as they arrive; empty at EOF. (`TlsConnection` runs the TLS
+        handshake first and decrypts.)"""
+        return await self._stream.receive_some(max_bytes)
+
+    def _input(self) -> Source:
+        """What `_receive_loop` reads from: the socket (`TlsConnection`: its decrypting side)."""
+        return self._sock
+
     async def _receive_loop(self) -> None:
         """Read, feed the protocol, call the handler; until EOF or the closing handshake is
         complete (both close frames seen: the peer may send nothing more, so no need to wait
         for its EOF - trio-websocket clients, for one, never close TCP themselves)."""
         read_size = self._config.read_size
-        sock = self._sock
+        sock = self._input()
         read_buffer = _shared_read_buffer(read_size)
         while True:
             try:
@@ -581,7 +590,15 @@ class Connection(Outbound):
                 chain += (exc.__cause__, exc.__context__)
 
 
-def _receive_into(sock: socket.socket, buffer: memoryview) -> int | None:
+class Source(Protocol):
+    """What the read loop reads from: a non-blocking socket, or what looks like one (its
+    `recv_into` raises `BlockingIOError` when nothing has arrived, returns 0 at EOF)."""
+
+    def recv_into(self, buffer: memoryview, /) -> int: ...
+    def fileno(self) -> int: ...
+
+
+def _receive_into(sock: Source, buffer: memoryview) -> int | None:
     """`sock.recv_into(buffer)`, or None when nothing has arrived: the caller then waits outside
     any exception handler (waiting inside one would keep the exception alive meanwhile)."""
     try:

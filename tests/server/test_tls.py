@@ -1,0 +1,224 @@
+"""TLS on the server's own port: `wss://` and `https://` with certificates from trustme.
+
+Everything goes through real TLS over real sockets on 127.0.0.1: the server's side is
+`callbox.server.transport.tls`, the clients' the standard library's `ssl` under trio.
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from trio_websocket import ConnectionClosed
+
+from callbox.config import Config
+from callbox.server.app import serve
+from tests.helpers import SDP, accepted_call, server_url, write_certificate
+
+from .wsclient import connect
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    """What a client trusting only the test CA uses."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def start_tls_server(
+    nursery: trio.Nursery, ca: trustme.CA, directory: Path, **settings: object
+) -> str:
+    """`serve` with TLS on a free port; its `wss://` URL."""
+    cert, key = write_certificate(ca, directory)
+    config = Config(port=0, tls_cert_file=cert, tls_key_file=key).with_overrides(**settings)
+    return server_url(await nursery.start(serve, config), scheme="wss")
+
+
+def port_of(url: str) -> int:
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None
+    return port
+
+
+async def https_request(
+    url: str, context: ssl.SSLContext, head: str, *, host: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], bytes]:
+    """One request over TLS; the response's status, header fields (lower-case names) and body,
+    read until the server's close_notify (trio raises `BrokenResourceError` without one)."""
+    stream = await trio.open_ssl_over_tcp_stream(host, port_of(url), ssl_context=context)
+    async with stream:
+        await stream.send_all(head.encode())
+        response = b""
+        while chunk := await stream.receive_some():
+            response += chunk
+    head_bytes, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode().split("\r\n")
+    fields = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), fields, body
+
+
+async def test_a_call_over_wss(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    url = await start_tls_server(nursery, ca, tmp_path)
+    assert url.startswith("wss://127.0.0.1:")
+    async with (
+        connect(url, "alice", ssl_context=client_context) as alice,
+        connect(url, "bob", ssl_context=client_context) as bob,
+    ):
+        await accepted_call(alice, bob)
+        offer = {"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": SDP}
+        await bob.send(offer)
+        relayed = await alice.expect("sdp_offer", sdp=SDP)
+        assert relayed["from"] == "bob"
+        await alice.send({"type": "hangup", "call_id": "call-0001"})
+        await alice.expect("call_ended", reason="hangup")
+        await bob.expect("call_ended", reason="hangup")
+
+
+async def test_what_a_slow_reader_is_sent_arrives_whole_and_in_order(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    """More than the kernel buffers hold: ciphertext waits for the writer task, in order."""
+    url = await start_tls_server(nursery, ca, tmp_path)
+    sdps = [f"v=0 {n} ".ljust(60_000, chr(ord("a") + n)) for n in range(12)]  # 720 KB
+    async with (
+        connect(url, "alice", ssl_context=client_context) as alice,
+        connect(url, "bob", ssl_context=client_context) as bob,
+    ):
+        await accepted_call(alice, bob)
+        for sdp in sdps:  # alice reads nothing meanwhile
+            await bob.send({"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": sdp})
+        await bob.send({"type": "ping", "rid": "sent"})
+        await bob.expect("pong", rid="sent")  # the server has handled every offer
+        for sdp in sdps:
+            message = await alice.expect("sdp_offer")
+            assert message["sdp"] == sdp
+
+
+async def test_a_slow_reader_over_the_bound_is_closed_with_1013(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    """The send buffer bound holds under TLS, and the close frame gets through the ciphertext."""
+    url = await start_tls_server(nursery, ca, tmp_path, send_buffer_bytes=300_000)
+    sdp = "v=0 ".ljust(60_000, "s")
+    async with (
+        connect(url, "alice", ssl_context=client_context) as alice,
+        connect(url, "bob", ssl_context=client_context) as bob,
+    ):
+        await accepted_call(alice, bob)
+        for _ in range(30):  # 1.8 MB: more than the kernel buffers and the bound
+            await bob.send({"type": "sdp_offer", "call_id": "call-0001", "to": "alice", "sdp": sdp})
+        received = 0
+        with pytest.raises(ConnectionClosed), trio.fail_after(10):
+            while True:
+                await alice.expect("sdp_offer", sdp=sdp)
+                received += 1
+        assert alice.ws.closed is not None
+        assert alice.ws.closed.code == 1013
+        assert 0 < received < 30
+
+
+async def test_https_serves_health_pages_and_404_and_ends_with_close_notify(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    url = await start_tls_server(nursery, ca, tmp_path)
+    status, fields, body = await https_request(
+        url, client_context, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    assert (status, body) == (200, b"ok\n")
+    assert fields["content-length"] == "3"
+    status, _, page = await https_request(
+        url, client_context, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    assert status == 200 and b"callbox.js" in page
+    status, _, _ = await https_request(
+        url, client_context, "GET /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    assert status == 404
+
+
+async def test_the_certificate_names_the_host(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    """`localhost` is in the certificate too; a name that is not is refused by the client."""
+    url = await start_tls_server(nursery, ca, tmp_path)
+    localhost = url.replace("127.0.0.1", "localhost")
+    async with connect(localhost, "alice", ssl_context=client_context) as alice:
+        assert alice.welcome["user_id"] == "alice"
+    stream = await trio.open_ssl_over_tcp_stream(
+        "127.0.0.1", port_of(url), ssl_context=ssl.create_default_context()
+    )  # the system's CAs only
+    with pytest.raises(trio.BrokenResourceError) as refused:
+        await stream.do_handshake()
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    await trio.aclose_forcefully(stream)
+
+
+async def test_plain_http_or_garbage_on_the_tls_port_is_dropped_and_others_go_on(
+    nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
+) -> None:
+    url = await start_tls_server(nursery, ca, tmp_path)
+    port = port_of(url)
+    for attempt in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(attempt)
+            with trio.fail_after(5):
+                try:
+                    while await stream.receive_some():
+                        pass  # at most a TLS alert: never an HTTP answer in the clear
+                except trio.BrokenResourceError:
+                    pass  # reset: the server closed with our bytes unread
+    async with connect(url, "alice", ssl_context=client_context) as alice:
+        await alice.send({"type": "ping", "rid": "after"})
+        await alice.expect("pong", rid="after")
+
+
+async def test_a_tls_handshake_that_never_comes_is_timed_out(
+    nursery: trio.Nursery,
+    ca: trustme.CA,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handshake timeout covers the TLS handshake: a silent client is closed, without an
+    HTTP answer it could not read."""
+    url = await start_tls_server(nursery, ca, tmp_path)
+    port = port_of(url)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with trio.fail_after(60):
+            assert await stream.receive_some() == b""
+        assert trio.current_time() >= 10  # TransportConfig.handshake_timeout
+
+
+def test_an_unreadable_certificate_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ca: trustme.CA
+) -> None:
+    from callbox.__main__ import main  # noqa: PLC0415
+
+    cert, key = write_certificate(ca, tmp_path)
+    other_cert, _ = write_certificate(ca, tmp_path, "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    for given_cert, given_key, reason in [
+        (str(tmp_path / "missing.pem"), key, "No such file or directory"),
+        (str(garbage), key, "PEM"),
+        (other_cert, key, "KEY_VALUES_MISMATCH"),
+    ]:
+        argv = ["serve", "--port", "0", "--tls-cert", given_cert, "--tls-key", given_key]
+        assert main(argv) == 2, given_cert
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"callbox: cannot load the TLS certificate {given_cert} ")
+        assert reason in line, line
+    assert cert  # the good pair, for contrast: loading it is tested by every other test
