@@ -6,10 +6,13 @@ the `url` fixture for tests that need a server with the default configuration.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ssl
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 import trio.lowlevel
 import trustme
@@ -26,6 +29,51 @@ def server_url(listeners: list[trio.SocketListener], scheme: str = "ws") -> str:
     """The WebSocket URL of the first of `serve`'s listeners (`scheme` "wss" for TLS)."""
     host, port = listeners[0].socket.getsockname()[:2]
     return f"{scheme}://{host}:{port}/ws"
+
+
+@attrs.frozen
+class HttpResult:
+    """A response as the tests look at it: header names lower-cased (each once)."""
+
+    status: int
+    fields: dict[str, str]
+    body: bytes
+    head: str
+
+
+async def http_request(
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpResult:
+    """One HTTP/1.1 request to the server of `url` (a `ws://` or `wss://` URL: `ssl_context`
+    for the latter), read to the end (the server closes; over TLS trio checks its close_notify)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    stream: trio.abc.Stream
+    if ssl_context is None:
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    else:
+        stream = await trio.open_ssl_over_tcp_stream(
+            parts.hostname, parts.port, ssl_context=ssl_context
+        )
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    async with stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some():
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode().split("\r\n")
+    fields = {
+        name.lower(): value.strip() for name, _, value in (f.partition(":") for f in field_lines)
+    }
+    return HttpResult(int(status_line.split()[1]), fields, body, head.decode())
 
 
 def write_certificate(ca: trustme.CA, directory: Path, name: str = "server") -> tuple[str, str]:

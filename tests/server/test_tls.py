@@ -15,9 +15,10 @@ import trio
 import trustme
 from trio_websocket import ConnectionClosed
 
+from callbox.codec import SCHEMA_FILES
 from callbox.config import Config
 from callbox.server.app import serve
-from tests.helpers import SDP, accepted_call, server_url, write_certificate
+from tests.helpers import SDP, accepted_call, http_request, server_url, write_certificate
 
 from .wsclient import connect
 
@@ -48,23 +49,6 @@ def port_of(url: str) -> int:
     port = urllib.parse.urlsplit(url).port
     assert port is not None
     return port
-
-
-async def https_request(
-    url: str, context: ssl.SSLContext, head: str, *, host: str = "127.0.0.1"
-) -> tuple[int, dict[str, str], bytes]:
-    """One request over TLS; the response's status, header fields (lower-case names) and body,
-    read until the server's close_notify (trio raises `BrokenResourceError` without one)."""
-    stream = await trio.open_ssl_over_tcp_stream(host, port_of(url), ssl_context=context)
-    async with stream:
-        await stream.send_all(head.encode())
-        response = b""
-        while chunk := await stream.receive_some():
-            response += chunk
-    head_bytes, _, body = response.partition(b"\r\n\r\n")
-    status_line, *lines = head_bytes.decode().split("\r\n")
-    fields = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
-    return int(status_line.split()[1]), fields, body
 
 
 async def test_a_call_over_wss(
@@ -133,19 +117,15 @@ async def test_https_serves_health_pages_and_404_and_ends_with_close_notify(
     nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path, client_context: ssl.SSLContext
 ) -> None:
     url = await start_tls_server(nursery, ca, tmp_path)
-    status, fields, body = await https_request(
-        url, client_context, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    assert (status, body) == (200, b"ok\n")
-    assert fields["content-length"] == "3"
-    status, _, page = await https_request(
-        url, client_context, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    assert status == 200 and b"callbox.js" in page
-    status, _, _ = await https_request(
-        url, client_context, "GET /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    assert status == 404
+    health = await http_request(url, "/healthz", ssl_context=client_context)
+    assert (health.status, health.body) == (200, b"ok\n")
+    assert health.fields["content-length"] == "3"
+    page = await http_request(url, "/", ssl_context=client_context)
+    assert page.status == 200 and b"callbox.js" in page.body
+    schema = await http_request(url, "/schemas/common.json", ssl_context=client_context)
+    assert schema.status == 200 and schema.body == SCHEMA_FILES["common.json"]
+    missing = await http_request(url, "/nothing", ssl_context=client_context)
+    assert missing.status == 404
 
 
 async def test_the_certificate_names_the_host(

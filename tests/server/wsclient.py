@@ -57,10 +57,16 @@ class Client:
 
 @asynccontextmanager
 async def connect(
-    url: str, user_id: str | None = None, *, ssl_context: ssl.SSLContext | None = None, **hello: Any
+    url: str,
+    user_id: str | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    **hello: Any,
 ) -> AsyncIterator[Client]:
-    """A client on `url` (`wss://` URLs with `ssl_context`), signed in as `user_id` if given."""
-    async with open_websocket_url(url, ssl_context=ssl_context) as ws:
+    """A client on `url` (`wss://` URLs with `ssl_context`), signed in as `user_id` if given;
+    `extra_headers` go in the upgrade request (an `Origin`, as a browser sends)."""
+    async with open_websocket_url(url, ssl_context=ssl_context, extra_headers=extra_headers) as ws:
         client = Client(ws)
         if user_id is not None:
             await client.hello(user_id, **hello)

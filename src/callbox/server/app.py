@@ -29,6 +29,8 @@ from typing import Any
 
 import trio
 from attrs import define, field
+from websockets.datastructures import Headers
+from websockets.typing import Origin
 
 from callbox.auth import authenticate
 from callbox.config import Config
@@ -47,6 +49,7 @@ from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
 from callbox.server.metrics import Metrics
+from callbox.server.static import StaticFiles, schema_files
 from callbox.server.timers import SessionTimers
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
@@ -127,7 +130,9 @@ class SignalingServer:
         self._session_timers = SessionTimers(self._timer_fired)
         nursery.start_soon(self._session_timers.run, name="session timers")
         self.metrics = Metrics()
-        self._web = load_web_files()
+        self._files = StaticFiles(
+            {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
+        )
 
     # ConnectionHandler -------------------------------------------------------------------------
 
@@ -157,19 +162,16 @@ class SignalingServer:
 
     # HTTP ----------------------------------------------------------------------------------------
 
-    def http(self, path: str) -> HttpResponse | None:
-        """Health, metrics, and the demo page with its browser client; anything else is 404."""
+    def http(self, path: str, headers: Headers) -> HttpResponse | None:
+        """Health, metrics, and the static files: the demo page with its browser client, and
+        the schemas (`callbox.server.static`); anything else is 404."""
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
             board = self.switchboard
             body = self.metrics.render(board.statistics(), board.received, board.errors)
             return 200, [("Content-Type", "text/plain; version=0.0.4")], body
-        page = self._web.get(path)
-        if page is None:
-            return None
-        content_type, body = page
-        return 200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body
+        return self._files.respond(path, headers)
 
     # Actions -------------------------------------------------------------------------------------
 
@@ -279,6 +281,8 @@ def transport_config(config: Config) -> TransportConfig:
         heartbeat_interval=heartbeat,
         heartbeat_timeout=2 * heartbeat,
         trusted_proxies=frozenset(config.trusted_proxies),
+        # Listed origins, and none (a client that is not a browser); no list: any.
+        origins=(None, *map(Origin, config.allowed_origins)) if config.allowed_origins else None,
     )
 
 

@@ -136,7 +136,9 @@ class Connection(Outbound):
         self._handler = handler
         self._http_handler = http_handler
         self._config = config
-        self._protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
+        self._protocol = ServerProtocol(
+            origins=config.origins, max_size=config.max_message_bytes, logger=_protocol_logger
+        )
         # Reads and writes go to a second socket object on the same fd, past trio's layers.
         sock = socket.socket(fileno=stream.socket.fileno())
         sock.setblocking(False)
