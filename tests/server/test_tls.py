@@ -6,14 +6,23 @@ Everything goes through real TLS over real sockets on 127.0.0.1: the server's si
 
 from __future__ import annotations
 
+import gc
+import socket
 import ssl
+import struct
 import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trustme
 from trio_websocket import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import Frame
+from websockets.protocol import CONNECTING
+from websockets.uri import parse_uri
 
 from callbox.codec import SCHEMA_FILES
 from callbox.config import Config
@@ -202,3 +211,82 @@ def test_an_unreadable_certificate_is_one_line_and_exit_2(
         assert line.startswith(f"callbox: cannot load the TLS certificate {given_cert} ")
         assert reason in line, line
     assert cert  # the good pair, for contrast: loading it is tested by every other test
+
+
+@pytest.fixture
+def garbage() -> Iterator[list[object]]:
+    """What the cyclic collector finds, with the collector off meanwhile."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+async def tls_churn(url: str, context: ssl.SSLContext) -> None:
+    """TLS connections that end in every way: closed, reset, refused, before the handshake."""
+    port = port_of(url)
+    for how in ("close", "reset", "http"):
+        stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context)
+        proto = ClientProtocol(parse_uri(url))
+        if how == "http":
+            await stream.send_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        else:
+            proto.send_request(proto.connect())
+            await stream.send_all(b"".join(proto.data_to_send()))
+            while proto.state is CONNECTING:
+                proto.receive_data(await stream.receive_some())
+            proto.send_text(b'{"type":"hello","user_id":"u-%s"}' % how.encode())
+            await stream.send_all(b"".join(proto.data_to_send()))
+            while not any(isinstance(e, Frame) for e in proto.events_received()):
+                proto.receive_data(await stream.receive_some())  # up to the welcome
+        if how == "close":
+            proto.send_close(1000)
+            await stream.send_all(b"".join(proto.data_to_send()))
+        if how == "reset":
+            stream.transport_stream.socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            await trio.aclose_forcefully(stream)
+            continue
+        with trio.fail_after(10):
+            try:
+                while await stream.receive_some():
+                    pass
+            except trio.BrokenResourceError:
+                pass
+        await trio.aclose_forcefully(stream)
+    raw = await trio.open_tcp_stream("127.0.0.1", port)  # gone in the TLS handshake
+    await raw.send_all(b"\x16\x03\x01\x00\x05hello")
+    await raw.aclose()
+
+
+async def test_ended_tls_connections_leave_no_reference_cycles(
+    garbage: list[object],
+    ca: trustme.CA,
+    tmp_path: Path,
+    client_context: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As for plain connections (test_transport_limits): the server's rare full collections
+    would leave a cycle's connection, SSL object and buffers for minutes."""
+    async with trio.open_nursery() as nursery:
+        url = await start_tls_server(nursery, ca, tmp_path)
+        await tls_churn(url, client_context)  # warm-up: what is made once
+        await trio.sleep(120)  # past heartbeats and resume grace
+        gc.collect()
+        garbage.clear()
+        await tls_churn(url, client_context)
+        await trio.sleep(120)
+        gc.collect()
+        nursery.cancel_scope.cancel()
+    found = Counter(type(o).__qualname__ for o in garbage)
+    # The clients' trio.SSLStreams are garbage cycles of their own (two BIOs and an SSL object
+    # each, with their locks); nothing of the server's may be.
+    clients = found.pop("SSLStream", 0)
+    assert (found.pop("MemoryBIO", 0), found.pop("SSLObject", 0)) == (2 * clients, clients)
+    assert not {"TlsConnection", "ServerProtocol", "_Decrypting", "SSLError"} & set(found)

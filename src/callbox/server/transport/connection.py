@@ -580,14 +580,21 @@ class Connection(Outbound):
         chained to it, and its traceback's frames refer to this connection: the cycle then
         holds the connection, its sockets and its scopes. Only a full collection would free
         them, and the server makes those rare (`callbox.server.app.GC_THRESHOLDS`).
+
+        The whole chain is walked, past exceptions that have no traceback: an EOF or a reset
+        before the request head is complete leaves `handshake_exc` an `InvalidMessage` that was
+        made, not raised, whose cause is the EOF raised in our handler (seen with a TLS
+        handshake cut short, `test_tls.py`, and with a plain head cut by a reset).
         """
         chain: list[BaseException | None] = [
             self._protocol.parser_exc,
             self._protocol.handshake_exc,
         ]
+        seen: set[int] = set()
         while chain:
             exc = chain.pop()
-            if exc is not None and exc.__traceback__ is not None:
+            if exc is not None and id(exc) not in seen:
+                seen.add(id(exc))
                 exc.__traceback__ = None
                 chain += (exc.__cause__, exc.__context__)
 

@@ -149,36 +149,43 @@ class TlsConnection(Connection):
 
     async def _receive_head(self, max_bytes: int) -> bytes:
         """The TLS handshake on the first call (within the head's timeout and slot), then
-        plaintext."""
+        plaintext. (It waits outside the `except` clauses, so no exception is chained to one
+        that refers, through its frames, to this connection: `_release_protocol_errors`.)"""
         if not self._secured:
             await self._tls_handshake()
-        while True:
-            try:
-                return self._tls.read(max_bytes)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                return b""
+        while (plaintext := self._decrypted(max_bytes)) is None:
             data = await self._stream.receive_some(TLS_RAW_READ_BYTES)
             if not data:
                 return b""
             self._tls_in.write(data)
+        return plaintext
+
+    def _decrypted(self, max_bytes: int) -> bytes | None:
+        """Plaintext received (b"" after the peer's close_notify), or None for none yet."""
+        try:
+            return self._tls.read(max_bytes)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""
 
     async def _tls_handshake(self) -> None:
-        tls = self._tls
-        while True:
-            try:
-                tls.do_handshake()
-            except ssl.SSLWantReadError:
-                await self._send_handshake_output()
-                data = await self._stream.receive_some(TLS_RAW_READ_BYTES)
-                if not data:
-                    raise trio.BrokenResourceError("EOF during the TLS handshake") from None
-                self._tls_in.write(data)
-            else:
-                break
+        while not self._handshake_step():
+            await self._send_handshake_output()
+            data = await self._stream.receive_some(TLS_RAW_READ_BYTES)
+            if not data:
+                raise trio.BrokenResourceError("EOF during the TLS handshake")
+            self._tls_in.write(data)
         await self._send_handshake_output()  # the last flight, and TLS 1.3 session tickets
         self._secured = True
+
+    def _handshake_step(self) -> bool:
+        """Take the handshake as far as what has been received allows; whether it is done."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
 
     async def _send_handshake_output(self) -> None:
         if self._tls_out.pending:
