@@ -61,7 +61,8 @@ _connection_ids = itertools.count(1)
 
 @attrs.frozen
 class ConnectionStatistics:
-    """Snapshot of one connection's counters (bytes are wire bytes, messages are data messages)."""
+    """Snapshot of one connection's counters (bytes are the WebSocket stream's, before TLS if any;
+    messages are data messages)."""
 
     buffered_bytes: int
     messages_in: int
