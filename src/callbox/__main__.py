@@ -52,10 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the server until SIGTERM or Ctrl-C",
-        description="Run the server at ws://HOST:PORT/ws; the server logs that line once it"
-        " listens. Settings come from the environment (see 'callbox --help'); the flags below"
-        " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; a configuration"
-        " error, or an address it cannot listen on, exits with status 2 and one line on stderr."
+        description="Run the server at ws://HOST:PORT/ws (wss://, with https:// for the demo"
+        " page and the schemas, given a TLS certificate and key); the server logs that line once"
+        " it listens. Settings come from the environment (see 'callbox --help'); the flags below"
+        " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; SIGHUP reads the"
+        " TLS certificate and key again. A configuration error, a certificate that cannot be"
+        " loaded or an address it cannot listen on exits with status 2 and one line on stderr."
         " Logs go to stderr, one line per event.",
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
