@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+from cryptography.hazmat.primitives import serialization
 from trio_websocket import ConnectionClosed
 from websockets.client import ClientProtocol
 from websockets.frames import Frame
@@ -191,7 +192,7 @@ async def test_a_tls_handshake_that_never_comes_is_timed_out(
         assert trio.current_time() >= 10  # TransportConfig.handshake_timeout
 
 
-def test_an_unreadable_certificate_is_one_line_and_exit_2(
+def test_an_unloadable_certificate_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], ca: trustme.CA
 ) -> None:
     from callbox.__main__ import main  # noqa: PLC0415
@@ -200,17 +201,30 @@ def test_an_unreadable_certificate_is_one_line_and_exit_2(
     other_cert, _ = write_certificate(ca, tmp_path, "other")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"  # OpenSSL would ask for its passphrase, and wait
+    private_key = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
+    encrypted.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     for given_cert, given_key, reason in [
         (str(tmp_path / "missing.pem"), key, "No such file or directory"),
-        (str(garbage), key, "PEM"),
-        (other_cert, key, "KEY_VALUES_MISMATCH"),
+        (str(garbage), key, f"{garbage} holds no PEM certificate"),
+        (cert, str(garbage), f"{garbage} holds no PEM private key"),
+        (other_cert, key, "the key is not the certificate's"),
+        (cert, str(encrypted), "the key is encrypted; callbox needs it unencrypted"),
+        (str(tmp_path), key, "Is a directory"),
     ]:
         argv = ["serve", "--port", "0", "--tls-cert", given_cert, "--tls-key", given_key]
         assert main(argv) == 2, given_cert
         (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith(f"callbox: cannot load the TLS certificate {given_cert} ")
-        assert reason in line, line
-    assert cert  # the good pair, for contrast: loading it is tested by every other test
+        assert line == (
+            f"callbox: cannot load the TLS certificate {given_cert} with the key {given_key}:"
+            f" {reason}"
+        )
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ again (on SIGHUP, in `callbox.server.app`), and connections already open keep th
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -55,14 +56,34 @@ def load_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
+
+    def encrypted() -> str:
+        # Without this, OpenSSL would ask for the passphrase on the terminal, and wait.
+        raise CertificateError(f"{failed}: the key is encrypted; callbox needs it unencrypted")
+
+    failed = f"cannot load the TLS certificate {cert_file} with the key {key_file}"
     try:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file, password=encrypted)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-        reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
-        raise CertificateError(
-            f"cannot load the TLS certificate {cert_file} with the key {key_file}: {reason}"
-        ) from error
+        reason = _missing_pem(cert_file, key_file) or getattr(error, "strerror", None) or error
+        if "KEY_VALUES_MISMATCH" in str(error):
+            reason = "the key is not the certificate's"
+        raise CertificateError(f"{failed}: {reason}") from error
     return context
+
+
+def _missing_pem(cert_file: str, key_file: str) -> str | None:
+    """Which file is not what it should be, when OpenSSL says only "PEM lib"."""
+    for path, marker, what in (
+        (cert_file, b"-----BEGIN CERTIFICATE-----", "no PEM certificate"),
+        (key_file, b"PRIVATE KEY-----", "no PEM private key"),
+    ):
+        try:
+            if marker not in Path(path).read_bytes():
+                return f"{path} holds {what}"
+        except OSError:  # said by the error itself
+            return None
+    return None
 
 
 class ServerCertificate:
