@@ -6,7 +6,10 @@ of a pair have sent it, each gets ``{"paired": NAME}``. After that every message
 the other member of pair NAME. No validation, no limits, and pairs are never forgotten (a relay
 lives for one benchmark run): only the transport's own cost remains.
 
-    python bench/bare_relays.py {trio-websocket|callbox-transport} --port P
+    python bench/bare_relays.py {trio-websocket|callbox-transport} --port P [--tls CERT KEY]
+
+``--tls`` (callbox-transport only): serve ``wss://`` with the certificate chain CERT and its key
+KEY, as ``callbox serve`` does with ``TLS_CERT_FILE`` and ``TLS_KEY_FILE``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import trio_websocket
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
 from callbox.server.transport.listener import serve_websockets
+from callbox.server.transport.tls import ServerCertificate
 
 HOST = "127.0.0.1"
 
 
-async def serve_trio_websocket(port: int) -> None:
+async def serve_trio_websocket(port: int, certificate: ServerCertificate | None) -> None:
     """The idiomatic trio-websocket relay: one handler task per connection, awaiting each send."""
     pairs: dict[str, list[trio_websocket.WebSocketConnection]] = {}
 
@@ -45,6 +49,8 @@ async def serve_trio_websocket(port: int) -> None:
         except trio_websocket.ConnectionClosed:  # this client, or its peer, went away
             return
 
+    if certificate is not None:
+        raise SystemExit("--tls: only the callbox-transport relay")
     await trio_websocket.serve_websocket(handler, HOST, port, ssl_context=None)
 
 
@@ -78,8 +84,8 @@ class CallboxRelay:
         pass
 
 
-async def serve_callbox_transport(port: int) -> None:
-    await serve_websockets(CallboxRelay(), TransportConfig(), HOST, port)
+async def serve_callbox_transport(port: int, certificate: ServerCertificate | None) -> None:
+    await serve_websockets(CallboxRelay(), TransportConfig(), HOST, port, certificate=certificate)
 
 
 SERVERS = {"trio-websocket": serve_trio_websocket, "callbox-transport": serve_callbox_transport}
@@ -89,8 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("target", choices=sorted(SERVERS))
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve wss://")
     args = parser.parse_args()
-    trio.run(partial(SERVERS[args.target], args.port))
+    certificate = None if args.tls is None else ServerCertificate(*args.tls)
+    trio.run(partial(SERVERS[args.target], args.port, certificate))
 
 
 if __name__ == "__main__":

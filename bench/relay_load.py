@@ -34,6 +34,11 @@ receive path only splits the unmasked server frames and checks each is the expec
 Protocols: ``bare`` (bench/bare_relays.py), ``callbox`` (``python -m callbox serve``), ``peerjs``
 (the ``peer`` npm package: ``/peerjs?key=peerjs&id=ID&token=T``, then ``{type, dst, payload}``
 forwarded to ``dst`` with ``src`` added).
+
+``--tls CAFILE``: every client speaks TLS (``wss://``), trusting the CA in CAFILE. Like the frames,
+TLS runs through the standard library's sans-I/O half (``ssl.SSLObject`` over memory BIOs, see
+`TlsChannel`): what a send queues is encrypted as it is queued, what a read brings is decrypted
+before the frames are split, and the sockets and the epoll loop stay the same.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import multiprocessing
 import resource
 import selectors
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -143,16 +149,63 @@ def sized(build: Callable[[str], dict[str, Any]], size: int, text: str) -> bytes
 
 
 # ---------------------------------------------------------------------------------------------
+# TLS
+
+
+class TlsChannel:
+    """One client's TLS, sans-I/O: `seal` plaintext into records, `open` records into plaintext;
+    the caller moves the bytes over its socket."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=HOST)
+        while not self._handshake_done():  # on the socket, still blocking
+            sock.sendall(self.outgoing.read())
+            data = sock.recv(READ_SIZE)
+            if not data:
+                raise ConnectionError("server closed the connection in the TLS handshake")
+            self.incoming.write(data)
+        sock.sendall(self.outgoing.read())
+
+    def _handshake_done(self) -> bool:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
+
+    def seal(self, plaintext: bytes) -> bytes:
+        self.tls.write(plaintext)
+        return self.outgoing.read()
+
+    def open(self, records: bytes) -> bytes:
+        """The plaintext of every whole record received so far (b"" if none is whole yet)."""
+        self.incoming.write(records)
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.tls.read(READ_SIZE))
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                return b"".join(chunks)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    return None if ca_file is None else ssl.create_default_context(cafile=ca_file)
+
+
+# ---------------------------------------------------------------------------------------------
 # Set-up: blocking clients on websockets' ClientProtocol
 
 
 class SetupClient:
     """A blocking WebSocket client for the set-up phase."""
 
-    def __init__(self, port: int, path: str) -> None:
+    def __init__(self, port: int, path: str, context: ssl.SSLContext | None) -> None:
         self.sock = socket.create_connection((HOST, port), timeout=SETUP_TIMEOUT_S)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.proto = ClientProtocol(parse_uri(f"ws://{HOST}:{port}{path}"), max_size=None)
+        self.tls = None if context is None else TlsChannel(self.sock, context)
+        scheme = "ws" if context is None else "wss"
+        self.proto = ClientProtocol(parse_uri(f"{scheme}://{HOST}:{port}{path}"), max_size=None)
         self.proto.send_request(self.proto.connect())
         self._flush()
         self.messages: deque[dict[str, Any]] = deque()
@@ -193,6 +246,8 @@ class SetupClient:
         data = self.sock.recv(READ_SIZE)
         if not data:
             raise ConnectionError(f"{self.name}: server closed the connection during set-up")
+        if self.tls is not None:
+            data = self.tls.open(data)
         self.proto.receive_data(data)
         self._flush()
         responded = False
@@ -206,18 +261,21 @@ class SetupClient:
         return responded
 
     def _flush(self) -> None:
-        self.sock.sendall(b"".join(self.proto.data_to_send()))
+        data = b"".join(self.proto.data_to_send())
+        self.sock.sendall(data if self.tls is None else self.tls.seal(data))
 
 
 def path_of(protocol: str, name: str) -> str:
     return f"/peerjs?key=peerjs&id={name}&token=t{name}" if protocol == "peerjs" else "/ws"
 
 
-def connect(protocol: str, port: int, names: Sequence[str]) -> list[SetupClient]:
+def connect(
+    protocol: str, port: int, names: Sequence[str], context: ssl.SSLContext | None
+) -> list[SetupClient]:
     """Open and greet one batch: handshake, then `hello` (callbox) or the `OPEN` (PeerJS)."""
     clients = []
     for name in names:
-        client = SetupClient(port, path_of(protocol, name))
+        client = SetupClient(port, path_of(protocol, name), context)
         client.name = name
         clients.append(client)
     for client in clients:
@@ -234,14 +292,20 @@ def connect(protocol: str, port: int, names: Sequence[str]) -> list[SetupClient]
 
 
 def set_up_pairs(
-    protocol: str, port: int, first: int, count: int, in_call: bool
+    protocol: str,
+    port: int,
+    first: int,
+    count: int,
+    *,
+    in_call: bool,
+    context: ssl.SSLContext | None,
 ) -> list[SetupClient]:
     """Pairs first..first+count-1, peers adjacent; in a 1:1 call if `in_call` (callbox)."""
     clients: list[SetupClient] = []
     for batch in range(first, first + count, SETUP_BATCH // 2):
         indexes = range(batch, min(batch + SETUP_BATCH // 2, first + count))
         names = [f"u{index}{side}" for index in indexes for side in "ab"]
-        pairs = connect(protocol, port, names)
+        pairs = connect(protocol, port, names, context)
         for a, b in zip(pairs[::2], pairs[1::2], strict=True):
             a.peer_name, b.peer_name = b.name, a.name
             a.call_id = b.call_id = f"bench-call-{a.name[1:-1]}"
@@ -274,11 +338,14 @@ def call_initiate(call_id: str, to: str) -> dict[str, Any]:
     return {"type": "call_initiate", "call_id": call_id, "to": [to], "media": media}
 
 
-def set_up_rooms(port: int, first: int, rooms: int, size: int) -> list[SetupClient]:
+def set_up_rooms(
+    port: int, first: int, rooms: int, size: int, context: ssl.SSLContext | None
+) -> list[SetupClient]:
     """`rooms` rooms of `size` callbox members each; returns when every member has joined."""
     clients: list[SetupClient] = []
     for room in range(first, first + rooms):
-        members = connect("callbox", port, [f"r{room}m{member}" for member in range(size)])
+        names = [f"r{room}m{member}" for member in range(size)]
+        members = connect("callbox", port, names, context)
         for client in members:
             client.peer_name = f"room-{room}"
             client.send({"type": "room_join", "room": client.peer_name})
@@ -342,6 +409,7 @@ class StreamClient:
         self.setup = setup
         self.sock = setup.sock
         self.sock.setblocking(False)
+        self.tls = setup.tls
         self.frame = b""
         self.marker = b""
         self.peer: StreamClient = self  # whose sends this client's receipts pay for
@@ -356,11 +424,16 @@ class StreamClient:
         self.unexpected_sample = b""
         self.sent_at: deque[float] = deque()  # latency phase: send times not yet matched
 
-    def receive(self) -> int:
-        """Read what is there; the number of expected messages it completed."""
+    def recv(self) -> bytes:
+        """What a read brings (decrypted, with TLS); never empty: EOF raises."""
         data = self.sock.recv(READ_SIZE)
         if not data:
             raise ConnectionError(f"{self.setup.name}: server closed the connection")
+        return data if self.tls is None else self.tls.open(data)
+
+    def receive(self) -> int:
+        """Read what is there; the number of expected messages it completed."""
+        data = self.recv()
         buf = self.pending + data if self.pending else data
         frames, used = split_frames(buf)
         count = 0
@@ -389,6 +462,8 @@ class Streamer:
 
     def send(self, client: StreamClient, count: int, frame: bytes | None = None) -> None:
         data = (frame or client.frame) * count
+        if client.tls is not None:  # sealed in send order, so queued records stay in order
+            data = client.tls.seal(data)
         client.sent += count
         if client.unsent:
             client.unsent += data
@@ -622,9 +697,7 @@ class CallScript:
                 self.receive(client)
 
     def receive(self, client: StreamClient) -> None:
-        data = client.sock.recv(READ_SIZE)
-        if not data:
-            raise ConnectionError(f"{client.setup.name}: server closed the connection")
+        data = client.recv()
         buf = client.pending + data if client.pending else data
         frames, used = split_frames(buf)
         client.pending = buf[used:]
@@ -654,12 +727,14 @@ class Share:
 
 
 def set_up(args: argparse.Namespace, share: Share) -> list[SetupClient]:
-    if args.workload == "pairs":
-        return set_up_pairs(args.protocol, args.port, share.first, share.count, in_call=True)
-    if args.workload == "callers":
-        return set_up_pairs(args.protocol, args.port, share.first, share.count, in_call=False)
+    context = tls_context(args.tls)
+    if args.workload in ("pairs", "callers"):
+        in_call = args.workload == "pairs"
+        return set_up_pairs(
+            args.protocol, args.port, share.first, share.count, in_call=in_call, context=context
+        )
     if args.workload == "rooms":
-        return set_up_rooms(args.port, share.first, share.count, args.room_size)
+        return set_up_rooms(args.port, share.first, share.count, args.room_size, context)
     raise ValueError(args.workload)
 
 
@@ -753,7 +828,7 @@ def run_idle(args: argparse.Namespace) -> None:
     for step in args.steps:
         while len(clients) < step:
             names = [f"idle{n}" for n in range(len(clients), min(step, len(clients) + SETUP_BATCH))]
-            clients += connect(args.protocol, args.port, names)
+            clients += connect(args.protocol, args.port, names, tls_context(args.tls))
         print(f"idle-step {len(clients)}", flush=True)
         if not sys.stdin.readline():
             return
@@ -775,6 +850,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument("--tls", metavar="CAFILE", help="connect over TLS, trusting this CA")
     args = parser.parse_args()
     if args.workload == "idle":
         run_idle(args)

@@ -20,6 +20,11 @@ repetition, with the targets alternating so that drift hits them alike:
 3. callbox alone (and ``--baseline``, another commit of it, for an A/B run): full call set-ups
    per second, and room broadcast fan-out.
 
+``--tls`` adds ``callbox+tls`` and ``bare+tls``: the same servers serving ``wss://`` with a
+certificate made for the run (trustme), the generator speaking TLS too; the table then has a
+``TLS / plain`` column (callbox's), and every relay figure comes with the server's CPU time per
+message, in which TLS's cost shows even when the generator, not the server, is the limit.
+
 Each measured window also reports the server's CPU (from /proc), the generator's (its own
 getrusage) and everyone else's on the two cores ("others", from /proc/stat): a window in which
 others used more than CONTENDED_OTHERS_PCT of a core competed for the cores and is left out of
@@ -80,6 +85,7 @@ class Target:
     protocol: str  # relay_load.py's
     command: Callable[[int], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    generator_args: tuple[str, ...] = ()  # relay_load.py's, e.g. --tls CAFILE
 
 
 def callbox_command(port: int) -> list[str]:
@@ -168,7 +174,7 @@ class Bench:
         command = [
             "taskset", "-c", str(GENERATOR_CORE), sys.executable, str(BENCH / "relay_load.py"),
             target.protocol, "--port", str(port), "--warmup", str(self.args.warmup),
-            "--seconds", str(self.args.seconds), *generator_args,
+            "--seconds", str(self.args.seconds), *target.generator_args, *generator_args,
         ]  # fmt: skip
         deadline = time.monotonic() + RUN_TIMEOUT_S
         marks: dict[str, tuple[float, float, float]] = {}
@@ -246,6 +252,10 @@ class Bench:
                     self.add(target, figure, result[f"{name}_us"], result, cpu)
             else:
                 self.add(target, names[phase], result["per_s"], result, cpu)
+                if result["per_s"]:
+                    per_message = cpu[0] / 100 / result["per_s"] * 1e6
+                    figure = f"{names[phase]} server CPU us/msg"
+                    self.add(target, figure, per_message, result, cpu)
 
         args = ["--pairs", str(pairs), *(f"--phase={phase}" for phase in phases)]
         self.run(target, args, on_result)
@@ -329,6 +339,9 @@ def figure_rows(args: argparse.Namespace) -> list[tuple[str, str, str | None, st
     for size, peerjs_target in ((SMALL, ">= 0.6"), (LARGE, ">= 1.0")):
         for pairs in args.pairs:
             rows.append((f"relay {pairs} calls {size} B", HIGHER, peerjs_target, ">= 0.75"))
+    for size in (SMALL, LARGE):
+        for pairs in args.pairs:
+            rows.append((f"relay {pairs} calls {size} B server CPU us/msg", LOWER, None, None))
     small = min(args.pairs)
     rows.append((f"latency p50 {small} calls {SMALL} B", LOWER, None, None))
     rows.append((f"latency p99 {small} calls {SMALL} B", LOWER, "<= 1.5", None))
@@ -378,6 +391,9 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
         header.append("callbox / PeerJS")
     if has_bare:
         header.append("callbox / bare")
+    has_tls = with_callbox and "callbox+tls" in targets
+    if has_tls:
+        header.append("TLS / plain")
     if with_callbox:
         header.append("target (callbox's ratio)")
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 2) + "|---|"]
@@ -418,6 +434,9 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
             if target is not None:
                 label = "PeerJS" if other == "peerjs" else "bare"
                 verdicts.append(f"vs {label} {verdict(ratio, target)}")
+        if has_tls:
+            tls = medians.get("callbox+tls")
+            cells.append(f"{tls / ours:.2f}" if tls is not None and ours else "-")
         if with_callbox:
             cells.append("; ".join(verdicts))
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")
@@ -427,6 +446,30 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_tls(directory: Path, targets: list[str]) -> None:
+    """`callbox+tls` and `bare+tls` (see --tls), with a certificate written in `directory`
+    (trustme, from the test extra: the benchmark runs in the test environment)."""
+    import trustme  # noqa: PLC0415
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    trust = ("--tls", str(ca_file))
+    tls_env = UNLIMITED | {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)}
+
+    def bare_tls_command(port: int) -> list[str]:
+        return [*bare_command(port), "--tls", str(cert), str(key)]
+
+    TARGETS["callbox+tls"] = Target(
+        "callbox+tls", "callbox, TLS", "callbox", callbox_command, tls_env, trust
+    )
+    TARGETS["bare+tls"] = Target("bare+tls", "bare relay, TLS", "bare", bare_tls_command, {}, trust)
+    targets += [name for name in ("callbox+tls", "bare+tls") if name not in targets]
+
+
 def add_baseline(src: Path, targets: list[str]) -> None:
     """callbox imported from `src`, as target 'baseline' (see --baseline)."""
     env = UNLIMITED | {"PYTHONPATH": str(src.resolve())}
@@ -434,7 +477,8 @@ def add_baseline(src: Path, targets: list[str]) -> None:
     targets.append("baseline")
 
 
-def main() -> None:
+def parse_arguments() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser (for its errors) and the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, short windows")
     parser.add_argument("--reps", type=int, default=3)
@@ -443,7 +487,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--idle-steps", type=int, nargs="+", default=list(IDLE_STEPS))
     parser.add_argument(
-        "--targets", nargs="+", choices=sorted(TARGETS), default=["callbox", "peerjs", "bare"]
+        "--targets",
+        nargs="+",
+        choices=[*sorted(TARGETS), "callbox+tls", "bare+tls"],
+        default=["callbox", "peerjs", "bare"],
+        help="callbox+tls and bare+tls need --tls",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="also run callbox and the bare relay over TLS"
     )
     parser.add_argument(
         "--only", nargs="+", choices=["relay", "idle", "setups", "fanout"],
@@ -457,7 +508,16 @@ def main() -> None:
         help="also run callbox imported from SRC (a src/ directory, e.g. of a `git worktree` of"
         " the commit before a change), as target 'baseline', for an A/B comparison in one run",
     )
-    args = parser.parse_args()
+    return parser, parser.parse_args()
+
+
+def main() -> None:
+    parser, args = parse_arguments()
+    certificates = tempfile.TemporaryDirectory(prefix="callbox-bench-tls-")
+    if args.tls:
+        add_tls(Path(certificates.name), args.targets)
+    elif {"callbox+tls", "bare+tls"} & set(args.targets):
+        parser.error("the +tls targets need --tls")
     if args.baseline is not None:
         add_baseline(args.baseline, args.targets)
     if args.quick:
@@ -506,6 +566,7 @@ def main() -> None:
     print("\n".join(table(bench.samples, args)))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in bench.samples], indent=1))
+    certificates.cleanup()
 
 
 if __name__ == "__main__":

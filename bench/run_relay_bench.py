@@ -13,6 +13,11 @@ of one core; tick sampling makes it good to about +-10). A run above CONTENDED_O
 competed for its cores, and the table leaves it out.
 
     .venv/bin/python bench/run_relay_bench.py [--procs N] [--reps 3] [--pairs 100 1000]
+
+``--tls`` adds a TLS twin of each callbox target (``+tls``: ``wss://``, a certificate made for the
+run by trustme, the generator encrypting too), so the table shows what TLS costs the relay;
+``--targets`` keeps only the named targets (e.g. ``--tls --targets "callbox serve" "callbox
+serve+tls"``). The table's "server us/msg" is the server's CPU time per relayed message.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ CONTENDED_OTHERS_PCT = 15.0  # others' CPU% above which a run is left out of the
 class Target:
     name: str
     protocol: str  # relay_load.py's protocol
-    command: list[str]  # without the port
+    command: list[str]  # ends with "--port": the port follows
     env: dict[str, str]
+    ca_file: str | None = None  # TLS: the generator connects with wss://, trusting this CA
 
 
 TARGETS = [
@@ -75,6 +81,37 @@ TARGETS = [
         {"MESSAGES_PER_SECOND": "1000000", "MESSAGE_BURST": "1000000"},
     ),
 ]
+
+
+def tls_twins(directory: Path) -> list[Target]:
+    """The callbox targets again, over TLS, with a certificate for 127.0.0.1 written in
+    `directory` (trustme, from the test extra: the benchmark runs in the test environment)."""
+    import trustme  # noqa: PLC0415
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert(HOST)
+    cert, key, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    by_name = {target.name: target for target in TARGETS}
+    transport, serve = by_name["callbox-transport"], by_name["callbox serve"]
+    return [
+        Target(
+            f"{transport.name}+tls",
+            transport.protocol,
+            [*transport.command[:-1], "--tls", str(cert), str(key), "--port"],
+            transport.env,
+            str(ca_file),
+        ),
+        Target(
+            f"{serve.name}+tls",
+            serve.protocol,
+            serve.command,
+            serve.env | {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)},
+            str(ca_file),
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -180,6 +217,7 @@ def drive(
         "--port", str(port), "--pairs", str(pairs), "--procs", str(args.procs),
         "--warmup", str(args.warmup), "--seconds", str(args.seconds),
         "--phase", f"relay:{args.size}",
+        *(["--tls", target.ca_file] if target.ca_file else []),
     ]  # fmt: skip
     deadline = time.monotonic() + args.warmup + args.seconds + GENERATOR_SLACK_S
     marks: dict[str, tuple[float, float, float]] = {}
@@ -230,28 +268,31 @@ def machine_facts() -> list[str]:
     ]
 
 
-def table(runs: list[Run], args: argparse.Namespace) -> list[str]:
+def table(runs: list[Run], targets: list[Target], args: argparse.Namespace) -> list[str]:
     """Medians over the clean runs (all runs, marked, if none was clean)."""
     lines = [
         f"{args.reps} runs each, {args.warmup:g} s warm-up + {args.seconds:g} s measured,"
-        f" generator processes: {args.procs}; server on core {SERVER_CORE},"
-        f" generator on core {GENERATOR_CORE}; medians over clean runs (others CPU% <"
-        f" {CONTENDED_OTHERS_PCT:g})",
+        f" {args.size} B messages, generator processes: {args.procs}; server on core"
+        f" {SERVER_CORE}, generator on core {GENERATOR_CORE}; medians over clean runs (others"
+        f" CPU% < {CONTENDED_OTHERS_PCT:g})",
         "",
-        "| target | pairs | msgs/s | min-max | server CPU% | generator CPU% | clean runs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | pairs | msgs/s | min-max | server us/msg | server CPU% | generator CPU%"
+        " | clean runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for pairs in args.pairs:
-        for target in TARGETS:
+        for target in targets:
             these = [run for run in runs if run.target == target.name and run.pairs == pairs]
             clean = [run for run in these if run.others_cpu_pct < CONTENDED_OTHERS_PCT]
             used = clean or these
             rates = [run.msgs_per_s for run in used]
             server = statistics.median(run.server_cpu_pct for run in used)
             generator = statistics.median(run.generator_cpu_pct for run in used)
+            per_message = statistics.median(1e4 * r.server_cpu_pct / r.msgs_per_s for r in used)
             lines.append(
                 f"| {target.name} | {pairs} | {statistics.median(rates):,.0f}"
-                f" | {min(rates):,.0f}-{max(rates):,.0f} | {server:.0f} | {generator:.0f}"
+                f" | {min(rates):,.0f}-{max(rates):,.0f} | {per_message:.1f} | {server:.0f}"
+                f" | {generator:.0f}"
                 f" | {len(clean)}/{len(these)}{'' if clean else ' (all shown)'} |"
             )
     return lines
@@ -265,6 +306,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=1, help="generator processes")
     parser.add_argument("--size", type=int, default=256, help="bytes per client message")
+    parser.add_argument("--tls", action="store_true", help="add the callbox targets over TLS")
+    parser.add_argument("--targets", nargs="+", metavar="NAME", help="run only these targets")
     args = parser.parse_args()
 
     # 1000 pairs are 2000 sockets in the server and in the generator; children inherit this.
@@ -277,9 +320,15 @@ def main() -> None:
     started = time.monotonic()
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as log_dir:
+        targets = TARGETS + (tls_twins(Path(log_dir)) if args.tls else [])
+        if args.targets:
+            unknown = set(args.targets) - {target.name for target in targets}
+            if unknown:
+                raise SystemExit(f"unknown targets: {sorted(unknown)} (--tls adds the +tls ones)")
+            targets = [target for target in targets if target.name in args.targets]
         for rep in range(1, args.reps + 1):
             for pairs in args.pairs:
-                for target in TARGETS:
+                for target in targets:
                     run = run_once(target, pairs, args, Path(log_dir))
                     runs.append(run)
                     print(
@@ -290,7 +339,7 @@ def main() -> None:
                         flush=True,
                     )
     print(f"\n{len(runs)} runs in {time.monotonic() - started:.0f} s\n")
-    print("\n".join([*machine_facts(), "", *table(runs, args)]))
+    print("\n".join([*machine_facts(), "", *table(runs, targets, args)]))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,19 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 import trio.lowlevel
+import trustme
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from callbox.codec import encode
@@ -31,10 +36,65 @@ SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 """A minimal session description: the server relays SDP without reading it."""
 
 
-def server_url(listeners: list[trio.SocketListener]) -> str:
-    """The WebSocket URL of the first of `serve`'s listeners."""
+def server_url(listeners: list[trio.SocketListener], scheme: str = "ws") -> str:
+    """The WebSocket URL of the first of `serve`'s listeners (`scheme` "wss" for TLS)."""
     host, port = listeners[0].socket.getsockname()[:2]
-    return f"ws://{host}:{port}/ws"
+    return f"{scheme}://{host}:{port}/ws"
+
+
+@attrs.frozen
+class HttpResult:
+    """A response as the tests look at it: header names lower-cased (each once)."""
+
+    status: int
+    fields: dict[str, str]
+    body: bytes
+    head: str
+
+
+async def http_request(
+    url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpResult:
+    """One HTTP/1.1 request to the server of `url` (a `ws://` or `wss://` URL: `ssl_context`
+    for the latter), read to the end (the server closes; over TLS trio checks its close_notify)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    stream: trio.abc.Stream
+    if ssl_context is None:
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    else:
+        stream = await trio.open_ssl_over_tcp_stream(
+            parts.hostname, parts.port, ssl_context=ssl_context
+        )
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    async with stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        response = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some():
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode().split("\r\n")
+    fields = {
+        name.lower(): value.strip() for name, _, value in (f.partition(":") for f in field_lines)
+    }
+    return HttpResult(int(status_line.split()[1]), fields, body, head.decode())
+
+
+def write_certificate(ca: trustme.CA, directory: Path, name: str = "server") -> tuple[str, str]:
+    """A new certificate of `ca` for 127.0.0.1 and localhost, as the files `callbox serve`
+    takes: `name`.pem (the chain) and `name`.key; returns their paths."""
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    leaf.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    return str(cert), str(key)
 
 
 async def start_server(nursery: trio.Nursery, **settings: Any) -> str:

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
 import callbox
 import callbox.__main__ as cli
 from callbox.__main__ import main
 from callbox.config import ENV_PREFIX, Config, environment_variables
+from tests.helpers import write_certificate
 
 Serve = Callable[[Config], Awaitable[None]]
 
@@ -146,6 +148,40 @@ def test_serve_runs_the_app_with_env_and_flags(
     assert seen == [Config(host="0.0.0.0", port=9100, ring_timeout_ms=20_000)]
 
 
+def test_tls_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch, fake_app: Callable[[Serve], None], tmp_path: Path
+) -> None:
+    seen: list[Config] = []
+
+    async def serve(config: Config) -> None:
+        seen.append(config)
+
+    fake_app(serve)
+    cert, key = write_certificate(trustme.CA(), tmp_path)  # loaded before serving
+    monkeypatch.setenv("TLS_CERT_FILE", "/env/cert.pem")
+    monkeypatch.setenv("TLS_KEY_FILE", "/env/key.pem")
+    assert main(["serve", "--tls-cert", cert, "--tls-key", key]) == 0
+    assert (seen[0].tls_cert_file, seen[0].tls_key_file) == (cert, key)
+
+
+def test_serve_warns_when_tokens_are_on_and_any_origin_may_use_them(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_app: Callable[[Serve], None],
+) -> None:
+    async def serve(config: Config) -> None:
+        pass
+
+    fake_app(serve)
+    monkeypatch.setenv("JWT_SECRET", "k" * 32)
+    assert main(["serve"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "WARNING callbox: ALLOWED_ORIGINS is not set: pages from any site" in line
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
+    assert main(["serve"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_serve_logs_to_stderr_and_warns_about_development_mode_and_typos(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -253,12 +289,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"callbox {callbox.__version__}\n"
 
 
-def test_a_port_in_use_is_said_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_port_in_use_is_said_in_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 1
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"callbox: cannot listen on 127.0.0.1:{port}: " in err
     assert "Traceback" not in err and "ExceptionGroup" not in err

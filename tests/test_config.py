@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
@@ -43,8 +44,11 @@ def test_environment_variable_names_are_the_published_ones() -> None:
     assert [var.name for var in environment_variables()] == [
         "CALLBOX_HOST",
         "CALLBOX_PORT",
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
         "TRUSTED_PROXIES",
         "CALLBOX_REDIS_URL",
+        "ALLOWED_ORIGINS",
         "JWT_SECRET",
         "JWT_ALGORITHM",
         "STUN_SERVERS",
@@ -205,6 +209,51 @@ def test_static_and_ephemeral_turn_credentials_exclude_each_other() -> None:
 def test_turn_credentials_without_a_turn_server_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"\(TURN_SECRET\) set but turn_servers \(TURN_SERVER\)"):
         Config.from_env({"TURN_SECRET": "s"})
+
+
+@pytest.mark.parametrize(
+    ("given", "env"),
+    [({"TLS_CERT_FILE": "c.pem"}, "TLS_KEY_FILE"), ({"TLS_KEY_FILE": "k.pem"}, "")],
+)
+def test_a_tls_certificate_and_key_go_together(given: dict[str, str], env: str) -> None:
+    with pytest.raises(ConfigError, match=r"\(TLS_CERT_FILE\) and .*\(TLS_KEY_FILE\) go together"):
+        Config.from_env(given)
+    both = Config.from_env({"TLS_CERT_FILE": "c.pem", "TLS_KEY_FILE": "k.pem"})
+    assert (both.tls_cert_file, both.tls_key_file) == ("c.pem", "k.pem")
+
+
+def test_allowed_origins_are_parsed() -> None:
+    config = Config.from_env(
+        {"ALLOWED_ORIGINS": "https://app.example.com, http://127.0.0.1:8080,https://[::1]:8443"}
+    )
+    assert config.allowed_origins == (
+        "https://app.example.com",
+        "http://127.0.0.1:8080",
+        "https://[::1]:8443",
+    )
+    assert Config().allowed_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("origin", "said"),
+    [
+        (
+            "https://App.example.com",
+            "browsers send 'https://App.example.com' as 'https://app.example.com'",
+        ),
+        ("https://app.example.com/", "as 'https://app.example.com'"),
+        ("https://app.example.com:443", "as 'https://app.example.com'"),
+        ("app.example.com", "expected origins like https://app.example.com"),
+        ("https://app.example.com/page", "got 'https://app.example.com/page'"),
+        ("ftp://app.example.com", "expected origins"),
+        ("https://app.example.com:x", "expected origins"),
+        ("*", "expected origins"),
+    ],
+)
+def test_an_origin_must_be_written_as_browsers_send_it(origin: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)) as refused:
+        Config.from_env({"ALLOWED_ORIGINS": origin})
+    assert "ALLOWED_ORIGINS" in str(refused.value)
 
 
 def test_turn_ttl_must_leave_room_for_the_refresh() -> None:

@@ -23,7 +23,7 @@ from callbox.conformance.cli import add_parser as add_conformance_parser
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SERVE_FLAGS = ("host", "port", "redis_url")
+SERVE_FLAGS = ("host", "port", "redis_url", "tls_cert_file", "tls_key_file")
 """`serve` flags that override the environment; argparse omits the ones not given."""
 
 log = logging.getLogger("callbox")
@@ -52,10 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the server until SIGTERM or Ctrl-C",
-        description="Run the server at ws://HOST:PORT/ws; the server logs that line once it"
-        " listens. Settings come from the environment (see 'callbox --help'); the flags below"
-        " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; a configuration"
-        " error exits with status 2. Logs go to stderr, one line per event.",
+        description="Run the server at ws://HOST:PORT/ws (wss://, with https:// for the demo"
+        " page and the schemas, given a TLS certificate and key); the server logs that line once"
+        " it listens. Settings come from the environment (see 'callbox --help'); the flags below"
+        " override it. SIGTERM or Ctrl-C stops it cleanly, with exit status 0; SIGHUP reads the"
+        " TLS certificate and key again. A configuration error, a certificate that cannot be"
+        " loaded or an address it cannot listen on exits with status 2 and one line on stderr."
+        " Logs go to stderr, one line per event.",
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="TCP port (0: any)")
@@ -65,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="URL",
         help="be a node of the cluster on this Redis (CALLBOX_REDIS_URL)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        dest="tls_key_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="PEM private key of the certificate",
     )
     serve.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="default: info"
@@ -108,6 +125,19 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"callbox: configuration error: {error}", file=sys.stderr)
         return 2
+
+    # Imported here so that --help, schemas and version work without the server's dependencies.
+    from callbox.cluster.backend import ClusterUnavailable  # noqa: PLC0415
+    from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
+    from callbox.server.transport.listener import ListenError  # noqa: PLC0415
+    from callbox.server.transport.tls import CertificateError, load_context  # noqa: PLC0415
+
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        try:  # before any log line, so that the error is the only one (`serve` loads it again)
+            load_context(config.tls_cert_file, config.tls_key_file)
+        except CertificateError as error:
+            print(f"callbox: {error}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
     )
@@ -117,10 +147,11 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if config.jwt_secret is None:
         log.warning("JWT_SECRET is not set: development mode, clients say who they are")
-
-    # Imported here so that --help, schemas and version work without the server's dependencies.
-    from callbox.server.app import serve, tune_garbage_collector  # noqa: PLC0415
-    from callbox.server.transport.listener import ListenError  # noqa: PLC0415
+    elif not config.allowed_origins:
+        log.warning(
+            "ALLOWED_ORIGINS is not set: pages from any site may open WebSockets here and"
+            " sign in with the tokens they hold; list the sites of your clients"
+        )
 
     tune_garbage_collector()
     status = 0
@@ -128,9 +159,13 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(_serve_until_signalled, serve, config)
     except* KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown, or one before the signal handler was installed
-    except* ListenError as failed:
+    except* (ListenError, CertificateError) as failed:  # start-up errors, like configuration
         print(f"callbox: {_first_leaf(failed)}", file=sys.stderr)
-        status = 1
+        status = 2
+    except* ClusterUnavailable as failed:  # a cluster's Redis: unusable (2), or out of reach (1)
+        unreachable = _first_leaf(failed)
+        print(f"callbox: {unreachable}", file=sys.stderr)
+        status = 2 if getattr(unreachable, "permanent", False) else 1
     return status
 
 

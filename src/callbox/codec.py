@@ -50,6 +50,7 @@ __all__ = [
     "REFERENCE",
     "REGISTRY",
     "SCHEMA_BASE",
+    "SCHEMA_FILES",
     "STRUCTURE_BY_TYPE",
     "Direction",
     "ProtocolError",
@@ -97,13 +98,21 @@ def schema_dir() -> Path:
     return Path(str(resources.files("callbox") / "schemas"))
 
 
-def _load_documents(root: Path) -> dict[str, dict[str, Any]]:
-    """Every schema file under ``root``, keyed by its ``$id``."""
-    documents = (orjson.loads(path.read_bytes()) for path in sorted(root.rglob("*.json")))
-    return {document["$id"]: document for document in documents}
+def _read_files(root: Path) -> dict[str, bytes]:
+    """Every schema file under ``root`` by its path relative to it (``client/hello.json``)."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*.json"))
+    }
 
 
-_DOCUMENTS = _load_documents(schema_dir())
+SCHEMA_FILES: Mapping[str, bytes] = _read_files(schema_dir())
+"""The schema files as read, by relative path: the validators are built from these bytes, and the
+server serves the same bytes at ``/schemas/`` (the directory mirrors ``SCHEMA_BASE``)."""
+
+_DOCUMENTS: dict[str, dict[str, Any]] = {
+    document["$id"]: document for document in map(orjson.loads, SCHEMA_FILES.values())
+}
 _UNIONS: dict[Direction, Any] = {"client": ClientMessage, "server": ServerMessage}
 _CLASSES: dict[Direction, Mapping[str, type]] = {
     "client": CLIENT_MESSAGES,

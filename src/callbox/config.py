@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -173,6 +174,47 @@ def _ip_addresses(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -
             raise ConfigError(f"{_label(attribute)}: not an IP address: {address!r}") from None
 
 
+def serialized_origin(text: str) -> str | None:
+    """`text` as a browser sends it in `Origin` (RFC 6454 §6.2: scheme, host and a non-default
+    port, lower case, no path), or None if it is no http(s) origin at all."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        port = parts.port
+    except ValueError:  # a port that is not a number, a bracket left open
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or parts.username is not None:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return (
+        f"{scheme}://{host}"
+        if port in (None, _DEFAULT_PORTS[scheme])
+        else f"{scheme}://{host}:{port}"
+    )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origins(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """Origins exactly as browsers send them: they are compared with `Origin` as strings."""
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{_label(attribute)} must be a list of origins")
+    for origin in value:
+        serialized = serialized_origin(origin) if isinstance(origin, str) else None
+        if serialized is None:
+            raise ConfigError(
+                f"{_label(attribute)}: expected origins like https://app.example.com"
+                f" (scheme, host and port only), got {origin!r}"
+            )
+        if serialized != origin:
+            raise ConfigError(
+                f"{_label(attribute)}: browsers send {origin!r} as {serialized!r}; write that"
+            )
+
+
 def _tuple_of(value: Any) -> Any:
     """Lets a mapping (JSON, TOML) give a list where the config holds a tuple."""
     return tuple(value) if isinstance(value, list) else value
@@ -241,6 +283,19 @@ class Config:
         check=_port,
         parse=_parse_int,
     )
+    tls_cert_file: str | None = _setting(
+        None,
+        env="TLS_CERT_FILE",
+        meaning="PEM certificate chain: the port serves wss:// and https:// (with TLS_KEY_FILE;"
+        " both read again on SIGHUP)",
+        check=_optional_text,
+    )
+    tls_key_file: str | None = _setting(
+        None,
+        env="TLS_KEY_FILE",
+        meaning="PEM private key of TLS_CERT_FILE (unencrypted)",
+        check=_optional_text,
+    )
     path: str = _setting("/ws", env=None, meaning="WebSocket endpoint path", check=_path)
     trusted_proxies: tuple[str, ...] = _setting(
         ("127.0.0.1", "::1"),
@@ -257,6 +312,15 @@ class Config:
         " of its nodes (install with '.[cluster]'); unset: a single process with no broker",
         check=_redis_url,
         secret=True,
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        env="ALLOWED_ORIGINS",
+        meaning="comma-separated origins (https://app.example.com) whose pages may open a"
+        " WebSocket (others: 403; no Origin, as from apps, is allowed) and read the files and"
+        " schemas (CORS); unset: any",
+        check=_origins,
+        parse=_parse_list,
     )
 
     jwt_secret: str | None = _setting(
@@ -492,6 +556,11 @@ class Config:
                     f" {self.jwt_algorithm}, got {len(self.jwt_secret.encode())}"
                 )
         self._check_turn()
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                f"{_name('tls_cert_file')} and {_name('tls_key_file')} go together: set both"
+                " to serve TLS, or neither"
+            )
 
     def _check_turn(self) -> None:
         static = (self.turn_username, self.turn_credential)

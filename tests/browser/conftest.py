@@ -70,14 +70,14 @@ class Server:
         if not self._listening.wait(SERVER_START_TIMEOUT_S):
             self.stop()
             pytest.fail(f"the server did not start within {SERVER_START_TIMEOUT_S} s:\n{self.log}")
-        self.base = re.sub(r"^ws://([^/]+)/.*$", r"http://\1", self.url)
+        self.base = re.sub(r"^ws(s?)://([^/]+)/.*$", r"http\1://\2", self.url)
 
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
             if not self._listening.is_set() and (
-                match := re.search(r"callbox listening on (ws://\S+)", line)
+                match := re.search(r"callbox listening on (wss?://\S+)", line)
             ):
                 self.url = match.group(1)
                 self._listening.set()

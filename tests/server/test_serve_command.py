@@ -1,15 +1,23 @@
-"""`callbox serve` as a user runs it: a real process, stopped by SIGTERM or Ctrl-C."""
+"""`callbox serve` as a user runs it: a real process, stopped by SIGTERM or Ctrl-C, and told to
+read its TLS certificate again by SIGHUP."""
 
 from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.parse
+from pathlib import Path
 
 import pytest
 import trio
+import trustme
+from cryptography import x509
 from trio_websocket import ConnectionClosed
+
+from tests.helpers import write_certificate
 
 from .wsclient import connect
 
@@ -39,6 +47,65 @@ async def test_serve_stops_cleanly_and_says_goodbye(stop_signal: signal.Signals)
                     await alice.ws.get_message()
                 assert alice.ws.closed is not None
                 assert alice.ws.closed.code == 1001
+            while chunk := await process.stderr.receive_some():
+                log += chunk.decode()
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+    assert "Traceback" not in log, log
+    page = "http" + url.removeprefix("ws").removesuffix("ws")
+    assert f"demo page at {page}\n" in log, log
+
+
+def serial_in_file(cert_file: str) -> int:
+    return x509.load_pem_x509_certificate(Path(cert_file).read_bytes()).serial_number
+
+
+async def served_serial(url: str, context: ssl.SSLContext) -> int:
+    """The serial number of the certificate a new connection to `url` is shown."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    stream = await trio.open_ssl_over_tcp_stream(parts.hostname, parts.port, ssl_context=context)
+    async with stream:
+        await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_sighup_serves_a_renewed_certificate_to_new_connections(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    cert, key = write_certificate(ca, tmp_path)
+    first = serial_in_file(cert)
+    command = [sys.executable, "-m", "callbox", "serve", "--port", "0"]
+    command += ["--tls-cert", cert, "--tls-key", key]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    try:
+        with trio.fail_after(20):
+            page, log = await read_until(process.stderr, re.compile(r"demo page at (https://\S+)"))
+            url = re.search(r"callbox listening on (wss://\S+)", log).group(1)  # type: ignore[union-attr]
+            assert page == "https" + url.removeprefix("wss").removesuffix("ws")
+            assert await served_serial(url, context) == first
+            async with connect(url, "alice", ssl_context=context) as alice:
+                write_certificate(ca, tmp_path)  # renewed in place, as certbot does
+                second = serial_in_file(cert)
+                assert second != first
+                process.send_signal(signal.SIGHUP)
+                _, more = await read_until(process.stderr, re.compile(r"(reloaded the TLS)"))
+                log += more
+                assert await served_serial(url, context) == second
+                await alice.send({"type": "ping", "rid": "still"})  # opened before: goes on
+                await alice.expect("pong", rid="still")
+
+            Path(cert).write_text("half-written\n")  # a broken renewal: the current one stays
+            process.send_signal(signal.SIGHUP)
+            _, more = await read_until(process.stderr, re.compile(r"(still serving the previous)"))
+            log += more
+            assert await served_serial(url, context) == second
+
+            process.send_signal(signal.SIGTERM)
             while chunk := await process.stderr.receive_some():
                 log += chunk.decode()
             assert await process.wait() == 0

@@ -17,13 +17,14 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import parse_uri
 
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
-from callbox.server.transport.http import HttpResponse
+from callbox.server.transport.http import HttpHandler, HttpResponse
 from callbox.server.transport.listener import (
     ACCEPT_RETRY_SECONDS,
     SharedServices,
@@ -100,7 +101,7 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
 async def running_server(
     handler: EchoHandler,
     config: TransportConfig = CONFIG,
-    http_handler: Callable[[str], HttpResponse | None] | None = None,
+    http_handler: HttpHandler | None = None,
 ) -> AsyncIterator[int]:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
@@ -383,7 +384,7 @@ async def test_slow_reader_is_closed_1013_and_buffer_stays_bounded() -> None:
 
 
 async def test_http_requests_on_other_paths() -> None:
-    def http_handler(path: str) -> HttpResponse | None:
+    def http_handler(path: str, _headers: Headers) -> HttpResponse | None:
         if path == "/healthz":
             headers = [("Content-Type", "application/json"), ("X-Check", "1")]
             return 200, [*headers, ("Content-Length", "999")], b'{"ok":true}'

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
+from websockets.datastructures import Headers
 from websockets.frames import Opcode
 
 from callbox.config import Config
@@ -145,7 +146,7 @@ async def test_a_large_read_is_handled_in_turns_with_other_connections() -> None
 def paths_handler(requested: list[str]) -> HttpHandler:
     """200 for every path but /nope, noting which were asked for."""
 
-    def http(path: str) -> HttpResponse | None:
+    def http(path: str, _headers: Headers) -> HttpResponse | None:
         if path == "/nope":
             return None
         requested.append(path)

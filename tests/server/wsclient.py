@@ -6,6 +6,7 @@ It checks what the outline promises of every server message as it reads it: vali
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -55,8 +56,17 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(url: str, user_id: str | None = None, **hello: Any) -> AsyncIterator[Client]:
-    async with open_websocket_url(url) as ws:
+async def connect(
+    url: str,
+    user_id: str | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    **hello: Any,
+) -> AsyncIterator[Client]:
+    """A client on `url` (`wss://` URLs with `ssl_context`), signed in as `user_id` if given;
+    `extra_headers` go in the upgrade request (an `Origin`, as a browser sends)."""
+    async with open_websocket_url(url, ssl_context=ssl_context, extra_headers=extra_headers) as ws:
         client = Client(ws)
         if user_id is not None:
             await client.hello(user_id, **hello)

@@ -172,6 +172,9 @@ class ClusterUnavailable(Exception):
     commit that raises it may or may not have applied: committing the same batch id again
     tells which, within the time a batch's outcomes are kept."""
 
+    permanent = False
+    """Whether waiting cannot help (a store callbox will not use): a node does not start."""
+
 
 class Backend(Protocol):
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:

@@ -67,6 +67,8 @@ coredis has no class for (READONLY, during a failover, is its `ReadOnlyError`; L
 class BadRedis(ClusterUnavailable):
     """A Redis that callbox will not use (too old, evicting keys), or a URL that names none."""
 
+    permanent = True
+
 
 def _script(name: str) -> str:
     return (files(__package__) / "lua" / name).read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from typing import Any
 
 import trio
 from attrs import define, field
+from websockets.datastructures import Headers
+from websockets.typing import Origin
 
 from callbox.auth import authenticate
 from callbox.config import Config
@@ -48,11 +51,13 @@ from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
 from callbox.server.metrics import CONTENT_TYPE, Metrics
+from callbox.server.static import StaticFiles, schema_files
 from callbox.server.timers import SessionTimers
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpResponse
 from callbox.server.transport.listener import serve_websockets
+from callbox.server.transport.tls import CertificateError, ServerCertificate
 
 log = logging.getLogger("callbox.server")
 
@@ -131,7 +136,9 @@ class SignalingServer:
         nursery.start_soon(self._session_timers.run, name="session timers")
         # The node label of every metric: this host, until worker processes name their nodes.
         self.metrics = Metrics(switchboard, node=socket.gethostname())
-        self._web = load_web_files()
+        self._files = StaticFiles(
+            {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
+        )
 
     # ConnectionHandler -------------------------------------------------------------------------
 
@@ -161,17 +168,14 @@ class SignalingServer:
 
     # HTTP ----------------------------------------------------------------------------------------
 
-    def http(self, path: str) -> HttpResponse | None:
-        """Health, metrics, and the demo page with its browser client; anything else is 404."""
+    def http(self, path: str, headers: Headers) -> HttpResponse | None:
+        """Health, metrics, and the static files: the demo page with its browser client, and
+        the schemas (`callbox.server.static`); anything else is 404."""
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
             return 200, [("Content-Type", CONTENT_TYPE)], self.metrics.render()
-        page = self._web.get(path)
-        if page is None:
-            return None
-        content_type, body = page
-        return 200, [("Content-Type", content_type), ("Cache-Control", "no-cache")], body
+        return self._files.respond(path, headers)
 
     # Actions -------------------------------------------------------------------------------------
 
@@ -286,6 +290,8 @@ def transport_config(config: Config) -> TransportConfig:
         heartbeat_interval=heartbeat,
         heartbeat_timeout=2 * heartbeat,
         trusted_proxies=frozenset(config.trusted_proxies),
+        # Listed origins, and none (a client that is not a browser); no list: any.
+        origins=(None, *map(Origin, config.allowed_origins)) if config.allowed_origins else None,
     )
 
 
@@ -296,6 +302,10 @@ async def serve(
 ) -> None:
     """Run the signaling server until cancelled; reports its listeners once it is accepting.
     With `config.redis_url`, it is a node of that cluster (callbox.server.cluster).
+
+    With a TLS certificate and key configured, it serves `wss://` and `https://`, and reads them
+    again on SIGHUP (so it must then run in the main thread); an unreadable or invalid one stops
+    it at start-up with `CertificateError`.
 
     A process that is only this server should also `tune_garbage_collector()`; `callbox serve`
     does. It is not done here because the collector's settings belong to the whole process.
@@ -315,8 +325,14 @@ async def run_server(
     make_server: Callable[[trio.Nursery], SignalingServer],
     task_status: trio.TaskStatus[list[trio.SocketListener]],
 ) -> None:
-    """Run the server `make_server` makes, on listeners for `config`'s host and port."""
+    """Run the server `make_server` makes, on listeners for `config`'s host and port (with
+    TLS if configured: see `serve`)."""
+    certificate = None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        certificate = ServerCertificate(config.tls_cert_file, config.tls_key_file)
     async with trio.open_nursery() as nursery:
+        if certificate is not None:
+            await nursery.start(_reload_on_hangup, certificate)
         server = make_server(nursery)
         listeners: list[trio.SocketListener] = await nursery.start(
             lambda task_status: serve_websockets(
@@ -325,10 +341,38 @@ async def run_server(
                 config.host,
                 config.port,
                 http_handler=server.http,
+                certificate=certificate,
                 task_status=task_status,
             )
         )
+        secure = "s" if certificate is not None else ""
         for listener in listeners:
-            host, port = listener.socket.getsockname()[:2]
-            log.info("callbox listening on ws://%s:%d%s", host, port, config.path)
+            address = _url_address(listener)
+            # `.ci/run` and the tests find the URL in this line: keep its words.
+            log.info("callbox listening on ws%s://%s%s", secure, address, config.path)
+            log.info("demo page at http%s://%s/", secure, address)
         task_status.started(listeners)
+
+
+def _url_address(listener: trio.SocketListener) -> str:
+    """The listener's host and port as a URL writes them (an IPv6 address in brackets)."""
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _reload_on_hangup(
+    certificate: ServerCertificate, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Read the certificate and key again on each SIGHUP: a renewed certificate is served to
+    new connections without a restart (open ones keep theirs). A failed reload keeps the
+    current certificate and says why."""
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            try:
+                certificate.reload()
+            except CertificateError as error:
+                # One line: the error says what and why; a traceback would add nothing.
+                log.error("SIGHUP: %s; still serving the previous certificate", error)  # noqa: TRY400
+            else:
+                log.info("SIGHUP: reloaded the TLS certificate %s", certificate.cert_file)

@@ -17,8 +17,11 @@ One module per concern (docs/decisions/0009-transport-layout.md):
 - `heartbeats`: `Heartbeats`, every connection's pings and timeouts from one task;
 - `listener`: `serve_websockets`, the accept loop, `SharedServices`;
 - `http`: the answer to every request head that is not a WebSocket upgrade;
+- `tls`: `TlsConnection`, the same connection with TLS between its paths and the socket, and
+  `ServerCertificate`, reloadable (docs/decisions/0012-tls-and-origins.md);
 - `config`: `TransportConfig`, the limits.
 
 Every connection is a `trio.SocketStream`, and the tests use real sockets too: there is one
-send path and one receive path, the ones production runs.
+send path and one receive path, the ones production runs (with TLS, the same ones, through
+`ssl.SSLObject`).
 """

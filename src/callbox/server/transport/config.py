@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+from websockets.typing import Origin
 
 from callbox.server.transport.outbound import CLOSE_FRAME_RESERVE_BYTES
 
@@ -48,3 +49,8 @@ class TransportConfig:
     sending empty frames stalled a sentinel call's relay 235 ms; taking turns, ~20 ms)."""
     trusted_proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
     """Peers whose `X-Forwarded-For` names the client (see `Connection.client_host`)."""
+    origins: tuple[Origin | None, ...] | None = None
+    """The `Origin` values an upgrade may carry (None in it: an upgrade without one, from a
+    client that is not a browser); others get 403. None: any, unchecked. Browsers send `Origin`
+    with every WebSocket upgrade, and a page cannot change it: this is what stops another
+    site's page from using a visitor's credentials here (cross-site WebSocket hijacking)."""

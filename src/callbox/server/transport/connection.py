@@ -34,7 +34,7 @@ from callbox.server.transport.outbound import TRANSPORT_ERRORS, Outbound
 if TYPE_CHECKING:
     from callbox.server.transport.listener import SharedServices
 
-__all__ = ["Connection", "ConnectionHandler", "ConnectionStatistics"]
+__all__ = ["Connection", "ConnectionHandler", "ConnectionStatistics", "Source"]
 
 logger = logging.getLogger("callbox.transport")
 
@@ -61,7 +61,8 @@ _connection_ids = itertools.count(1)
 
 @attrs.frozen
 class ConnectionStatistics:
-    """Snapshot of one connection's counters (bytes are wire bytes, messages are data messages)."""
+    """Snapshot of one connection's counters (bytes are the WebSocket stream's, before TLS if any;
+    messages are data messages)."""
 
     buffered_bytes: int
     messages_in: int
@@ -136,7 +137,9 @@ class Connection(Outbound):
         self._handler = handler
         self._http_handler = http_handler
         self._config = config
-        self._protocol = ServerProtocol(max_size=config.max_message_bytes, logger=_protocol_logger)
+        self._protocol = ServerProtocol(
+            origins=config.origins, max_size=config.max_message_bytes, logger=_protocol_logger
+        )
         # Reads and writes go to a second socket object on the same fd, past trio's layers.
         sock = socket.socket(fileno=stream.socket.fileno())
         sock.setblocking(False)
@@ -254,7 +257,7 @@ class Connection(Outbound):
                         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                         break
                     try:
-                        data = await self._stream.receive_some(min(room, config.read_size))
+                        data = await self._receive_head(min(room, config.read_size))
                     except TRANSPORT_ERRORS as exc:
                         self._abort(exc)
                         break
@@ -269,12 +272,21 @@ class Connection(Outbound):
                 self._refuse(HTTPStatus.REQUEST_TIMEOUT)
         return proto.state is OPEN
 
+    async def _receive_head(self, max_bytes: int) -> bytes:
+        """Bytes of the request head as they arrive; empty at EOF. (`TlsConnection` runs the TLS
+        handshake first and decrypts.)"""
+        return await self._stream.receive_some(max_bytes)
+
+    def _input(self) -> Source:
+        """What `_receive_loop` reads from: the socket (`TlsConnection`: its decrypting side)."""
+        return self._sock
+
     async def _receive_loop(self) -> None:
         """Read, feed the protocol, call the handler; until EOF or the closing handshake is
         complete (both close frames seen: the peer may send nothing more, so no need to wait
         for its EOF - trio-websocket clients, for one, never close TCP themselves)."""
         read_size = self._config.read_size
-        sock = self._sock
+        sock = self._input()
         read_buffer = _shared_read_buffer(read_size)
         while True:
             try:
@@ -569,19 +581,34 @@ class Connection(Outbound):
         chained to it, and its traceback's frames refer to this connection: the cycle then
         holds the connection, its sockets and its scopes. Only a full collection would free
         them, and the server makes those rare (`callbox.server.app.GC_THRESHOLDS`).
+
+        The whole chain is walked, past exceptions that have no traceback: an EOF or a reset
+        before the request head is complete leaves `handshake_exc` an `InvalidMessage` that was
+        made, not raised, whose cause is the EOF raised in our handler (seen with a TLS
+        handshake cut short, `test_tls.py`, and with a plain head cut by a reset).
         """
         chain: list[BaseException | None] = [
             self._protocol.parser_exc,
             self._protocol.handshake_exc,
         ]
+        seen: set[int] = set()
         while chain:
             exc = chain.pop()
-            if exc is not None and exc.__traceback__ is not None:
+            if exc is not None and id(exc) not in seen:
+                seen.add(id(exc))
                 exc.__traceback__ = None
                 chain += (exc.__cause__, exc.__context__)
 
 
-def _receive_into(sock: socket.socket, buffer: memoryview) -> int | None:
+class Source(Protocol):
+    """What the read loop reads from: a non-blocking socket, or what looks like one (its
+    `recv_into` raises `BlockingIOError` when nothing has arrived, returns 0 at EOF)."""
+
+    def recv_into(self, buffer: memoryview, /) -> int: ...
+    def fileno(self) -> int: ...
+
+
+def _receive_into(sock: Source, buffer: memoryview) -> int | None:
     """`sock.recv_into(buffer)`, or None when nothing has arrived: the caller then waits outside
     any exception handler (waiting inside one would keep the exception alive meanwhile)."""
     try:

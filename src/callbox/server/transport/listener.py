@@ -12,6 +12,7 @@ from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection, ConnectionHandler
 from callbox.server.transport.heartbeats import Heartbeats
 from callbox.server.transport.http import HttpHandler
+from callbox.server.transport.tls import ServerCertificate, TlsConnection
 
 __all__ = ["ACCEPT_RETRY_SECONDS", "SharedServices", "serve_websockets"]
 
@@ -21,12 +22,19 @@ logger = logging.getLogger("callbox.transport")
 class SharedServices:
     """What the connections of one server share, so that an idle one costs neither a task nor a
     nursery: the heartbeat task, and the nursery that a connection's writer runs in while its
-    client is slow to read; and the slots for reading request heads (`max_handshakes`)."""
+    client is slow to read; the slots for reading request heads (`max_handshakes`); and the TLS
+    certificate, if the server speaks TLS."""
 
-    def __init__(self, nursery: trio.Nursery, config: TransportConfig) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        config: TransportConfig,
+        certificate: ServerCertificate | None = None,
+    ) -> None:
         self.nursery = nursery
         self.heartbeats = Heartbeats()
         self.handshakes = trio.Semaphore(config.max_handshakes)
+        self.certificate = certificate
         nursery.start_soon(self.heartbeats.run)
 
 
@@ -41,15 +49,19 @@ async def serve_websockets(
     port: int,
     *,
     http_handler: HttpHandler | None = None,
+    certificate: ServerCertificate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections until cancelled; cancelling it is the graceful shutdown (1001)."""
+    """Accept connections until cancelled; cancelling it is the graceful shutdown (1001).
+
+    With a `certificate`, every connection speaks TLS (`wss://`, `https://`), with the context
+    the certificate holds when it is accepted."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as error:  # a port in use, an address not here, a name that does not resolve
         raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
     async with trio.open_nursery() as nursery:
-        shared = SharedServices(nursery, config)
+        shared = SharedServices(nursery, config, certificate)
         for listener in listeners:
             nursery.start_soon(_accept, listener, handler, config, http_handler, shared)
         task_status.started(listeners)
@@ -94,7 +106,8 @@ def _accepted(
 ) -> Coroutine[None, None, None]:
     """The task serving a new stream: the connection's own `_serve`, with no frame around it."""
     try:
-        conn = Connection(stream, handler, config, http_handler, shared)
+        kind = Connection if shared.certificate is None else TlsConnection
+        conn = kind(stream, handler, config, http_handler, shared)
     except Exception:
         logger.exception("could not set up a connection; dropping it")
         return trio.aclose_forcefully(stream)
