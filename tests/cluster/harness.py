@@ -34,7 +34,7 @@ from callbox.cluster.node import (
     first_conn,
     node_of,
 )
-from callbox.cluster.node_store import NodeStore
+from callbox.cluster.node_store import NodeStore, timer_name
 from callbox.core.actions import Action, CancelTimer, Close, StartTimer, TimerKey
 from callbox.core.store import RecordKey, TrackingStore
 from callbox.core.switchboard import Switchboard
@@ -130,10 +130,18 @@ class ClusterMixin(Harness):
         self.nodes[node_of(conn)].gateway.closed(conn)
         super().drop(conn)
 
-    def _fire(self, key: TimerKey) -> None:
+    def _fire(self, key: TimerKey, deadline: float) -> None:
+        """On the node that armed it, claiming it if it is one of the cluster's."""
         now, wall = self.now, self.wall
         node = self.nodes[self._timer_node.pop(key, 1)]
-        self._run(node, lambda sb: sb.timer_fired(key, now, wall))
+        name = timer_name(key)
+
+        def fire(switchboard: Switchboard) -> list[Action]:
+            if name is not None:
+                node.store.firing = (name, round(deadline * 1000))
+            return switchboard.timer_fired(key, now, wall)
+
+        self._run(node, fire)
 
     def _run(self, node: ClusterNode, event: Callable[[Switchboard], list[Action]]) -> None:
         steps = self._steps(node, event)

@@ -34,6 +34,8 @@ from tests.cluster.redis_server import RedisServer, unique_prefix
 
 _batch_ids = itertools.count()
 
+TIMERS = ("ring c1 bob", "cap c1", "grace s")
+DEADLINES = st.sampled_from([1000, 2000])
 CONN = 7 << 32
 """The connection outboxes are opened on, in the cases that do not look at it."""
 CONNS = st.sampled_from([CONN, CONN + 1, 9 << 32])
@@ -404,6 +406,8 @@ def _transactions(
         st.lists(op, max_size=2),
         st.lists(st.tuples(mostly(live), st.binary(max_size=10)), max_size=6),
         st.none() | mostly(live).flatmap(applied),
+        st.none() | st.tuples(st.sampled_from(TIMERS), DEADLINES),
+        st.dictionaries(st.sampled_from(TIMERS), st.none() | DEADLINES, max_size=2),
     )
 
 
@@ -440,6 +444,7 @@ async def _same_on_both(redis: RedisBackend, data: st.DataObject) -> None:
         for outcome in outcomes:  # --hypothesis-show-statistics: how many of each
             event(type(outcome).__name__)
         assert await redis.load(KEYS) == memory.load_now(KEYS)
+        assert await redis.overdue(10**6, 10) == memory.overdue_now(10**6, 10)
         assert await redis.outboxes(SESSIONS) == memory.outboxes_now(SESSIONS)
         for sid in SESSIONS:
             after, limit = data.draw(st.integers(-1, 12)), data.draw(st.integers(0, 4))
@@ -477,3 +482,27 @@ async def test_a_client_message_applies_once(backend: Backend) -> None:
 async def test_node_numbers_are_never_given_twice(backend: Backend) -> None:
     numbers = [await backend.register_node() for _ in range(3)]
     assert len(set(numbers)) == 3 and min(numbers) >= 1
+
+
+# Timers
+
+
+async def test_a_timer_fires_once_however_many_nodes_try(backend: Backend) -> None:
+    armed = Transaction({}, timers={"ring c1 bob": 5000, "cap c1": 9000})
+    assert isinstance(await one(backend, armed), Committed)
+    assert await backend.overdue(6000, 10) == [("ring c1 bob", 5000)]
+    assert await backend.overdue(10_000, 1) == [("ring c1 bob", 5000)]
+    fired = Transaction({}, fired=("ring c1 bob", 5000), timers={"warn c1": 7000})
+    assert isinstance(await one(backend, fired), Committed)
+    again = Transaction({}, fired=("ring c1 bob", 5000))
+    assert await one(backend, again) == Conflict(frozenset({"timer:ring c1 bob"}))
+    assert await backend.overdue(10_000, 10) == [("warn c1", 7000), ("cap c1", 9000)]
+
+
+async def test_a_timer_armed_again_fires_only_at_its_new_deadline(backend: Backend) -> None:
+    await one(backend, Transaction({}, timers={"grace s1": 5000}))
+    await one(backend, Transaction({}, timers={"grace s1": 8000}))
+    stale = Transaction({}, fired=("grace s1", 5000))
+    assert await one(backend, stale) == Conflict(frozenset({"timer:grace s1"}))
+    await one(backend, Transaction({}, timers={"grace s1": None}))
+    assert await backend.overdue(10_000, 10) == []

@@ -4,6 +4,7 @@ a call between two nodes, and a session resumed on the node it did not start on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import trio
@@ -111,3 +112,33 @@ async def test_a_store_out_of_reach_answers_unavailable_and_recovers(
         await alice.initiate(["bob"], call_id=call_id)  # sent again: applied once
         await alice.expect(CallRinging, call_id=call_id)
         await bob.expect(CallIncoming, call_id=call_id)
+
+
+async def node_in_scope(
+    nursery: trio.Nursery, backend: MemoryBackend, bus: MemoryBus, **settings: Any
+) -> tuple[str, trio.CancelScope]:
+    """A node whose `cancel()` stops it at once, as a node that dies (nothing more is
+    committed for its connections; its clients see their sockets close)."""
+    scope = trio.CancelScope()
+    config = Config(port=0).with_overrides(**settings)
+
+    async def run(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+        with scope:
+            await serve_node(config, backend, bus, task_status=task_status)
+
+    return server_url(await nursery.start(run)), scope
+
+
+async def test_the_timers_of_a_dead_node_fire_on_another(nursery: trio.Nursery) -> None:
+    backend, bus = MemoryBackend(), MemoryBus()
+    doomed, node = await node_in_scope(nursery, backend, bus, ring_timeout_ms=1000)
+    kept, _ = await node_in_scope(nursery, backend, bus, ring_timeout_ms=1000)
+    async with connect(kept, user_id="bob") as bob:
+        async with connect(doomed, user_id="alice") as alice:
+            call_id = await alice.initiate(["bob"])  # its ring timeout is armed on alice's node
+            await bob.expect(CallIncoming, call_id=call_id)
+            node.cancel()
+        with trio.fail_after(10):
+            ended = await bob.expect(CallEnded, call_id=call_id)
+        assert ended.reason == "ring_timeout"
+        assert backend.timers == {}

@@ -262,10 +262,10 @@ class Harness:
             deadline, key = min(due, key=lambda item: item[0])
             del self.timers[key]
             self.now = max(self.now, deadline)
-            self._fire(key)
+            self._fire(key, deadline)
         self.now = target
 
-    def _fire(self, key: TimerKey) -> None:
+    def _fire(self, key: TimerKey, deadline: float) -> None:
         now, wall = self.now, self.wall
         self._apply(self._event(lambda sb: sb.timer_fired(key, now, wall)))
 

@@ -140,6 +140,12 @@ class Transaction:
     """(session id, `cseq`) of the client message the event applied: the precondition is that
     the session's outbox has applied none as high (a message resent after a resume is applied
     once), and it becomes its `last_cseq`."""
+    fired: tuple[str, int] | None = None
+    """(timer, deadline) of the timer whose firing the event is: the precondition is that the
+    timer is still armed for that deadline, and it is disarmed (so it fires once however many
+    nodes try: the one that armed it, on time, or another after that one died)."""
+    timers: Mapping[str, int | None] = field(factory=dict)
+    """Timers the event armed (deadline, cluster ms) or disarmed (None), after `fired`."""
 
 
 @frozen
@@ -156,7 +162,8 @@ class Committed:
 @frozen
 class Conflict:
     keys: frozenset[str]
-    """Keys whose version changed, and "outbox:<id>" for a failed outbox precondition."""
+    """Keys whose version changed, "outbox:<id>" for a failed outbox precondition and
+    "timer:<name>" for a timer no longer armed as the event fired it."""
 
 
 @frozen
@@ -177,6 +184,11 @@ class ClusterUnavailable(Exception):
 
 
 class Backend(Protocol):
+    async def overdue(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` armed timers due before `before_ms`, earliest first, with their
+        deadlines: those whose node did not fire them (it died)."""
+        ...
+
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
         """The current version and value of each key."""
         ...
@@ -266,6 +278,8 @@ class MemoryBackend:
     """Outcomes by batch id, so a batch committed twice applies once."""
     nodes: int = 0
     """Node numbers given so far."""
+    timers: dict[str, int] = field(factory=dict)
+    """Armed timers: deadline (cluster ms) by name."""
 
     def load_now(self, keys: Sequence[str]) -> dict[str, Versioned]:
         found = {}
@@ -303,6 +317,8 @@ class MemoryBackend:
             if self.records.get(key, (0, b""))[0] != version
         }
         boxes = self._outboxes_after(txn, stale)
+        if txn.fired is not None and self.timers.get(txn.fired[0]) != txn.fired[1]:
+            stale.add(f"timer:{txn.fired[0]}")
         if stale:
             return Conflict(frozenset(stale))
         seqs, conns = [], []
@@ -323,6 +339,13 @@ class MemoryBackend:
             self.records[key] = (version, data)
         for key in txn.deletes:
             self.records.pop(key, None)
+        if txn.fired is not None:
+            del self.timers[txn.fired[0]]
+        for timer, deadline in txn.timers.items():
+            if deadline is None:
+                self.timers.pop(timer, None)
+            else:
+                self.timers[timer] = deadline
         for sid, box in boxes.items():
             if box is None:
                 self.outboxes_by_session.pop(sid, None)
@@ -393,6 +416,13 @@ class MemoryBackend:
 
     async def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    def overdue_now(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        due = sorted((deadline, timer) for timer, deadline in self.timers.items())
+        return [(timer, deadline) for deadline, timer in due if deadline < before_ms][:limit]
+
+    async def overdue(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        return self.overdue_now(before_ms, limit)
 
     async def register_node(self) -> int:
         self.nodes += 1

@@ -101,6 +101,9 @@ class Node:
                         store.outcome = outcome
                     elif isinstance(outcome, Overflow):
                         store.overflowing |= frozenset(outcome.session_ids)
+                    elif any(key.startswith("timer:") for key in outcome.keys):
+                        store.abandon()  # the timer fired elsewhere, or was disarmed: void
+                        return []
                     else:
                         if outcome.keys & loaded_now:
                             conflicts += 1

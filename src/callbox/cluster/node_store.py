@@ -47,7 +47,19 @@ from callbox.cluster.backend import (
     Versioned,
 )
 from callbox.codec import with_seq
-from callbox.core.actions import Action, ConnId, Numbered, ReplayAfter
+from callbox.core.actions import (
+    Action,
+    CancelTimer,
+    ConnId,
+    DurationCapTimer,
+    ExpiryWarningTimer,
+    GraceTimer,
+    Numbered,
+    ReplayAfter,
+    RingTimer,
+    StartTimer,
+    TimerKey,
+)
 from callbox.core.calls import Call
 from callbox.core.encoding import decode_record, encode_record
 from callbox.core.outbox import Delivery
@@ -82,6 +94,49 @@ class NeedsCommit(Missing):
         self.transaction = transaction
 
 
+def timer_name(key: TimerKey) -> str | None:
+    """The name a timer of the cluster has in the store; None for one of a connection, which
+    dies with its node (`HelloTimer`, `HelloDelayTimer`) or is armed again on a resume
+    (`IceRefreshTimer`). Ids hold no spaces (schemas/common.json)."""
+    match key:
+        case RingTimer(call_id, user_id):
+            return f"ring {call_id} {user_id}"
+        case ExpiryWarningTimer(call_id):
+            return f"warn {call_id}"
+        case DurationCapTimer(call_id):
+            return f"cap {call_id}"
+        case GraceTimer(session_id):
+            return f"grace {session_id}"
+    return None
+
+
+def timer_of_name(name: str) -> TimerKey:
+    kind, _, rest = name.partition(" ")
+    match kind:
+        case "ring":
+            call_id, _, user_id = rest.partition(" ")
+            return RingTimer(call_id, user_id)
+        case "warn":
+            return ExpiryWarningTimer(rest)
+        case "cap":
+            return DurationCapTimer(rest)
+        case "grace":
+            return GraceTimer(rest)
+    raise ValueError(f"no such timer: {name!r}")
+
+
+def cluster_timers(actions: list[Action | Delivery]) -> dict[str, int | None]:
+    """The timers of the cluster an event armed (deadline, cluster ms) or disarmed (None)."""
+    timers: dict[str, int | None] = {}
+    for action in actions:
+        if isinstance(action, StartTimer | CancelTimer):
+            name = timer_name(action.key)
+            if name is not None:
+                deadline = action.deadline if isinstance(action, StartTimer) else None
+                timers[name] = None if deadline is None else round(deadline * 1000)
+    return timers
+
+
 def key_name(key: RecordKey) -> str:
     return f"{key[0]}:{key[1]}"
 
@@ -108,6 +163,9 @@ class NodeStore(TrackingStore):
     """The transaction the event came to, once it has."""
     outcome: Committed | None = field(default=None, init=False)
     """The backend's answer to `pending`, once committed: the rerun then stands."""
+    firing: tuple[str, int] | None = field(default=None, init=False)
+    """Set by the node before it runs a timer of the cluster's: (its name, its deadline in
+    cluster ms), which the event's commit claims (`Transaction.fired`)."""
     _ops: list[OutboxOp] = field(factory=list, init=False)
     _blind_deletes: set[RecordKey] = field(factory=set, init=False)
     """Tokens the event drops that the cache does not hold (see `drop_token`)."""
@@ -342,9 +400,18 @@ class NodeStore(TrackingStore):
             outbox_ops=self._outbox_ops(started),
             deliveries=tuple(deliveries),
             applied=applied,
+            fired=self.firing,
+            timers=cluster_timers(actions),
         )
-        if not (writes or deletes or transaction.outbox_ops or deliveries or applied) and not (
-            self._failed_reads
+        if not (
+            writes
+            or deletes
+            or transaction.outbox_ops
+            or deliveries
+            or applied
+            or self._failed_reads
+            or transaction.fired
+            or transaction.timers
         ):
             self._settled()  # read and changed nothing to keep: nothing to commit
             return [action for action in actions if type(action) is not tuple]  # type: ignore[misc]
@@ -401,6 +468,6 @@ class NodeStore(TrackingStore):
         self._forget_event()
         self._reads, self._read_values, self._ops, self._opened = {}, [], [], []
         self._failed_reads, self._blind_deletes = {}, set()
-        self.pending = self.outcome = None
+        self.pending = self.outcome = self.firing = None
         self.overflowing = frozenset()
         self.outbox_states.clear()

@@ -79,6 +79,7 @@ _LOAD = _script("load.lua")
 _OUTBOXES = _script("outboxes.lua")
 _FRAMES_AFTER = _script("frames_after.lua")
 _NOW_MS = _script("now_ms.lua")
+_OVERDUE = _script("overdue.lua")
 
 
 @define(eq=False)
@@ -95,6 +96,7 @@ class RedisBackend:
     _outboxes: Script[bytes] = field(init=False)
     _frames_after: Script[bytes] = field(init=False)
     _now_ms: Script[bytes] = field(init=False)
+    _overdue: Script[bytes] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._commit = self.client.register_script(_COMMIT)
@@ -102,6 +104,7 @@ class RedisBackend:
         self._outboxes = self.client.register_script(_OUTBOXES)
         self._frames_after = self.client.register_script(_FRAMES_AFTER)
         self._now_ms = self.client.register_script(_NOW_MS)
+        self._overdue = self.client.register_script(_OVERDUE)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
         with self._reaching():
@@ -148,6 +151,14 @@ class RedisBackend:
         with self._reaching():
             now: object = await self._now_ms([], [], readonly=True)
         return cast(int, now)
+
+    async def overdue(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
+        with self._reaching():
+            reply: object = await self._overdue([], [self.prefix, before_ms, limit], readonly=True)
+        items = iter(cast(list[bytes], reply))
+        return [
+            (timer.decode(), int(deadline)) for timer, deadline in zip(items, items, strict=True)
+        ]
 
     async def register_node(self) -> int:
         with self._reaching():
@@ -278,6 +289,16 @@ def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> li
         for sid, frame in txn.deliveries:
             string(sid)
             string(frame)
+        if txn.fired is None:
+            ints.append(0)
+        else:
+            ints.append(1)
+            string(txn.fired[0])
+            ints.append(txn.fired[1])
+        ints.append(len(txn.timers))
+        for timer, deadline in txn.timers.items():
+            string(timer)
+            ints.extend((0, 0) if deadline is None else (1, deadline))
     packed = struct.pack(f">{len(ints)}q", *ints)
     return [prefix, batch_id, packed, b"".join(blob), str(LAST_SEEN_TTL_MS)]
 

@@ -45,10 +45,10 @@ from callbox.cluster.node import (
     Wake,
     first_conn,
 )
-from callbox.cluster.node_store import NodeStore
+from callbox.cluster.node_store import NodeStore, timer_name, timer_of_name
 from callbox.codec import encode, rid_of
 from callbox.config import Config
-from callbox.core.actions import Action, Close, ConnId, StartTimer, TimerKey
+from callbox.core.actions import Action, CancelTimer, Close, ConnId, StartTimer, TimerKey
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
 from callbox.server.app import SignalingServer, build_switchboard, run_server
@@ -64,6 +64,11 @@ FETCH_LIMIT: Final = 256
 """Frames read from an outbox per request (a resume's replay may take several)."""
 TIMER_RETRY: Final = 1.0
 """Seconds before a timer whose event could not commit is run again."""
+OVERDUE_S: Final = 1.0
+"""How late a timer of the cluster must be before any node fires it (its own node is gone)."""
+OVERDUE_POLL_S: Final = 0.25
+"""How often a node looks for such timers: a dead node's fire at most ~1.25 s late."""
+OVERDUE_BATCH: Final = 100
 CLOSE_UNAVAILABLE: Final = 1013
 UNAVAILABLE_MESSAGE: Final = (
     "the cluster's store is out of reach: the message was not applied; send it again"
@@ -110,7 +115,8 @@ class Queued:
     conn: ConnId | None = None
     """The connection of a client message (told if it cannot be applied)."""
     data: bytes | None = None
-    timer: TimerKey | None = None
+    timer: bool = False
+    """A timer's firing: run again later if it cannot be applied now."""
 
 
 def wake_message(wake: Wake) -> bytes:
@@ -147,8 +153,11 @@ class ClusterServer(SignalingServer):
         """The cluster's clock minus trio's, in seconds."""
         self._batches = itertools.count(1)
         self._queue, self._queued = trio.open_memory_channel[Queued](MAX_QUEUED_EVENTS)
+        self._armed: dict[str, int] = {}
+        """The deadline (cluster ms) of each timer of the cluster this node armed."""
         nursery.start_soon(self._run_events, name=f"node {number} events")
         nursery.start_soon(self._listen, name=f"node {number} wake-ups")
+        nursery.start_soon(self._fire_overdue, name=f"node {number} overdue timers")
 
     def _now(self, local: float | None = None) -> float:
         """The cluster's clock, in seconds, at trio's `local` time (default: now)."""
@@ -183,8 +192,33 @@ class ClusterServer(SignalingServer):
         self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
 
     def _timer_fired(self, key: TimerKey) -> None:
+        name = timer_name(key)
+        deadline = None if name is None else self._armed.pop(name, None)
+        self._fire(key, None if name is None or deadline is None else (name, deadline))
+
+    def _fire(self, key: TimerKey, claim: tuple[str, int] | None) -> None:
+        """Queue the firing of `key`; `claim`: the cluster's timer it is, and its deadline."""
         now, wall = self._now(), time.time()
-        self._enqueue(Queued(lambda: self.switchboard.timer_fired(key, now, wall), timer=key))
+        store = self._node.store
+
+        def fire() -> list[Action]:
+            store.firing = claim
+            return self.switchboard.timer_fired(key, now, wall)
+
+        self._enqueue(Queued(fire, timer=True))
+
+    async def _fire_overdue(self) -> None:
+        """Fire the cluster's timers overdue by `OVERDUE_S`: their node died (or is stuck). Each
+        fires once whichever node gets there first (`Transaction.fired`)."""
+        while True:
+            await trio.sleep(OVERDUE_POLL_S)
+            before = round((self._now() - OVERDUE_S) * 1000)
+            try:
+                overdue = await self._backend.overdue(before, OVERDUE_BATCH)
+            except ClusterUnavailable:
+                continue
+            for name, deadline in overdue:
+                self._fire(timer_of_name(name), (name, deadline))
 
     def _enqueue(self, event: Queued) -> None:
         try:
@@ -244,8 +278,8 @@ class ClusterServer(SignalingServer):
         """The event could not be applied: a client message is answered `unavailable` (a
         `hello`, close 1013), a timer is run again later; a lost connection's grace starts when
         the store is back (its session's node will be found dead)."""
-        if event.timer is not None:
-            super()._carry_out([StartTimer(event.timer, trio.current_time() + TIMER_RETRY)])
+        if event.timer:
+            self._nursery.start_soon(self._retry, event)
             return
         if event.conn is None or event.data is None:
             return
@@ -271,11 +305,23 @@ class ClusterServer(SignalingServer):
             elif isinstance(item, Fetch):
                 await self._fetch(item)
             elif isinstance(item, StartTimer):  # the core's deadline is on the cluster's clock
+                name = timer_name(item.key)
+                if name is not None:
+                    self._armed[name] = round(item.deadline * 1000)
                 super()._carry_out([StartTimer(item.key, item.deadline - self._offset)])
+            elif isinstance(item, CancelTimer):
+                name = timer_name(item.key)
+                if name is not None:
+                    self._armed.pop(name, None)
+                super()._carry_out([item])
             else:
                 super()._carry_out([item])
         for node, messages in wakes.items():
             await self._bus.publish(node, b"\n".join(messages))
+
+    async def _retry(self, event: Queued) -> None:
+        await trio.sleep(TIMER_RETRY)
+        self._enqueue(event)
 
     async def _fetch(self, fetch: Fetch) -> None:
         """Write the frames `fetch` asks for, as many reads as it takes."""

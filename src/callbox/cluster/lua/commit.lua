@@ -19,6 +19,8 @@
 --      | 5 sid last_seq (acknowledge) | 6 sid (close)
 --   0 | 1, session id, cseq                         the client message applied, if one was
 --   n, (session id, frame) * n                     the deliveries
+--   0 | 1, timer, deadline                         the timer fired, if the event is a firing
+--   n, (timer, 0 | 1, deadline) * n                timers disarmed (0) or armed (1)
 -- ARGV[5]: how long "last_seen:" records are kept, ms (they expire; nothing else does).
 -- Reply, one per transaction: {0, version, {seq...}, {conn...}} (conn 0: the session is away)
 -- | {1, {key...}} | {2, {session id...}}.
@@ -31,7 +33,8 @@
 -- connection it is attached to (0: none), unsent_from, max messages, max bytes, the last cseq
 -- applied: a GET and a SET a commit, where a hash took an HMGET, an LLEN and an HSET) and <prefix>o:<sid> its frames, a list, oldest
 -- first; <prefix>version the counter every commit draws its version from;
--- <prefix>idem:<batch id> a batch's reply, kept 300 s.
+-- <prefix>idem:<batch id> a batch's reply, kept 300 s; <prefix>timers a sorted set of the
+-- armed timers by deadline (cluster ms).
 
 local META = '>i8i8i8i8i8i8i8i8'
 local prefix = ARGV[1]
@@ -236,6 +239,21 @@ local function apply()
       stale = conflict(stale, 'outbox:' .. sid)
     end
   end
+  local fired = nil
+  if take_number() == 1 then -- a timer's firing: it must still be armed for that deadline
+    local timer = take()
+    fired = timer
+    if tonumber(redis.call('ZSCORE', prefix .. 'timers', timer)) ~= take_number() then
+      stale = conflict(stale, 'timer:' .. timer)
+    end
+  end
+  local timers = {} -- timer, deadline or false, ...
+  for i = 1, 2 * take_number(), 2 do
+    timers[i] = take()
+    local armed = take_number() == 1
+    local deadline = take_number()
+    timers[i + 1] = armed and deadline
+  end
   if stale then
     return {1, stale}
   end
@@ -264,6 +282,16 @@ local function apply()
   end
   for _, key in ipairs(deletes) do
     redis.call('DEL', prefix .. 'r:' .. key)
+  end
+  if fired then
+    redis.call('ZREM', prefix .. 'timers', fired)
+  end
+  for i = 1, #timers, 2 do
+    if timers[i + 1] then
+      redis.call('ZADD', prefix .. 'timers', timers[i + 1], timers[i])
+    else
+      redis.call('ZREM', prefix .. 'timers', timers[i])
+    end
   end
   for _, sid in ipairs(order) do
     local box = boxes[sid]
