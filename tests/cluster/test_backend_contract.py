@@ -506,3 +506,24 @@ async def test_a_timer_armed_again_fires_only_at_its_new_deadline(backend: Backe
     assert await one(backend, stale) == Conflict(frozenset({"timer:grace s1"}))
     await one(backend, Transaction({}, timers={"grace s1": None}))
     assert await backend.overdue(10_000, 10) == []
+
+
+# Nodes: leases, and a dead node's sessions
+
+
+async def test_a_dead_node_is_claimed_once_with_the_sessions_on_it(backend: Backend) -> None:
+    on_5, on_6 = (5 << 32) + 1, (6 << 32) + 1
+    opened = [OpenOutbox("a", on_5, 8, 100), OpenOutbox("b", on_5 + 1, 8, 100)]
+    await one(backend, ops(*opened, OpenOutbox("c", on_6, 8, 100)))
+    assert await backend.renew_lease(5, 1000) is False  # a new lease
+    assert await backend.renew_lease(5, 2000) is True
+    assert await backend.renew_lease(6, 9000) is False
+    assert await backend.dead_nodes(5000) == [5]
+    await one(backend, ops(Detach("b")))  # b lost its connection before node 5 died
+    await one(backend, ops(Detach("c"), Attach("c", on_5 + 2, 0)))  # c resumed on node 5
+    assert sorted(await backend.claim_node(5)) == [("a", on_5), ("c", on_5 + 2)]
+    assert await backend.claim_node(5) == []  # claimed once
+    assert await backend.dead_nodes(5000) == []
+    assert await backend.renew_lease(5, 9000) is False  # node 5 learns it was taken for dead
+    await one(backend, ops(Attach("a", on_6 + 1, 0)))
+    assert await backend.claim_node(6) == [("a", on_6 + 1)]

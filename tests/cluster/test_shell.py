@@ -27,7 +27,7 @@ from callbox.messages import (
     Error,
     RelayedSdpOffer,
 )
-from callbox.server.cluster import CLOSE_UNAVAILABLE, MemoryBus, serve_node
+from callbox.server.cluster import CLOSE_UNAVAILABLE, LEASE_S, MemoryBus, serve_node
 from tests.helpers import server_url
 
 
@@ -142,3 +142,26 @@ async def test_the_timers_of_a_dead_node_fire_on_another(nursery: trio.Nursery) 
             ended = await bob.expect(CallEnded, call_id=call_id)
         assert ended.reason == "ring_timeout"
         assert backend.timers == {}
+
+
+@pytest.mark.slow
+async def test_the_sessions_of_a_dead_node_end_for_their_peers_after_the_grace(
+    nursery: trio.Nursery,
+) -> None:
+    """bob's node dies and bob never comes back: once the node's lease has run out another
+    node takes its sessions over, bob's grace starts, and when it ends alice is told."""
+    backend, bus = MemoryBackend(), MemoryBus()
+    doomed, node = await node_in_scope(nursery, backend, bus, reconnect_grace_ms=500)
+    kept, _ = await node_in_scope(nursery, backend, bus, reconnect_grace_ms=500)
+    async with connect(kept, user_id="alice") as alice:
+        async with connect(doomed, user_id="bob") as bob:
+            call_id = await alice.initiate(["bob"])
+            await bob.expect(CallIncoming, call_id=call_id)
+            await bob.answer(call_id)
+            await alice.expect(CallRinging)
+            await alice.expect(CallAccepted)
+            node.cancel()
+        with trio.fail_after(LEASE_S + 10):
+            ended = await alice.expect(CallEnded, call_id=call_id)
+        assert ended.reason == "disconnected"
+    assert backend.leases.keys() == {2}  # the dead node's lease is gone, the live one's kept

@@ -18,7 +18,11 @@ from callbox.conformance.runner import Options, run_suite, select
 from tests.helpers import start_conformance_server
 
 REPO = Path(__file__).resolve().parents[2]
-SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {"calls.end.error", "errors.internal", "errors.unavailable"}
+SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {
+    "calls.end.error",
+    "errors.internal",
+    "errors.unavailable",
+}
 """What the suite skips against our server: rows no event sequence reaches, and the end reason
 and the error code only a failing server sends."""
 

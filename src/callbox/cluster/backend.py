@@ -40,6 +40,10 @@ LAST_SEEN_TTL_MS: Final = 7 * 24 * 3600 * 1000
 """How long the store keeps when a user was last seen ("last_seen:<user>" keys expire then): a
 single process remembers the last `LAST_SEEN_REMEMBERED` users instead."""
 
+CONN_BITS: Final = 32
+"""A connection id is its node's number shifted by this many bits, plus the node's own count:
+unique in the cluster, and naming the node that holds the connection."""
+
 Version = int
 """A key's version: the number of the commit that last wrote it; 0 means absent."""
 
@@ -184,6 +188,21 @@ class ClusterUnavailable(Exception):
 
 
 class Backend(Protocol):
+    async def renew_lease(self, node: int, until_ms: int) -> bool:
+        """Node `node` is alive until `until_ms` (cluster ms). Returns whether it still held
+        its lease (False: another node found it dead meanwhile and took its sessions)."""
+        ...
+
+    async def dead_nodes(self, now_ms: int) -> list[int]:
+        """Nodes whose lease ran out before `now_ms`."""
+        ...
+
+    async def claim_node(self, node: int) -> list[tuple[str, int]]:
+        """Take a dead node's place once: its lease goes, and the sessions attached to its
+        connections are returned with those connections (each a session to detach). Only the
+        first node to claim it gets them; the others get nothing."""
+        ...
+
     async def overdue(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
         """Up to `limit` armed timers due before `before_ms`, earliest first, with their
         deadlines: those whose node did not fire them (it died)."""
@@ -280,6 +299,8 @@ class MemoryBackend:
     """Node numbers given so far."""
     timers: dict[str, int] = field(factory=dict)
     """Armed timers: deadline (cluster ms) by name."""
+    leases: dict[int, int] = field(factory=dict)
+    """Each live node's lease: until when (cluster ms)."""
 
     def load_now(self, keys: Sequence[str]) -> dict[str, Versioned]:
         found = {}
@@ -416,6 +437,23 @@ class MemoryBackend:
 
     async def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    async def renew_lease(self, node: int, until_ms: int) -> bool:
+        held = node in self.leases
+        self.leases[node] = until_ms
+        return held
+
+    async def dead_nodes(self, now_ms: int) -> list[int]:
+        return sorted(node for node, until in self.leases.items() if until < now_ms)
+
+    async def claim_node(self, node: int) -> list[tuple[str, int]]:
+        if self.leases.pop(node, None) is None:
+            return []
+        return [
+            (sid, box.conn)
+            for sid, box in self.outboxes_by_session.items()
+            if box.conn is not None and box.conn >> CONN_BITS == node
+        ]
 
     def overdue_now(self, before_ms: int, limit: int) -> list[tuple[str, int]]:
         due = sorted((deadline, timer) for timer, deadline in self.timers.items())

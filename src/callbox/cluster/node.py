@@ -22,6 +22,7 @@ from typing import Final
 from attrs import define, field, frozen
 
 from callbox.cluster.backend import (
+    CONN_BITS,
     Committed,
     Conflict,
     OutboxState,
@@ -35,7 +36,6 @@ from callbox.codec import with_seq
 from callbox.core.actions import Action, Close, ConnId, Numbered, ReplayAfter, Send
 from callbox.core.store import Missing
 
-CONN_BITS: Final = 32
 MAX_CONFLICTS: Final = 3
 """Commits of one event refused for contention (a key loaded for the event changed before its
 commit) before it is given up (`Unavailable`)."""

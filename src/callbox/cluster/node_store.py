@@ -163,6 +163,9 @@ class NodeStore(TrackingStore):
     """The transaction the event came to, once it has."""
     outcome: Committed | None = field(default=None, init=False)
     """The backend's answer to `pending`, once committed: the rerun then stands."""
+    node_died: bool = field(default=False, init=False)
+    """Set by the node before it detaches the sessions of a node that died: what that node
+    wrote of their frames is unknown, so every frame held counts as unread (`Detach`)."""
     firing: tuple[str, int] | None = field(default=None, init=False)
     """Set by the node before it runs a timer of the cluster's: (its name, its deadline in
     cluster ms), which the event's commit claims (`Transaction.fired`)."""
@@ -358,7 +361,7 @@ class NodeStore(TrackingStore):
     def detach(self, session: Session, grace_deadline: float) -> None:
         session.conn = None
         session.grace_deadline = grace_deadline
-        self._ops.append(Detach(session.session_id))
+        self._ops.append(Detach(session.session_id, 0 if self.node_died else None))
 
     # The transaction ---------------------------------------------------------------------------
 
@@ -469,5 +472,6 @@ class NodeStore(TrackingStore):
         self._reads, self._read_values, self._ops, self._opened = {}, [], [], []
         self._failed_reads, self._blind_deletes = {}, set()
         self.pending = self.outcome = self.firing = None
+        self.node_died = False
         self.overflowing = frozenset()
         self.outbox_states.clear()

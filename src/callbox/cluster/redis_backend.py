@@ -80,6 +80,9 @@ _OUTBOXES = _script("outboxes.lua")
 _FRAMES_AFTER = _script("frames_after.lua")
 _NOW_MS = _script("now_ms.lua")
 _OVERDUE = _script("overdue.lua")
+_RENEW_LEASE = _script("renew_lease.lua")
+_DEAD_NODES = _script("dead_nodes.lua")
+_CLAIM_NODE = _script("claim_node.lua")
 
 
 @define(eq=False)
@@ -97,6 +100,9 @@ class RedisBackend:
     _frames_after: Script[bytes] = field(init=False)
     _now_ms: Script[bytes] = field(init=False)
     _overdue: Script[bytes] = field(init=False)
+    _renew_lease: Script[bytes] = field(init=False)
+    _dead_nodes: Script[bytes] = field(init=False)
+    _claim_node: Script[bytes] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._commit = self.client.register_script(_COMMIT)
@@ -105,6 +111,9 @@ class RedisBackend:
         self._frames_after = self.client.register_script(_FRAMES_AFTER)
         self._now_ms = self.client.register_script(_NOW_MS)
         self._overdue = self.client.register_script(_OVERDUE)
+        self._renew_lease = self.client.register_script(_RENEW_LEASE)
+        self._dead_nodes = self.client.register_script(_DEAD_NODES)
+        self._claim_node = self.client.register_script(_CLAIM_NODE)
 
     async def load(self, keys: Sequence[str]) -> dict[str, Versioned]:
         with self._reaching():
@@ -160,9 +169,25 @@ class RedisBackend:
             (timer.decode(), int(deadline)) for timer, deadline in zip(items, items, strict=True)
         ]
 
+    async def renew_lease(self, node: int, until_ms: int) -> bool:
+        with self._reaching():
+            held: object = await self._renew_lease([], [self.prefix, node, until_ms])
+        return held == 1
+
+    async def dead_nodes(self, now_ms: int) -> list[int]:
+        with self._reaching():
+            reply: object = await self._dead_nodes([], [self.prefix, now_ms], readonly=True)
+        return [int(node) for node in cast(list[bytes], reply)]
+
+    async def claim_node(self, node: int) -> list[tuple[str, int]]:
+        with self._reaching():
+            reply: object = await self._claim_node([], [self.prefix, node])
+        items = iter(cast(list[bytes], reply))
+        return [(sid.decode(), int(conn)) for sid, conn in zip(items, items, strict=True)]
+
     async def register_node(self) -> int:
         with self._reaching():
-            return await self.client.incr(f"{self.prefix}nodes")
+            return await self.client.incr(f"{self.prefix}node_numbers")
 
     async def instance(self) -> str:
         """The id of the data Redis holds: made by the first node that asks, it changes only

@@ -240,6 +240,12 @@ class Switchboard:
             return [CancelTimer(HelloTimer(conn)), CancelTimer(HelloDelayTimer(conn))]
         return self._transact(True, self._lost, conn, link.session_id, now)
 
+    def connection_gone_elsewhere(self, conn: ConnId, session_id: str, now: float) -> list[Action]:
+        """In a cluster, the node that held `conn`, which carried `session_id`, has died: as
+        for a lost connection of this process, the session's grace period starts (unless it
+        has been resumed since on another connection)."""
+        return self._transact(True, self._session_lost, conn, session_id, now)
+
     def timer_fired(self, key: TimerKey, now: float, wall: float) -> list[Action]:
         """A timer the core started has expired. Stale firings (already resolved) are ignored.
 
@@ -361,6 +367,9 @@ class Switchboard:
         """`conn`, which carried `session_id`, is gone: unless another connection has taken
         the session over, its grace period starts."""
         self.outbox.after_commit.append(partial(self._links.pop, conn, None))
+        self._session_lost(conn, session_id, now)
+
+    def _session_lost(self, conn: ConnId, session_id: str, now: float) -> None:
         session = self.store.session(session_id)
         if session is not None and session.conn == conn:
             self._sessions.detach(session, now)

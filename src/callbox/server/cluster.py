@@ -31,6 +31,7 @@ from typing import Final, Protocol
 
 import trio
 from attrs import define, field, frozen
+from websockets.datastructures import Headers
 
 from callbox.cluster.backend import Backend, ClusterUnavailable
 from callbox.cluster.node import (
@@ -53,6 +54,7 @@ from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
 from callbox.server.app import SignalingServer, build_switchboard, run_server
 from callbox.server.transport.connection import Connection
+from callbox.server.transport.http import HttpResponse
 
 log = logging.getLogger("callbox.cluster")
 
@@ -69,6 +71,12 @@ OVERDUE_S: Final = 1.0
 OVERDUE_POLL_S: Final = 0.25
 """How often a node looks for such timers: a dead node's fire at most ~1.25 s late."""
 OVERDUE_BATCH: Final = 100
+LEASE_S: Final = 5.0
+"""A node not heard from for this long is taken for dead (LiveKit 5 s, Centrifuge 7 s)."""
+LEASE_RENEW_S: Final = 1.0
+UNHEALTHY_AFTER_S: Final = 2.5
+"""`/healthz` fails once the store has not answered the lease renewal for this long."""
+CLOSE_RESTART: Final = 1012
 CLOSE_UNAVAILABLE: Final = 1013
 UNAVAILABLE_MESSAGE: Final = (
     "the cluster's store is out of reach: the message was not applied; send it again"
@@ -155,9 +163,13 @@ class ClusterServer(SignalingServer):
         self._queue, self._queued = trio.open_memory_channel[Queued](MAX_QUEUED_EVENTS)
         self._armed: dict[str, int] = {}
         """The deadline (cluster ms) of each timer of the cluster this node armed."""
+        self._reached_at = trio.current_time()
+        """When the store last answered this node's lease renewal (trio's clock)."""
         nursery.start_soon(self._run_events, name=f"node {number} events")
         nursery.start_soon(self._listen, name=f"node {number} wake-ups")
         nursery.start_soon(self._fire_overdue, name=f"node {number} overdue timers")
+        nursery.start_soon(self._keep_lease, name=f"node {number} lease")
+        nursery.start_soon(self._take_over_dead_nodes, name=f"node {number} reaper")
 
     def _now(self, local: float | None = None) -> float:
         """The cluster's clock, in seconds, at trio's `local` time (default: now)."""
@@ -319,6 +331,71 @@ class ClusterServer(SignalingServer):
         for node, messages in wakes.items():
             await self._bus.publish(node, b"\n".join(messages))
 
+    # Nodes: this one's lease, and the others' death ------------------------------------------
+
+    def http(self, path: str, headers: Headers) -> HttpResponse | None:
+        """`/healthz` fails while this node cannot reach the store (its lease is not renewed):
+        a load balancer then sends new clients to another node."""
+        if path == "/healthz" and trio.current_time() - self._reached_at > UNHEALTHY_AFTER_S:
+            return 503, [("Content-Type", "text/plain")], b"the cluster's store is out of reach\n"
+        return super().http(path, headers)
+
+    async def _keep_lease(self) -> None:
+        """Renew this node's lease every `LEASE_RENEW_S`. A node found dead meanwhile (it could
+        not renew for `LEASE_S`: frozen, or cut off from the store) has had its sessions taken
+        over: it closes its connections with 1012, so that their clients resume anywhere."""
+        while True:
+            until = round((self._now() + LEASE_S) * 1000)
+            try:
+                held = await self._backend.renew_lease(self.number, until)
+            except ClusterUnavailable as unavailable:
+                log.warning("node %d: lease not renewed: %s", self.number, unavailable)
+            else:
+                self._reached_at = trio.current_time()
+                if not held:
+                    self._taken_for_dead()
+            await trio.sleep(LEASE_RENEW_S)
+
+    def _taken_for_dead(self) -> None:
+        log.warning(
+            "node %d: its lease had run out and its sessions were taken over; closing its %d"
+            " connections so that their clients resume",
+            self.number,
+            len(self._connections),
+        )
+        for connection in list(self._connections.values()):
+            connection.close(CLOSE_RESTART, "node restarting")
+
+    async def _take_over_dead_nodes(self) -> None:
+        """Every `LEASE_RENEW_S`, claim the nodes whose lease ran out (each is claimed once,
+        by whichever node gets there first) and start the grace period of every session that
+        was on one of their connections: their clients resume on another node, or their
+        peers are told once the grace has passed."""
+        while True:
+            await trio.sleep(LEASE_RENEW_S)
+            try:
+                dead = await self._backend.dead_nodes(round(self._now() * 1000))
+                for node in dead:
+                    if node != self.number:
+                        self._detach_all(node, await self._backend.claim_node(node))
+            except ClusterUnavailable as unavailable:
+                log.warning("node %d: dead nodes not looked for: %s", self.number, unavailable)
+
+    def _detach_all(self, node: int, sessions: list[tuple[str, int]]) -> None:
+        if sessions:
+            log.warning("node %d found dead: %d sessions were on it", node, len(sessions))
+        store = self._node.store
+        for session_id, conn in sessions:
+            now = self._now()
+
+            def detach(
+                session_id: str = session_id, conn: int = conn, now: float = now
+            ) -> list[Action]:
+                store.node_died = True
+                return self.switchboard.connection_gone_elsewhere(conn, session_id, now)
+
+            self._enqueue(Queued(detach, timer=True))  # retried, as a timer is, if it fails
+
     async def _retry(self, event: Queued) -> None:
         await trio.sleep(TIMER_RETRY)
         self._enqueue(event)
@@ -366,7 +443,9 @@ async def serve_node(
 ) -> None:
     """Run a node of the cluster on `backend` and `bus` until cancelled."""
     number = await backend.register_node()
-    clock_offset = await backend.now_ms() / 1000 - trio.current_time()
+    now_ms = await backend.now_ms()
+    clock_offset = now_ms / 1000 - trio.current_time()
+    await backend.renew_lease(number, now_ms + round(LEASE_S * 1000))
     name = f"{socket.gethostname()}/{number}"
     log.info("cluster node %s", name)
 

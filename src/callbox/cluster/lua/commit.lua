@@ -34,7 +34,7 @@
 -- applied: a GET and a SET a commit, where a hash took an HMGET, an LLEN and an HSET) and <prefix>o:<sid> its frames, a list, oldest
 -- first; <prefix>version the counter every commit draws its version from;
 -- <prefix>idem:<batch id> a batch's reply, kept 300 s; <prefix>timers a sorted set of the
--- armed timers by deadline (cluster ms).
+-- armed timers by deadline (cluster ms); <prefix>nodes the nodes' leases (until, cluster ms).
 
 local META = '>i8i8i8i8i8i8i8i8'
 local prefix = ARGV[1]
@@ -151,13 +151,30 @@ end
 
 local version = tonumber(redis.call('GET', prefix .. 'version')) or 0
 local boxes, order -- the outboxes a transaction touches, by session id, and those ids in order
+local was_on -- by session id: the connection its outbox was attached to before (0: none)
 
 local function box_of(sid)
   if boxes[sid] == nil then
     boxes[sid] = load_box(sid)
     order[#order + 1] = sid
+    was_on[sid] = boxes[sid] and boxes[sid].conn or 0
   end
   return boxes[sid]
+end
+
+-- <prefix>ns:<node> holds the sessions attached to that node's connections (session id to
+-- connection): what another node takes over when that one dies. A connection id is its node's
+-- number times 2^32 plus a count (callbox/cluster/backend.py, CONN_BITS).
+local function index_move(sid, from, to)
+  if from == to then
+    return
+  end
+  if from ~= 0 then
+    redis.call('HDEL', prefix .. 'ns:' .. math.floor(from / 4294967296), sid)
+  end
+  if to ~= 0 then
+    redis.call('HSET', prefix .. 'ns:' .. math.floor(to / 4294967296), sid, to)
+  end
 end
 
 -- One transaction: its outcome.
@@ -178,7 +195,7 @@ local function apply()
     deletes[i] = take()
   end
 
-  boxes, order = {}, {}
+  boxes, order, was_on = {}, {}, {}
   for _ = 1, take_number() do
     local code = take_number()
     local sid = take()
@@ -297,8 +314,10 @@ local function apply()
     local box = boxes[sid]
     if box then
       save_box(box)
+      index_move(sid, was_on[sid], box.conn)
     else -- closed
       redis.call('DEL', prefix .. 'q:' .. sid, prefix .. 'o:' .. sid)
+      index_move(sid, was_on[sid], 0)
     end
   end
   return {0, version, seqs, conns}
