@@ -85,9 +85,12 @@ SANDBOX_MISSING = _sandbox_missing()
 async def test_callbox_serves_a_call_in_the_unit_s_sandbox() -> None:
     sandboxed = [str(SYSTEM_PYTHON), str(ROOT / "tests/systemd_sandbox.py"), str(UNIT)]
     # ProtectSystem=strict and PrivateTmp=, roughly; then no capabilities at all, which
-    # CapabilityBoundingSet= and a non-root User= give.
+    # CapabilityBoundingSet= and a non-root User= give. A checkout or a virtual environment
+    # under /tmp (a CI's clean clone) would vanish under a private /tmp: then /tmp stays.
+    in_tmp = any(Path(path).resolve().is_relative_to("/tmp") for path in (ROOT, sys.prefix))
+    private_tmp = "" if in_tmp else " && mount -t tmpfs tmpfs /tmp"
     script = (
-        "mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp && exec setpriv "
+        f"mount -o remount,bind,ro /{private_tmp} && exec setpriv "
         '--bounding-set -all --inh-caps -all --ambient-caps -all "$@"'
     )
     command = ["unshare", "--mount", "sh", "-c", script, "sh", *sandboxed]
