@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from callbox.client import connect
+from callbox.client import SessionLost, connect
 from callbox.cluster.backend import (
     ClusterUnavailable,
     MemoryBackend,
@@ -26,8 +26,15 @@ from callbox.messages import (
     CallRinging,
     Error,
     RelayedSdpOffer,
+    RoomJoined,
 )
-from callbox.server.cluster import CLOSE_UNAVAILABLE, LEASE_S, MemoryBus, serve_node
+from callbox.server.cluster import (
+    CATCH_UP_S,
+    CLOSE_UNAVAILABLE,
+    LEASE_S,
+    MemoryBus,
+    serve_node,
+)
 from tests.helpers import server_url
 
 
@@ -165,3 +172,37 @@ async def test_the_sessions_of_a_dead_node_end_for_their_peers_after_the_grace(
             ended = await alice.expect(CallEnded, call_id=call_id)
         assert ended.reason == "disconnected"
     assert backend.leases.keys() == {2}  # the dead node's lease is gone, the live one's kept
+
+
+async def test_a_store_restarted_empty_sends_every_client_to_a_new_session(
+    nursery: trio.Nursery,
+) -> None:
+    backend = MemoryBackend()
+    url = server_url(await nursery.start(serve_node, Config(port=0), backend, MemoryBus()))
+    async with connect(url, user_id="alice", reconnect=True) as alice:
+        await alice.room_join("lobby")
+        await alice.expect(RoomJoined)
+        MemoryBackend.__init__(backend)  # all it holds now: what a Redis restarted empty holds
+        with trio.fail_after(10), pytest.raises(SessionLost) as lost:
+            while True:
+                await alice.receive()
+        assert lost.value.welcome.resumed is False
+        assert alice.welcome.session_id != ""
+
+
+class DeafBus(MemoryBus):
+    """A bus that loses every wake-up, as pub/sub does while a subscriber reconnects."""
+
+    async def publish(self, node: int, message: bytes) -> None:
+        pass
+
+
+@pytest.mark.slow
+async def test_frames_whose_wake_up_was_lost_arrive_by_the_catch_up(nursery: trio.Nursery) -> None:
+    backend, bus = MemoryBackend(), DeafBus()
+    first = server_url(await nursery.start(serve_node, Config(port=0), backend, bus))
+    second = server_url(await nursery.start(serve_node, Config(port=0), backend, bus))
+    async with connect(first, user_id="alice") as alice, connect(second, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        with trio.fail_after(CATCH_UP_S + 5):
+            await bob.expect(CallIncoming, call_id=call_id)

@@ -30,6 +30,7 @@ must behave identically (tests/cluster/test_backend_contract.py runs the same ca
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Final, Protocol
@@ -188,6 +189,11 @@ class ClusterUnavailable(Exception):
 
 
 class Backend(Protocol):
+    async def instance(self) -> str:
+        """The id of the data the store holds, made by the first node that asks: another one
+        means the store lost everything (restarted empty), and every node's cache with it."""
+        ...
+
     async def renew_lease(self, node: int, until_ms: int) -> bool:
         """Node `node` is alive until `until_ms` (cluster ms). Returns whether it still held
         its lease (False: another node found it dead meanwhile and took its sessions)."""
@@ -301,6 +307,8 @@ class MemoryBackend:
     """Armed timers: deadline (cluster ms) by name."""
     leases: dict[int, int] = field(factory=dict)
     """Each live node's lease: until when (cluster ms)."""
+    instance_id: str = field(factory=lambda: uuid.uuid4().hex)
+    """A test makes another to play a store restarted empty."""
 
     def load_now(self, keys: Sequence[str]) -> dict[str, Versioned]:
         found = {}
@@ -437,6 +445,9 @@ class MemoryBackend:
 
     async def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+    async def instance(self) -> str:
+        return self.instance_id
 
     async def renew_lease(self, node: int, until_ms: int) -> bool:
         held = node in self.leases

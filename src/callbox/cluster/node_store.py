@@ -215,6 +215,15 @@ class NodeStore(TrackingStore):
             self.versions.pop((kind, key), None)
             self._failed_reads.pop((kind, key), None)  # read again when run again
 
+    def forget_everything(self) -> None:
+        """The store lost everything (restarted empty): so does the cache."""
+        for mapping in self._mappings.values():
+            mapping.clear()
+        self.seen = LastSeen(capacity=1 << 62)
+        self.known.clear()
+        self.versions.clear()
+        self.abandon()
+
     def _put(self, kind: str, key: str, data: bytes) -> None:
         if kind == "session":
             session = decode_record(Session, data)

@@ -77,6 +77,8 @@ LEASE_RENEW_S: Final = 1.0
 UNHEALTHY_AFTER_S: Final = 2.5
 """`/healthz` fails once the store has not answered the lease renewal for this long."""
 CLOSE_RESTART: Final = 1012
+CATCH_UP_S: Final = 5.0
+CATCH_UP_BATCH: Final = 500
 CLOSE_UNAVAILABLE: Final = 1013
 UNAVAILABLE_MESSAGE: Final = (
     "the cluster's store is out of reach: the message was not applied; send it again"
@@ -147,6 +149,7 @@ class ClusterServer(SignalingServer):
         bus: Bus,
         number: int,
         clock_offset: float,
+        instance: str,
     ) -> None:
         super().__init__(switchboard, nursery)
         store = switchboard.store
@@ -165,11 +168,14 @@ class ClusterServer(SignalingServer):
         """The deadline (cluster ms) of each timer of the cluster this node armed."""
         self._reached_at = trio.current_time()
         """When the store last answered this node's lease renewal (trio's clock)."""
+        self._instance = instance
+        """The id of the store's data when this node started (`Backend.instance`)."""
         nursery.start_soon(self._run_events, name=f"node {number} events")
         nursery.start_soon(self._listen, name=f"node {number} wake-ups")
         nursery.start_soon(self._fire_overdue, name=f"node {number} overdue timers")
         nursery.start_soon(self._keep_lease, name=f"node {number} lease")
         nursery.start_soon(self._take_over_dead_nodes, name=f"node {number} reaper")
+        nursery.start_soon(self._catch_up, name=f"node {number} catch-up")
 
     def _now(self, local: float | None = None) -> float:
         """The cluster's clock, in seconds, at trio's `local` time (default: now)."""
@@ -348,13 +354,36 @@ class ClusterServer(SignalingServer):
             until = round((self._now() + LEASE_S) * 1000)
             try:
                 held = await self._backend.renew_lease(self.number, until)
+                instance = await self._backend.instance()
             except ClusterUnavailable as unavailable:
                 log.warning("node %d: lease not renewed: %s", self.number, unavailable)
             else:
                 self._reached_at = trio.current_time()
-                if not held:
+                if instance != self._instance:
+                    self._store_lost(instance)
+                elif not held:
                     self._taken_for_dead()
             await trio.sleep(LEASE_RENEW_S)
+
+    def _store_lost(self, instance: str) -> None:
+        """The store restarted empty: every session and call is gone. The cache goes, the
+        calls' tasks stop, and every connection is closed with 1012, so that each client
+        signs in again (its resume gets `resumed: false`)."""
+        log.error(
+            "node %d: the cluster's store lost its data (restarted empty?): closing %d"
+            " connections, clients start over",
+            self.number,
+            len(self._connections),
+        )
+        self._instance = instance
+        self._node.store.forget_everything()
+        self._gateway.written.clear()
+        self._armed.clear()
+        for call in self._calls.values():
+            call.cancel_scope.cancel()
+        self._calls.clear()
+        for connection in list(self._connections.values()):
+            connection.close(CLOSE_RESTART, "cluster state lost")
 
     def _taken_for_dead(self) -> None:
         log.warning(
@@ -416,6 +445,24 @@ class ClusterServer(SignalingServer):
                 return
             fetch = Fetch(fetch.conn, fetch.session_id, frames[-1][0])
 
+    async def _catch_up(self) -> None:
+        """Every `CATCH_UP_S`, compare each local session's outbox with what was written to
+        its connection, and fetch what is missing: a wake-up lost (pub/sub drops what is
+        published while a subscriber reconnects) delays frames by that much at most."""
+        while True:
+            await trio.sleep(CATCH_UP_S)
+            carried = list(self._gateway.written.items())
+            for start in range(0, len(carried), CATCH_UP_BATCH):
+                batch = carried[start : start + CATCH_UP_BATCH]
+                try:
+                    outboxes = await self._backend.outboxes([sid for _, (sid, _) in batch])
+                except ClusterUnavailable:
+                    break
+                for conn, (sid, written) in batch:
+                    state = outboxes.get(sid)
+                    if state is not None and state.next_seq - 1 > written:
+                        await self._fetch(Fetch(conn, sid, written))
+
     async def _listen(self) -> None:
         """Wake-ups and forwarded closes from the other nodes."""
         async with self._bus.subscribe(self.number) as messages:
@@ -446,6 +493,7 @@ async def serve_node(
     now_ms = await backend.now_ms()
     clock_offset = now_ms / 1000 - trio.current_time()
     await backend.renew_lease(number, now_ms + round(LEASE_S * 1000))
+    instance = await backend.instance()
     name = f"{socket.gethostname()}/{number}"
     log.info("cluster node %s", name)
 
@@ -458,6 +506,7 @@ async def serve_node(
             bus=bus,
             number=number,
             clock_offset=clock_offset,
+            instance=instance,
         )
 
     await run_server(config, make_server, task_status)
