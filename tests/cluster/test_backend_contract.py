@@ -5,6 +5,7 @@ random batches on both side by side: `RedisBackend` must do exactly what `Memory
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -20,6 +21,7 @@ from callbox.cluster.backend import (
     Committed,
     Conflict,
     Detach,
+    Expired,
     MemoryBackend,
     OpenOutbox,
     OutboxOp,
@@ -527,3 +529,14 @@ async def test_a_dead_node_is_claimed_once_with_the_sessions_on_it(backend: Back
     assert await backend.renew_lease(5, 9000) is False  # node 5 learns it was taken for dead
     await one(backend, ops(Attach("a", on_6 + 1, 0)))
     assert await backend.claim_node(6) == [("a", on_6 + 1)]
+
+
+async def test_a_batch_too_late_applies_nothing_ever(backend: Backend) -> None:
+    late = Transaction({}, writes={"a": b"1"}, timers={"cap c1": 5})
+    assert await backend.commit("late", [late], not_after_ms=1) == [Expired()]
+    assert await backend.commit("late", [late]) == [Expired()]  # its id is spent
+    assert (await backend.load(["a"]))["a"] == ABSENT
+    assert await backend.overdue(10, 10) == []
+    soon = int(time.time() * 1000) + 60_000
+    assert isinstance(await one(backend, Transaction({}, writes={"a": b"1"})), Committed)
+    assert isinstance((await backend.commit("in time", [late], soon))[0], Committed)

@@ -12,7 +12,14 @@ import trio
 
 from callbox.client import connect
 from callbox.config import Config
-from callbox.messages import CallAccepted, CallEnded, CallIncoming, CallRinging, RelayedSdpOffer
+from callbox.messages import (
+    CallAccepted,
+    CallEnded,
+    CallIncoming,
+    CallRinging,
+    Error,
+    RelayedSdpOffer,
+)
 from callbox.server.cluster import serve_on_redis
 from tests.cluster.redis_server import RedisServer
 from tests.helpers import serve_process, server_url
@@ -81,4 +88,34 @@ async def test_a_node_killed_mid_call_loses_no_call_and_no_message(redis: RedisS
         await bob.offer(call_id, "alice", "v=answer")
         assert (await alice.expect(RelayedSdpOffer)).sdp == "v=answer"
         await bob.hangup(call_id)
+        await alice.expect(CallEnded, reason="hangup")
+
+
+@pytest.mark.slow
+async def test_a_frozen_redis_refuses_what_it_would_apply_too_late(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """Redis stops answering (SIGSTOP) for longer than a node waits: the sender is told
+    `unavailable` within 2.5 s, and when Redis wakes up the message it was holding does not
+    apply after all; sent again, it is delivered once."""
+    config = Config(port=0)
+    url = server_url(await nursery.start(serve_on_redis, config, redis.url))
+    async with connect(url, user_id="alice") as alice, connect(url, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)
+        await bob.expect(CallAccepted)
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(2.5 + 1):  # 2.5 s, and some slack for a busy machine
+                await bob.offer(call_id, "alice", "v=lost", rid="r1")
+                await bob.expect(Error, code="unavailable", rid="r1")
+            await trio.sleep(1)
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        await bob.offer(call_id, "alice", "v=again")
+        await alice.expect(CallRinging)
+        await alice.expect(CallAccepted)
+        assert (await alice.expect(RelayedSdpOffer)).sdp == "v=again"
+        await alice.hangup(call_id)
         await alice.expect(CallEnded, reason="hangup")

@@ -92,9 +92,11 @@ class FailingBackend(MemoryBackend):
         self._reach()
         return await super().load(keys)
 
-    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+    async def commit(
+        self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0
+    ) -> list[Outcome]:
         self._reach()
-        return await super().commit(batch_id, batch)
+        return await super().commit(batch_id, batch, not_after_ms)
 
     def _reach(self) -> None:
         if self.down:

@@ -176,7 +176,13 @@ class Overflow:
     session_ids: tuple[str, ...]
 
 
-Outcome = Committed | Conflict | Overflow
+@frozen
+class Expired:
+    """The batch reached the store after the time it was allowed to apply by (a node that gave
+    up waiting has answered `unavailable`): nothing of it applied, nor ever will."""
+
+
+Outcome = Committed | Conflict | Overflow | Expired
 
 
 class ClusterUnavailable(Exception):
@@ -222,8 +228,11 @@ class Backend(Protocol):
         """Each session's outbox (None: it has none)."""
         ...
 
-    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
-        """Apply `batch` in order, each transaction whole or not at all (see the module)."""
+    async def commit(
+        self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0
+    ) -> list[Outcome]:
+        """Apply `batch` in order, each transaction whole or not at all (see the module); not
+        at all, each `Expired`, if the store's clock is past `not_after_ms` (0: no limit)."""
         ...
 
     async def now_ms(self) -> int:
@@ -333,8 +342,12 @@ class MemoryBackend:
         held = [(seq, frame) for seq, frame in enumerate(box.frames, first) if seq > after_seq]
         return held[: max(limit, 0)]  # a negative end would count from the end
 
-    def commit_now(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+    def commit_now(
+        self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0
+    ) -> list[Outcome]:
         done = self.batches.get(batch_id)
+        if done is None and 0 < not_after_ms < time.time() * 1000:
+            done = self.batches[batch_id] = [Expired() for _ in batch]
         if done is None:
             done = self.batches[batch_id] = [self._apply(txn) for txn in batch]
         return list(done)  # the caller's to change; the kept list stays as it was
@@ -435,8 +448,10 @@ class MemoryBackend:
     async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
         return self.outboxes_now(session_ids)
 
-    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
-        return self.commit_now(batch_id, batch)
+    async def commit(
+        self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0
+    ) -> list[Outcome]:
+        return self.commit_now(batch_id, batch, not_after_ms)
 
     async def frames_after(
         self, session_id: str, after_seq: int, limit: int

@@ -40,6 +40,7 @@ from callbox.cluster.backend import (
     Committed,
     Conflict,
     Detach,
+    Expired,
     OpenOutbox,
     OutboxOp,
     OutboxState,
@@ -137,12 +138,15 @@ class RedisBackend:
             )
         }
 
-    async def commit(self, batch_id: str, batch: Sequence[Transaction]) -> list[Outcome]:
+    async def commit(
+        self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0
+    ) -> list[Outcome]:
         """One call of commit.lua. A commit that raised `ClusterUnavailable`, or was cancelled
         while it waited for its reply, may have applied: the same batch id committed again
         within 300 s gives its outcomes, and applies it if it had not."""
         with self._reaching():
-            reply: object = await self._commit([], _commit_args(self.prefix, batch_id, batch))
+            arguments = _commit_args(self.prefix, batch_id, batch, not_after_ms)
+            reply: object = await self._commit([], arguments)
         return [_outcome(cast(list[object], each)) for each in cast(list[object], reply)]
 
     async def frames_after(
@@ -274,7 +278,9 @@ async def _payloads(consumer: AsyncIterator[Any]) -> AsyncIterator[bytes]:
             yield cast(bytes, message["data"])
 
 
-def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> list[str | bytes]:
+def _commit_args(
+    prefix: str, batch_id: str, batch: Sequence[Transaction], not_after_ms: int
+) -> list[str | bytes]:
     """ARGV for commit.lua (which describes the layout): the batch as two strings, integers
     and the bytes of every key, session id and frame, so that coredis handles four arguments
     rather than several per transaction."""
@@ -325,7 +331,7 @@ def _commit_args(prefix: str, batch_id: str, batch: Sequence[Transaction]) -> li
             string(timer)
             ints.extend((0, 0) if deadline is None else (1, deadline))
     packed = struct.pack(f">{len(ints)}q", *ints)
-    return [prefix, batch_id, packed, b"".join(blob), str(LAST_SEEN_TTL_MS)]
+    return [prefix, batch_id, packed, b"".join(blob), str(LAST_SEEN_TTL_MS), str(not_after_ms)]
 
 
 def _op_ints(op: OutboxOp) -> tuple[int, ...]:
@@ -354,6 +360,8 @@ def _outcome(reply: list[object]) -> Outcome:
             tuple(cast(list[int], seqs)),
             tuple(conn or None for conn in cast(list[int], conns)),
         )
+    if kind == 3:
+        return Expired()
     names = [name.decode() for name in cast(list[bytes], rest[0])]
     return Conflict(frozenset(names)) if kind == 1 else Overflow(tuple(names))
 

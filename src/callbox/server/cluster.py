@@ -33,7 +33,7 @@ import trio
 from attrs import define, field, frozen
 from websockets.datastructures import Headers
 
-from callbox.cluster.backend import Backend, ClusterUnavailable
+from callbox.cluster.backend import Backend, ClusterUnavailable, Expired
 from callbox.cluster.node import (
     Commit,
     Fetch,
@@ -77,6 +77,8 @@ LEASE_RENEW_S: Final = 1.0
 UNHEALTHY_AFTER_S: Final = 2.5
 """`/healthz` fails once the store has not answered the lease renewal for this long."""
 CLOSE_RESTART: Final = 1012
+CLOCK_MARGIN_S: Final = 0.2
+"""How far a node's idea of the cluster's clock may be off (measured once, at start)."""
 CATCH_UP_S: Final = 5.0
 CATCH_UP_BATCH: Final = 500
 CLOSE_UNAVAILABLE: Final = 1013
@@ -276,20 +278,26 @@ class ClusterServer(SignalingServer):
         batch_id = f"{self.number}:{next(self._batches)}" if isinstance(request, Commit) else ""
         give_up = trio.current_time() + RETRY_FOR
         delay = 0.05
-        while True:
-            try:
-                return await self._ask(request, batch_id)
-            except ClusterUnavailable:
-                if trio.current_time() + delay > give_up:
-                    raise
-                await trio.sleep(delay)
-                delay = min(2 * delay, 0.5)
+        # What has not applied by then never will: the store refuses it if it wakes up later.
+        not_after = round((self._now(give_up) - CLOCK_MARGIN_S) * 1000)
+        with trio.move_on_at(give_up):  # a frozen store answers nothing, not even an error
+            while True:
+                try:
+                    return await self._ask(request, batch_id, not_after)
+                except ClusterUnavailable:
+                    if trio.current_time() + delay > give_up:
+                        raise
+                    await trio.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+        raise ClusterUnavailable(f"no answer from the store in {RETRY_FOR} s")
 
-    async def _ask(self, request: Load | Commit, batch_id: str) -> Reply:
+    async def _ask(self, request: Load | Commit, batch_id: str, not_after: int) -> Reply:
         if isinstance(request, Load):
             loaded = await self._backend.load(request.keys)
             return loaded, await self._backend.outboxes(request.outboxes)
-        (outcome,) = await self._backend.commit(batch_id, [request.transaction])
+        (outcome,) = await self._backend.commit(batch_id, [request.transaction], not_after)
+        if isinstance(outcome, Expired):
+            raise ClusterUnavailable("the store answered too late: nothing was applied")
         return outcome
 
     def _refuse(self, event: Queued) -> None:

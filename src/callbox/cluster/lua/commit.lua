@@ -22,8 +22,9 @@
 --   0 | 1, timer, deadline                         the timer fired, if the event is a firing
 --   n, (timer, 0 | 1, deadline) * n                timers disarmed (0) or armed (1)
 -- ARGV[5]: how long "last_seen:" records are kept, ms (they expire; nothing else does).
+-- ARGV[6]: the latest time the batch may apply (see below).
 -- Reply, one per transaction: {0, version, {seq...}, {conn...}} (conn 0: the session is away)
--- | {1, {key...}} | {2, {session id...}}.
+-- | {1, {key...}} | {2, {session id...}} | {3} (too late: nothing applied).
 --
 -- Every item is taken in its own statement: Lua leaves the order of an expression list's
 -- evaluation undefined.
@@ -46,6 +47,22 @@ end
 
 local ints, ints_at, blob, blob_at = ARGV[3], 1, ARGV[4], 1
 local last_seen_ttl = tonumber(ARGV[5])
+
+-- ARGV[6]: the latest time (cluster ms) the batch may apply, 0 for any. A node that gave up
+-- waiting for a frozen Redis has told its clients "not applied": when Redis wakes up, the
+-- batch must not apply after all. Every transaction is then {3}, kept like any outcome.
+local not_after = tonumber(ARGV[6])
+if not_after > 0 then
+  local time = redis.call('TIME')
+  if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > not_after then
+    local expired = {}
+    for i = 1, struct.unpack('>i8', ints) do
+      expired[i] = {3}
+    end
+    redis.call('SET', idem, cmsgpack.pack(expired), 'EX', 300)
+    return expired
+  end
+end
 local function take_number()
   local n
   n, ints_at = struct.unpack('>i8', ints, ints_at)
