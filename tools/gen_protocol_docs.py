@@ -233,6 +233,15 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
         "Resume.",
     ),
     (
+        "1012",
+        "node restarting / cluster state lost",
+        "A node of a cluster closes its connections: the others took it for dead (it could not"
+        " reach the cluster's store for 5 s) and its sessions over; or the store lost its data"
+        " (restarted empty).",
+        "Resume, on any node of the cluster; after the store lost its data `welcome` says"
+        " `resumed: false`.",
+    ),
+    (
         "1013",
         "send buffer overflow / store unavailable",
         "The client let more than `SEND_BUFFER_BYTES` of server messages pile up unread; or, on a"
