@@ -144,7 +144,8 @@ def test_every_setting_is_in_the_deployment_table(deployment_md: str) -> None:
 
 
 def test_every_close_code_the_server_sends_is_documented(protocol_md: str) -> None:
-    """The codes are read off the code: the core's CLOSE_* constants (core/actions.py), and
+    """The codes are read off the code: the CLOSE_* constants of the core (core/actions.py) and
+    of a cluster node (server/cluster.py), and
     every websockets CloseCode a module of the transport names (plus 1009, which websockets
     sends for `max_size`)."""
     table = protocol_md.split("### Close codes", 1)[1].split("\n\n", 2)[1]
@@ -154,9 +155,12 @@ def test_every_close_code_the_server_sends_is_documented(protocol_md: str) -> No
     modules = sorted((ROOT / "src/callbox/server/transport").glob("*.py"))
     transport = "".join(module.read_text() for module in modules)
     sent = {int(CloseCode[name]) for name in re.findall(r"CloseCode\.([A-Z_]+)", transport)}
+    from callbox.server import cluster  # noqa: PLC0415 (a cluster node's own: 1012, 1013)
+
     sent |= {
         value
-        for name, value in vars(actions).items()
+        for module in (actions, cluster)
+        for name, value in vars(module).items()
         if name.startswith("CLOSE_") and isinstance(value, int)
     }
     sent.add(int(CloseCode.MESSAGE_TOO_BIG))
