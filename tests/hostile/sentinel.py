@@ -22,7 +22,8 @@ import trio
 from tests.server.wsclient import Client, connect
 
 PERIOD_S = 0.01
-"""A candidate every 10 ms: fine enough to see a 100 ms stall, within MESSAGES_PER_SECOND."""
+"""A candidate every 10 ms: fine enough to measure stalls of tens of ms, within
+MESSAGES_PER_SECOND."""
 DRAIN_S = 5.0
 """How long the receiver waits, once sending stops, for the candidates still on their way."""
 SETUP_S = 10.0
