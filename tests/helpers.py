@@ -7,6 +7,7 @@ runs it as a user does, a process of its own, for tests that stop a server.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -234,3 +236,15 @@ def running_task_names() -> list[str]:
                 yield from walk(child)
 
     return [task.name for task in walk(trio.lowlevel.current_root_task())]
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script `tools/<name>.py`: tools/ is not a package, so it is loaded by path (and
+    registered, for its dataclasses)."""
+    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

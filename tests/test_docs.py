@@ -8,12 +8,9 @@ message, enum value, state, event, timer, setting and close code.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,24 +18,13 @@ import yaml
 
 from callbox.config import environment_variables
 from callbox.core import actions
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "run: python tools/gen_protocol_docs.py"
 
 
-def _load_generator() -> ModuleType:
-    """tools/ is not a package: load the script by path (registered, for its dataclasses)."""
-    spec = importlib.util.spec_from_file_location(
-        "gen_protocol_docs", ROOT / "tools/gen_protocol_docs.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_tool("gen_protocol_docs")
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,16 @@ a project installs from the tarball and imports.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "src/callbox/web"
@@ -29,19 +28,7 @@ NPM = shutil.which("npm")
 NODE = shutil.which("node")
 
 
-def _load_generator() -> ModuleType:
-    """tools/ is not a package: load the script by path."""
-    spec = importlib.util.spec_from_file_location(
-        "gen_typescript", ROOT / "tools/gen_typescript.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_tool("gen_typescript")
 
 
 def _exports(text: str) -> set[str]:
