@@ -292,6 +292,15 @@ def _commit_args(
         ints.append(len(data))
         blob.append(data)
 
+    def optional(named: tuple[str, int] | None) -> None:
+        """0, or 1 then a name and a number (`applied`, `fired`)."""
+        if named is None:
+            ints.append(0)
+        else:
+            ints.append(1)
+            string(named[0])
+            ints.append(named[1])
+
     for txn in batch:
         ints.append(len(txn.reads))
         for key, version in txn.reads.items():
@@ -310,22 +319,12 @@ def _commit_args(
             ints.append(code)
             string(op.session_id)
             ints.extend(numbers)
-        if txn.applied is None:
-            ints.append(0)
-        else:
-            ints.append(1)
-            string(txn.applied[0])
-            ints.append(txn.applied[1])
+        optional(txn.applied)
         ints.append(len(txn.deliveries))
         for sid, frame in txn.deliveries:
             string(sid)
             string(frame)
-        if txn.fired is None:
-            ints.append(0)
-        else:
-            ints.append(1)
-            string(txn.fired[0])
-            ints.append(txn.fired[1])
+        optional(txn.fired)
         ints.append(len(txn.timers))
         for timer, deadline in txn.timers.items():
             string(timer)
