@@ -48,7 +48,16 @@ from callbox.cluster.node import (
 from callbox.cluster.node_store import NodeStore, timer_name, timer_of_name
 from callbox.codec import encode, rid_of
 from callbox.config import Config
-from callbox.core.actions import Action, CancelTimer, Close, ConnId, StartTimer, TimerKey
+from callbox.core.actions import (
+    CALL_TIMERS,
+    Action,
+    CancelTimer,
+    Close,
+    ConnId,
+    OpenCall,
+    StartTimer,
+    TimerKey,
+)
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
 from callbox.server.app import SignalingServer, build_switchboard, run_server
@@ -190,6 +199,14 @@ class ClusterServer(SignalingServer):
         self._connections.pop(conn_id, None)
         self._gateway.closed(conn_id)
         self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
+
+    def _start_timer(self, key: TimerKey, deadline: float) -> None:
+        """A call's timer runs in the call's nursery here, opened now if the call began on
+        another node: the node of an event arms what it asks for (the answer's, the cap), and
+        `call_initiate` opened the nursery only on its own node."""
+        if isinstance(key, CALL_TIMERS) and key.call_id not in self._calls:
+            super()._carry_out([OpenCall(key.call_id)])
+        super()._start_timer(key, deadline)
 
     def _timer_fired(self, key: TimerKey) -> None:
         name = timer_name(key)

@@ -1,0 +1,39 @@
+"""What the conformance suite found when it first ran against three nodes (issue 12), each
+reduced to the nodes of one process on the in-memory backend and bus, over real WebSockets."""
+
+from __future__ import annotations
+
+import trio
+
+from callbox.client import connect
+from callbox.cluster.backend import MemoryBackend
+from callbox.config import Config
+from callbox.messages import CallAccepted, CallEnded, CallExpiring, CallIncoming
+from callbox.server.cluster import MemoryBus, serve_node
+from tests.helpers import server_url
+
+
+async def start_nodes(nursery: trio.Nursery, count: int, **settings: object) -> list[str]:
+    backend, bus = MemoryBackend(), MemoryBus()
+    config = Config(port=0).with_overrides(**settings)
+    return [server_url(await nursery.start(serve_node, config, backend, bus)) for _ in range(count)]
+
+
+async def test_a_call_answered_on_another_node_is_warned_before_its_cap(
+    nursery: trio.Nursery,
+) -> None:
+    """The answer's node arms the warning and the cap. It held no nursery for the call (only
+    the node of `call_initiate` did), so it dropped them, and they fired only once overdue on
+    any node, a second late: the warning came with the cap, `ends_in_ms` 0
+    (conformance: call.active.expiry_warning, call.active.max_duration)."""
+    first, second = await start_nodes(
+        nursery, 2, ring_timeout_ms=1000, max_call_duration_ms=3000, call_expiring_warning_ms=1000
+    )
+    async with connect(first, user_id="alice") as alice, connect(second, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)
+        await bob.expect(CallAccepted, call_id=call_id)
+        warning = await bob.expect(CallExpiring, call_id=call_id)
+        assert warning.ends_in_ms > 0
+        await bob.expect(CallEnded, call_id=call_id, reason="max_duration")
