@@ -8,7 +8,7 @@ import trio
 from callbox.client import connect
 from callbox.cluster.backend import MemoryBackend
 from callbox.config import Config
-from callbox.messages import CallAccepted, CallEnded, CallExpiring, CallIncoming
+from callbox.messages import CallAccepted, CallEnded, CallExpiring, CallIncoming, Presence
 from callbox.server.cluster import MemoryBus, serve_node
 from tests.helpers import server_url
 
@@ -37,3 +37,16 @@ async def test_a_call_answered_on_another_node_is_warned_before_its_cap(
         warning = await bob.expect(CallExpiring, call_id=call_id)
         assert warning.ends_in_ms > 0
         await bob.expect(CallEnded, call_id=call_id, reason="max_duration")
+
+
+async def test_watching_a_hundred_users_at_once_on_a_node(nursery: trio.Nursery) -> None:
+    """`presence_subscribe` may name 100 users; a node loads three records for each it has not
+    seen (the user, its last-seen time, its watchers), one at a time, and gave an event up after
+    64 loads: `unavailable` for every such subscription (conformance:
+    errors.limit_reached.presence)."""
+    (url,) = await start_nodes(nursery, 1)
+    watched = [f"u{n}" for n in range(100)]
+    async with connect(url, user_id="alice") as alice:
+        await alice.presence_subscribe(watched)
+        for user_id in watched:
+            await alice.expect(Presence, user_id=user_id, status="offline")
