@@ -8,9 +8,16 @@ import trio
 from callbox.client import connect
 from callbox.cluster.backend import MemoryBackend
 from callbox.config import Config
-from callbox.messages import CallAccepted, CallEnded, CallExpiring, CallIncoming, Presence
+from callbox.messages import (
+    CallAccepted,
+    CallEnded,
+    CallExpiring,
+    CallIncoming,
+    CallRinging,
+    Presence,
+)
 from callbox.server.cluster import MemoryBus, serve_node
-from tests.helpers import server_url
+from tests.helpers import running_task_names, server_url
 
 
 async def start_nodes(nursery: trio.Nursery, count: int, **settings: object) -> list[str]:
@@ -50,3 +57,24 @@ async def test_watching_a_hundred_users_at_once_on_a_node(nursery: trio.Nursery)
         await alice.presence_subscribe(watched)
         for user_id in watched:
             await alice.expect(Presence, user_id=user_id, status="offline")
+
+
+async def test_no_node_keeps_a_call_nursery_once_its_timers_there_are_done(
+    nursery: trio.Nursery,
+) -> None:
+    """A node keeps a call's nursery for the call's timers it runs. The call may end on
+    another node, whose `CloseCall` this one never sees: alice's node kept the nursery of every
+    call it started and another ended, and its ring timer, for good."""
+    first, second = await start_nodes(nursery, 2, ring_timeout_ms=1000)
+    async with connect(first, user_id="alice") as alice, connect(second, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])  # the ring timer runs on alice's node
+        await alice.expect(CallRinging, call_id=call_id)
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)  # cancelled on bob's, which arms the cap there
+        await bob.expect(CallAccepted, call_id=call_id)
+        await alice.expect(CallAccepted, call_id=call_id)
+        await bob.hangup(call_id)  # bob's node ends the call
+        await alice.expect(CallEnded, call_id=call_id, reason="hangup")
+        with trio.fail_after(5):  # once alice's node's ring timer has come up, for nothing
+            while any(call_id in name for name in running_task_names()):
+                await trio.sleep(0.1)

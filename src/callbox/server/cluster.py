@@ -208,7 +208,21 @@ class ClusterServer(SignalingServer):
             super()._carry_out([OpenCall(key.call_id)])
         super()._start_timer(key, deadline)
 
+    def _cancel_timer(self, key: TimerKey) -> None:
+        super()._cancel_timer(key)
+        self._close_call_if_idle(key)
+
+    def _close_call_if_idle(self, key: TimerKey) -> None:
+        """Closes a call's nursery here once none of its timers runs here: the call may end on
+        another node, whose `CloseCall` this one never sees, and a nursery only runs timers."""
+        if isinstance(key, CALL_TIMERS):
+            tasks = self._calls.get(key.call_id)
+            if tasks is not None and not tasks.timers:
+                del self._calls[key.call_id]
+                tasks.cancel_scope.cancel()
+
     def _timer_fired(self, key: TimerKey) -> None:
+        self._close_call_if_idle(key)  # the timer is done: `_run_timer` has forgotten it
         name = timer_name(key)
         deadline = None if name is None else self._armed.pop(name, None)
         self._fire(key, None if name is None or deadline is None else (name, deadline))
