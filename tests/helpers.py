@@ -30,6 +30,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from callbox.codec import encode
 from callbox.config import Config
+from callbox.conformance.cases.states import UNREACHABLE
 from callbox.messages import Welcome
 from callbox.server.app import serve
 from tests.server.wsclient import Client
@@ -202,6 +203,15 @@ SHORT_LIMITS = {
     "hello_timeout_ms": 1000,
 }
 """Timers short enough for every case to run in seconds, limits small enough to be reached."""
+
+CONFORMANCE_SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {
+    "calls.end.error",
+    "errors.internal",
+    "errors.unavailable",
+}
+"""What the suite skips against our server with `SHORT_LIMITS`, a single process or a
+cluster: rows no event sequence reaches, and the end reason and the error codes only a failing
+server (or a cluster's node cut off from its store) sends."""
 
 
 async def start_conformance_server(nursery: trio.Nursery, **settings: Any) -> str:

@@ -11,20 +11,12 @@ import yaml
 
 from callbox import messages
 from callbox.conformance.cases.negative import mutants
-from callbox.conformance.cases.states import UNREACHABLE
 from callbox.conformance.generation import generate
 from callbox.conformance.registry import CASES, SECTIONS
 from callbox.conformance.runner import Options, run_suite, select
-from tests.helpers import start_conformance_server
+from tests.helpers import CONFORMANCE_SKIPPED, start_conformance_server
 
 REPO = Path(__file__).resolve().parents[2]
-SKIPPED = {f"call.{row}" for row in UNREACHABLE} | {
-    "calls.end.error",
-    "errors.internal",
-    "errors.unavailable",
-}
-"""What the suite skips against our server: rows no event sequence reaches, and the end reason
-and the error code only a failing server sends."""
 
 
 def yaml_rows() -> set[str]:
@@ -46,7 +38,7 @@ async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> Non
     report = await run_suite(url, Options())
     failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
     assert failed == []
-    assert {r.case.id for r in report.results if r.status == "skip"} == SKIPPED
+    assert {r.case.id for r in report.results if r.status == "skip"} == CONFORMANCE_SKIPPED
     assert len(report.results) == len(CASES)
     assert report.traffic.invalid == 0
     assert set(report.traffic.sent) == set(messages.CLIENT_MESSAGES)

@@ -39,8 +39,11 @@ from callbox.core.store import Missing
 MAX_CONFLICTS: Final = 3
 """Commits of one event refused for contention (a key loaded for the event changed before its
 commit) before it is given up (`Unavailable`)."""
-MAX_LOADS: Final = 64
-"""Loads for one event before it is given up: a record names a few others, never this many."""
+MAX_LOADS: Final = 1024
+"""Loads for one event before it is given up. An event on a node that has cached nothing of it
+loads a record at a time, and the protocol's fan-outs are wide: a `presence_subscribe` may name
+100 users, three records each (300 loads); a broadcast reads every member of a room (100 users
+by default) and each of their sessions."""
 
 
 def node_of(conn: ConnId) -> int:

@@ -21,11 +21,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check a running server against the protocol",
         description="Run the protocol conformance suite against the callbox server at URL"
         " (e.g. ws://127.0.0.1:8765/ws), which must be in development mode (no JWT_SECRET)."
+        " Given several URLs (the nodes of one cluster), each connection the suite opens, and"
+        " each resume, goes to a random one of them, drawn from --seed and the case's id: the"
+        " same seed sends a case's connections to the same URLs again."
         " Prints a table of cases; exit status 0 if none failed, 1 if any did, 2 if the suite"
         " could not run. Cases waiting for a server timer longer than --max-wait are skipped.",
         epilog=f"sections: {', '.join(SECTIONS)}. See docs/conformance.md.",
     )
-    parser.add_argument("url", help="the server's WebSocket URL")
+    parser.add_argument(
+        "url",
+        nargs="+",
+        metavar="URL",
+        help="the server's WebSocket URL; several: nodes of one cluster, sharing its sessions",
+    )
     parser.add_argument(
         "--only",
         type=_sections,
@@ -58,7 +66,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--seed",
         type=int,
         default=DEFAULTS.seed,
-        help=f"seed of the generated messages, to reproduce a run (default {DEFAULTS.seed})",
+        metavar="N",
+        help="seed of the generated messages and of the URL each connection goes to, to"
+        f" reproduce a run (default {DEFAULTS.seed})",
     )
     parser.add_argument(
         "--jobs",

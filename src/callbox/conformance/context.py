@@ -13,7 +13,8 @@ from callbox.client import Client, Connection, Traffic
 from callbox.conformance.generation import Generated
 from callbox.conformance.options import Options
 from callbox.conformance.registry import Skip
-from callbox.messages import Limits, ServerMessage
+from callbox.conformance.spread import Spread
+from callbox.messages import Limits, ServerMessage, Welcome
 
 M = TypeVar("M", bound=ServerMessage)
 
@@ -54,6 +55,8 @@ class CaseClient(Client):
     tolerated: frozenset[str] = frozenset()
     """Set by `Context.client`: `ASYNCHRONOUS` less what the case watches."""
     skipped: Counter[str]
+    spread: Spread
+    """Set by `Context.client`: where the case's connections go, a resume's too."""
 
     async def receive(self) -> ServerMessage:
         """The next message that is not of a tolerated type."""
@@ -65,6 +68,12 @@ class CaseClient(Client):
         """Like `Client.expect`; a tolerated `kind` is not skipped while it is expected."""
         with self._tolerating(self.tolerated - {kind.TYPE}):
             return await super().expect(kind, **fields)
+
+    async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
+        """Like `Client.resume`, on the case's next URL (`Spread`) rather than the next of
+        the client's own: with several servers, a session resumes on any of them."""
+        self.urls = (self.spread.next(),)
+        return await super().resume(last_seq=last_seq, token=token)
 
     @contextmanager
     def tolerating(self, kind: str) -> Iterator[None]:
@@ -92,7 +101,7 @@ class Context:
     def __init__(
         self,
         *,
-        url: str,
+        spread: Spread,
         limits: Limits,
         options: Options,
         prefix: str,
@@ -102,7 +111,8 @@ class Context:
         generated: Generated,
         watches: frozenset[str],
     ) -> None:
-        self.url = url
+        self.spread = spread
+        """The URL of each connection the case opens (one URL: always that one)."""
         self.limits = limits
         self.options = options
         self.traffic = traffic
@@ -124,13 +134,13 @@ class Context:
         skipping the asynchronous messages the case does not watch."""
         client = await CaseClient.open(
             self._nursery,
-            self.url,
+            self.spread.next(),
             user_id=self.name(label),
             device_id=device,
             traffic=self.traffic,
         )
         assert isinstance(client, CaseClient)  # `open` builds the class it is called on
-        client.tolerated, client.skipped = self._tolerated, Counter()
+        client.tolerated, client.skipped, client.spread = self._tolerated, Counter(), self.spread
         self._clients.append(client)
         return client
 
@@ -139,7 +149,7 @@ class Context:
 
     async def connection(self) -> Connection:
         """A connection that has not said `hello`."""
-        connection = await Connection.open(self._nursery, self.url, traffic=self.traffic)
+        connection = await Connection.open(self._nursery, self.spread.next(), traffic=self.traffic)
         self._connections.append(connection)
         return connection
 

@@ -15,7 +15,8 @@ class Options:
     examples: int = 3
     """Generated instances per client message type in the negative section."""
     seed: int = 0
-    """Seed of the negative section's generator, so that a run can be reproduced."""
+    """Seed of the negative section's generator, and of the URL each connection goes to when
+    there are several (`spread.Spread`), so that a run can be reproduced."""
     jobs: int = 4
     """Cases run at once."""
     case_timeout: float = 10.0

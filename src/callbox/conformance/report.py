@@ -31,13 +31,18 @@ class Result:
 
 @frozen
 class Report:
-    url: str
+    urls: tuple[str, ...]
+    """The servers the run spread its connections over (usually one)."""
     run_id: str
     """The prefix of every name the run made on the server."""
     options: Options
     results: list[Result]
     traffic: Traffic
     seconds: float
+    nodes: tuple[str | None, ...]
+    """What each URL's `welcome.node` said (a node of a cluster names itself), in order."""
+    connections: Counter[str]
+    """The connections the cases opened (resumes too), by URL."""
 
     def count(self, status: Status) -> int:
         return sum(result.status == status for result in self.results)
@@ -56,7 +61,7 @@ def table(report: Report) -> str:
     options = report.options
     width = max([len("CASE"), *(len(r.case.id) for r in report.results)])
     lines = [
-        f"callbox conformance {report.url}: run {report.run_id}, seed {options.seed},"
+        f"callbox conformance {' '.join(report.urls)}: run {report.run_id}, seed {options.seed},"
         f" {options.examples} examples per message, max wait {options.max_wait:g} s",
         f"{'CASE':<{width}}  {'SECTION':<10}  RESULT  {'TIME':>7}  WHY",
     ]
@@ -78,13 +83,26 @@ def table(report: Report) -> str:
     if tolerated := report.tolerated():
         shown = ", ".join(f"{count} {kind}" for kind, count in sorted(tolerated.items()))
         lines.append(f"asynchronous messages skipped by cases not about them: {shown}")
+    if len(report.urls) > 1:
+        lines.append(f"connections spread by seed {options.seed}: {_spread(report)}")
     return "\n".join(lines)
+
+
+def _spread(report: Report) -> str:
+    """How many connections went to each URL, and the node it named, if any."""
+    return ", ".join(
+        f"{report.connections[url]} to {url}" + (f" (node {node})" if node else "")
+        for url, node in zip(report.urls, report.nodes, strict=True)
+    )
 
 
 def to_json(report: Report) -> bytes:
     return orjson.dumps(
         {
-            "url": report.url,
+            "url": report.urls[0],
+            "urls": list(report.urls),
+            "nodes": list(report.nodes),
+            "connections": {url: report.connections[url] for url in report.urls},
             "run_id": report.run_id,
             "options": {
                 **attrs.asdict(report.options),

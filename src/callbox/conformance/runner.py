@@ -4,9 +4,11 @@ nursery and time budget, a few at a time. A case's failure is reported, never ra
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import attrs
 import trio
 from trio_websocket import HandshakeError
 
@@ -24,7 +26,8 @@ from callbox.conformance.generation import Generated
 from callbox.conformance.options import Options
 from callbox.conformance.registry import CASES, SECTIONS, Case, Skip
 from callbox.conformance.report import Report, Result, Status
-from callbox.messages import Limits
+from callbox.conformance.spread import Spread
+from callbox.messages import Limits, Welcome
 
 PROBE_TIMEOUT_S = 10.0
 
@@ -45,19 +48,24 @@ def select(options: Options) -> list[Case]:
     return sorted(chosen, key=lambda case: SECTIONS.index(case.section))
 
 
-async def run_suite(url: str, options: Options | None = None) -> Report:
-    """Runs the selected cases against the server at `url`."""
+async def run_suite(url: str | Sequence[str], options: Options | None = None) -> Report:
+    """Runs the selected cases against the server at `url`, or spread over several URLs (the
+    nodes of one cluster): each connection to a random one of them (see `Spread`)."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls:
+        raise SuiteAborted("no URL to run against")
     options = options or Options()
     run_id = secrets.token_hex(4)
     traffic = Traffic()
     started = trio.current_time()
-    limits = await _probe(url, run_id, traffic)
+    welcomes = [await _probe(each, run_id, traffic) for each in urls]
+    limits = _same_limits(urls, welcomes)
     chosen = select(options)
     results: dict[int, Result] = {}
     limiter = trio.CapacityLimiter(options.jobs)
+    connections: Counter[str] = Counter()
     new_context = partial(
         Context,
-        url=url,
         limits=limits,
         options=options,
         traffic=traffic,
@@ -67,8 +75,9 @@ async def run_suite(url: str, options: Options | None = None) -> Report:
     async def run(index: int, case: Case) -> None:
         async with limiter:
             begun = trio.current_time()
+            spread = Spread(urls, options.seed, case.id, connections)
             status, why, tolerated = await _outcome(
-                case, new_context, prefix=f"{run_id}-{index:03d}"
+                case, partial(new_context, spread=spread), prefix=f"{run_id}-{index:03d}"
             )
             elapsed = trio.current_time() - begun
             results[index] = Result(case, status, why, elapsed, tolerated)
@@ -77,16 +86,25 @@ async def run_suite(url: str, options: Options | None = None) -> Report:
         for index, case in enumerate(chosen):
             nursery.start_soon(run, index, case)
     ordered = [results[index] for index in range(len(chosen))]
-    return Report(url, run_id, options, ordered, traffic, trio.current_time() - started)
+    return Report(
+        urls,
+        run_id,
+        options,
+        ordered,
+        traffic,
+        trio.current_time() - started,
+        nodes=tuple(welcome.node for welcome in welcomes),
+        connections=connections,
+    )
 
 
-async def _probe(url: str, run_id: str, traffic: Traffic) -> Limits:
+async def _probe(url: str, run_id: str, traffic: Traffic) -> Welcome:
     """One session, for the server's limits; the suite needs a server that trusts `user_id`."""
     user_id = f"{run_id}-probe"
     try:
         with trio.fail_after(PROBE_TIMEOUT_S):
             async with connect(url, user_id=user_id, traffic=traffic) as probe:
-                return probe.limits
+                return probe.welcome
     except HelloRefused as refusal:
         raise SuiteAborted(
             f"the server refused hello {{user_id: {user_id!r}}} ({refusal.error.code}:"
@@ -94,6 +112,23 @@ async def _probe(url: str, run_id: str, traffic: Traffic) -> Limits:
         ) from None
     except (OSError, HandshakeError, ConnectionClosed, ProtocolViolation, trio.TooSlowError) as e:
         raise SuiteAborted(f"no session at {url}: {type(e).__name__}: {e}") from None
+
+
+def _same_limits(urls: Sequence[str], welcomes: Sequence[Welcome]) -> Limits:
+    """The limits every URL announces. The cases size and time themselves by them, so servers
+    announcing different ones (nodes configured differently) cannot be run against as one:
+    a case would fail or pass depending on where its connections went."""
+    first = welcomes[0].limits
+    for url, welcome in zip(urls[1:], welcomes[1:], strict=True):
+        if welcome.limits != first:
+            differ = [
+                f"{name} {getattr(first, name)} at {urls[0]}, {getattr(welcome.limits, name)}"
+                f" at {url}"
+                for name in attrs.fields_dict(Limits)
+                if getattr(welcome.limits, name) != getattr(first, name)
+            ]
+            raise SuiteAborted(f"the servers announce different limits: {'; '.join(differ)}")
+    return first
 
 
 async def _outcome(

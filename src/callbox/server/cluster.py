@@ -49,7 +49,16 @@ from callbox.cluster.node import (
 from callbox.cluster.node_store import NodeStore, timer_name, timer_of_name
 from callbox.codec import encode, rid_of
 from callbox.config import Config
-from callbox.core.actions import Action, CancelTimer, Close, ConnId, StartTimer, TimerKey
+from callbox.core.actions import (
+    CALL_TIMERS,
+    Action,
+    CancelTimer,
+    Close,
+    ConnId,
+    OpenCall,
+    StartTimer,
+    TimerKey,
+)
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
 from callbox.server.app import SignalingServer, build_switchboard, run_server
@@ -211,7 +220,29 @@ class ClusterServer(SignalingServer):
         self._gateway.closed(conn_id)
         self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
 
+    def _start_timer(self, key: TimerKey, deadline: float) -> None:
+        """A call's timer runs in the call's nursery here, opened now if the call began on
+        another node: the node of an event arms what it asks for (the answer's, the cap), and
+        `call_initiate` opened the nursery only on its own node."""
+        if isinstance(key, CALL_TIMERS) and key.call_id not in self._calls:
+            super()._carry_out([OpenCall(key.call_id)])
+        super()._start_timer(key, deadline)
+
+    def _cancel_timer(self, key: TimerKey) -> None:
+        super()._cancel_timer(key)
+        self._close_call_if_idle(key)
+
+    def _close_call_if_idle(self, key: TimerKey) -> None:
+        """Closes a call's nursery here once none of its timers runs here: the call may end on
+        another node, whose `CloseCall` this one never sees, and a nursery only runs timers."""
+        if isinstance(key, CALL_TIMERS):
+            tasks = self._calls.get(key.call_id)
+            if tasks is not None and not tasks.timers:
+                del self._calls[key.call_id]
+                tasks.cancel_scope.cancel()
+
     def _timer_fired(self, key: TimerKey) -> None:
+        self._close_call_if_idle(key)  # the timer is done: `_run_timer` has forgotten it
         name = timer_name(key)
         deadline = None if name is None else self._armed.pop(name, None)
         self._fire(key, None if name is None or deadline is None else (name, deadline))

@@ -163,16 +163,17 @@ async def broadcast_limits(ctx: Context) -> str:
     )
     refusals = await drain(alice)
     elapsed = trio.current_time() - started
-    delivered = await drain(bob)
     check(
         all(isinstance(m, Error) and m.code == "rate_limited" for m in refusals),
         f"a burst of broadcasts got {shown(*refusals)}",
     )
     _check_refused(len(refusals), count, burst, rate, elapsed)
-    kept = [m.data for m in delivered if isinstance(m, RoomMessage)]
     refused_rids = {m.rid for m in refusals if isinstance(m, Error)}
-    expected = [n for n in range(count) if f"b{n}" not in refused_rids]
-    check(kept == expected, f"broadcasts delivered {kept}, expected {expected}")
+    # Awaited rather than drained with a ping: bob's node may not be the one that took them,
+    # and bob's pong has no seq to order it after them.
+    for n in range(count):
+        if f"b{n}" not in refused_rids:
+            await bob.expect(RoomMessage, from_=alice.user_id, data=n)
     return f"{len(refusals)} of {count} broadcasts refused"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from callbox.conformance.context import Context
+from callbox.conformance.context import CaseClient, Context
 from callbox.conformance.registry import Skip, case
 from callbox.conformance.steps import answer, call, check, invite, refused, relays, ring, shown
 from callbox.messages import (
@@ -83,15 +83,27 @@ async def call_full_answer(ctx: Context) -> None:
     call_full; the others are told call_rejected call_full."""
     most = _max_participants(ctx)
     ctx.need_connections(most + 1, f"filling a call of {most}")
-    alice = await ctx.client("alice")
-    invitees = await ctx.clients(*(f"u{n}" for n in range(most - 1)))
-    call_id = await ring(alice, invitees)
-    joined, late = [alice], invitees[-1]
-    for invitee in invitees[:-1]:
-        await answer(invitee, call_id, joined)
-        joined.append(invitee)
-    last = await ctx.client("last")
-    await invite(alice, call_id, [last], alice)
+    alice, late, last = await ctx.clients("alice", "late", "last")
+    fillers = await ctx.clients(*(f"u{n}" for n in range(most - 2)))
+    call_id: str | None = None
+
+    async def rung(devices: list[CaseClient]) -> str:
+        """The call rings `devices`: its first ring, then invitations into it."""
+        if call_id is None:
+            return await ring(alice, devices)
+        await invite(alice, call_id, devices, alice)
+        return call_id
+
+    # Each is rung just before it answers, so that no ring has to last while the whole call
+    # fills up: with a ring timeout of 1 s, answering seven in turn took longer than that on
+    # three nodes of a cluster, each answer a round of commits and wake-ups.
+    joined: list[CaseClient] = [alice]
+    for filler in fillers:
+        call_id = await rung([filler])
+        await answer(filler, call_id, joined)
+        joined.append(filler)
+    call_id = await rung([late])  # one at a time: each invitation must fit in the call
+    call_id = await rung([last])
     await answer(last, call_id, joined)
     joined.append(last)
     await late.answer(call_id, rid="late")

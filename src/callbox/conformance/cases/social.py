@@ -217,6 +217,7 @@ async def unsubscribe(ctx: Context) -> None:
     watcher = await ctx.client("watcher")
     await watch(watcher, [ctx.name("a")])
     await watcher.presence_unsubscribe([ctx.name("a")])
+    await watcher.ping()  # the unsubscribe is applied before a connects, wherever a does
     await ctx.client("a")
     await watcher.ping()
 

@@ -6,6 +6,7 @@ than `--max-wait`; a message a timer sends must not come before the timer is due
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -126,16 +127,21 @@ class RingingChain:
     """Keeps a call ringing: alice is the only party joined, and of two invitees one is always
     ringing, each invited again as soon as its ring times out."""
 
-    def __init__(self, alice: Client, call_id: str, invitees: list[Client]) -> None:
+    def __init__(
+        self, alice: Client, call_id: str, invitees: list[Client], rung: list[Client]
+    ) -> None:
         self.alice, self.call_id = alice, call_id
         self.invitees = {invitee.user_id: invitee for invitee in invitees}
+        self.rung = Counter(invitee.user_id for invitee in rung)
+        """How often each invitee was rung, by alice's `call_ringing`s: those read before the
+        chain began (`rung`), then those the chain reads (see `finish`)."""
 
     async def until(self, done: Callable[[ServerMessage], bool]) -> ServerMessage:
         """alice's messages until the one that is `done`; anything else must be the chain's."""
         while not done(message := await self.alice.receive()):
             match message:
-                case CallRinging(call_id=self.call_id, rid="invite"):
-                    pass
+                case CallRinging(call_id=self.call_id, rid="invite", to=to):
+                    self.rung.update(to)
                 case CallRejected(call_id=self.call_id, reason="ring_timeout", by=by) if (
                     by in self.invitees
                 ):
@@ -147,14 +153,20 @@ class RingingChain:
     async def finish(self, last_reason: str) -> None:
         """After the call's end: alice's invitations sent meanwhile are refused with
         invalid_state, and each invitee rang and stopped in turn, ring_timeout each time but
-        maybe the last, `last_reason`."""
+        maybe the last, `last_reason`.
+
+        An invitee's messages are awaited, as many as alice's `call_ringing`s say it was rung,
+        rather than drained with a ping: the call's end may have been committed on another
+        node than the invitee's, whose copy may still be on its way when the invitee's pong,
+        which has no `seq` to order it, comes."""
         for late in await drain(self.alice):
             check(
                 isinstance(late, Error) and (late.code, late.rid) == ("invalid_state", "invite"),
                 f"alice, after the call ended, got {shown(late)}",
             )
-        for invitee in self.invitees.values():
-            messages = await drain(invitee)  # its first call_incoming has been read
+        for user_id, invitee in self.invitees.items():
+            # Its first call_incoming has been read: then call_ended, and a pair per ring more.
+            messages = [await invitee.receive() for _ in range(2 * self.rung[user_id] - 1)]
             kinds = [type(m) for m in messages]
             check(
                 kinds == [CallEnded, *[CallIncoming, CallEnded] * (len(messages) // 2)],
@@ -192,7 +204,7 @@ async def _back_to_ringing(ctx: Context) -> tuple[RingingChain, float]:
     # From here on call_expiring may come to alice at any time: the chain reads her messages.
     await alice.invite(call_id, [dave.user_id], rid="invite")
     await incoming(dave, call_id, alice)
-    return RingingChain(alice, call_id, [carol, dave]), started
+    return RingingChain(alice, call_id, [carol, dave], rung=[carol]), started
 
 
 @case("call.ringing.expiry_warning", "timeouts", watches=("call_expiring",))
