@@ -137,10 +137,11 @@ class SessionLost(Exception):
     It does when it does not share the old server's sessions, or when the client came back
     after the grace period.
 
-    Raised once, by the `receive`, `expect` or `send` that noticed, so that no one goes on
-    waiting for a message of the old session, or sends one into the new. The client is
-    already on the new session: its calls and rooms are gone, numbering restarted at 1, and it
-    can be used on at once (to rejoin rooms, say). The message `send` was sending was not sent.
+    Raised once, by the `receive`, `expect` or `send` that noticed (by each, when a reader
+    and a sender in two tasks both did), so that no one goes on waiting for a message of the
+    old session, or sends one into the new. The client is already on the new session: its
+    calls and rooms are gone, numbering restarted at 1, and it can be used on at once (to
+    rejoin rooms, say). The message `send` was sending was not sent.
     """
 
     def __init__(self, url: str, welcome: Welcome) -> None:
@@ -334,6 +335,8 @@ class Client:
         self._index = self.urls.index(connection.url) if connection.url in self.urls else 0
         self._leaving = False
         """Set by `bye`: the connection's end is the session's, not to be followed."""
+        self._following = trio.Lock()
+        """Held by the one task resuming a lost connection (see `_follow`)."""
 
     @classmethod
     async def open(
@@ -391,10 +394,11 @@ class Client:
         the session (`FINAL_CLOSE_CODES`), `ConnectionClosed`.
         """
         while True:
+            connection, session_id = self.connection, self.welcome.session_id
             try:
-                message = await self.connection.receive()
+                message = await connection.receive()
             except ConnectionClosed as closed:
-                await self._follow(closed)
+                await self._follow(closed, connection, session_id)
                 continue
             break
         if isinstance(message, Welcome):
@@ -441,10 +445,11 @@ class Client:
             numbered: Any = message  # every other client message has a `cseq` field
             message = attrs.evolve(numbered, cseq=self.last_cseq)
             self._unapplied.append(message)
+        connection, session_id = self.connection, self.welcome.session_id
         try:
-            await self.connection.send(message)
+            await connection.send(message)
         except ConnectionClosed as closed:
-            await self._follow(closed)
+            await self._follow(closed, connection, session_id)
             if message.cseq is None:  # a numbered one was sent again by the resume
                 await self.connection.send(message)
 
@@ -498,20 +503,34 @@ class Client:
             self._unapplied.clear()
         return self.welcome
 
-    async def _follow(self, closed: ConnectionClosed) -> None:
-        """After the connection closed under a `receive` or `send`: with `reconnect`, resume on
-        the next URL, trying them round-robin with a backoff until one welcomes us (bound it
-        with a trio timeout if you must); `SessionLost` if that server started a new session.
-        Otherwise, or if the close ended the session (`bye`, `FINAL_CLOSE_CODES`), `closed`
-        is raised again."""
-        code = _close_code(closed)
-        by_us = self.connection.closed_by_us
-        if not self.reconnect or self._leaving or (not by_us and code in FINAL_CLOSE_CODES):
-            raise closed
-        lost = self.url
-        welcome = await self._resume(
-            patient=True, moved_on=not by_us and code in MOVE_ON_CLOSE_CODES
-        )
+    async def _follow(
+        self, closed: ConnectionClosed, connection: Connection, session_id: str
+    ) -> None:
+        """After `connection` (of session `session_id`) closed under a `receive` or `send`:
+        with `reconnect`, resume on the next URL, trying them round-robin with a backoff until
+        one welcomes us (bound it with a trio timeout if you must); `SessionLost` if that server
+        started a new session. Otherwise, or if the close ended the session (`bye`,
+        `FINAL_CLOSE_CODES`), `closed` is raised again.
+
+        When a reader and a sender (two tasks) both find the connection lost, one resumes and
+        the other waits for it, then goes on with the new connection (or gets `SessionLost`
+        too). Two resumes would each take the session over: the later one closes the earlier's
+        connection (4002) under whoever reads it, and sets `last_seq` back behind what was read
+        (bench/chaos.py found both).
+        """
+        async with self._following:
+            if self.connection is not connection:  # another task followed already
+                if self.welcome.session_id != session_id:
+                    raise SessionLost(self.url, self.welcome)
+                return
+            code = _close_code(closed)
+            by_us = connection.closed_by_us
+            if not self.reconnect or self._leaving or (not by_us and code in FINAL_CLOSE_CODES):
+                raise closed
+            lost = self.url
+            welcome = await self._resume(
+                patient=True, moved_on=not by_us and code in MOVE_ON_CLOSE_CODES
+            )
         outcome = "resumed the session" if welcome.resumed else "started a new session"
         log.info("connection to %s closed (%s): %s %s", lost, code, self.url, outcome)
         if not welcome.resumed:
