@@ -65,3 +65,20 @@ def test_busy_holds_across_nodes() -> None:
     h.send(carol, initiate("call-0002", "bob"))
     ended = h.take_all(carol)[-1]
     assert ended["type"] == "call_ended" and ended["reason"] == "busy", ended
+
+
+def test_an_ended_call_leaves_no_timer_armed_in_the_store() -> None:
+    """A call's expiry warning and duration cap are armed in the store when it is answered; its
+    end disarms them there, as it cancels them on the node that ends it. Left armed, they would
+    stay in the store (Redis: the `timers` set, a key without expiry) until their deadline, an
+    hour by default, for a node to fire them for nothing (bench/chaos.py found them left)."""
+    h = ClusterHarness()
+    h.place_next = 1
+    alice = h.login("alice")
+    h.place_next = 2
+    bob = h.login("bob")
+    call_between(h, alice, bob)
+    assert {name.split()[0] for name in h.backend.timers} == {"warn", "cap"}
+    h.send(bob, {"type": "hangup", "call_id": "call-0001"})
+    h.expect(alice, "call_ended", reason="hangup")
+    assert h.backend.timers == {}
