@@ -335,8 +335,12 @@ class Client:
         self._index = self.urls.index(connection.url) if connection.url in self.urls else 0
         self._leaving = False
         """Set by `bye`: the connection's end is the session's, not to be followed."""
-        self._following = trio.Lock()
-        """Held by the one task resuming a lost connection (see `_follow`)."""
+        self._in_order = trio.Lock()
+        """Held to number and write a message, and to resume the session (which writes again
+        what the server did not apply), so that numbered messages reach the server in `cseq`
+        order whichever tasks send them: it applies a `cseq` only above the last it applied,
+        and takes the others for repeats. Also: one task resumes a lost connection (`_follow`).
+        """
 
     @classmethod
     async def open(
@@ -439,19 +443,30 @@ class Client:
         `ping`) or carries a `cseq` already (a test sending one again on purpose).
 
         With `reconnect`, a connection found closed is resumed first, as in `receive`.
+
+        Tasks may send at once: each message is numbered and written in turn, and not while
+        another task resumes the session (`_in_order`).
         """
-        if message.cseq is None and not isinstance(message, (Hello, Ping)):
-            self.last_cseq += 1
-            numbered: Any = message  # every other client message has a `cseq` field
-            message = attrs.evolve(numbered, cseq=self.last_cseq)
-            self._unapplied.append(message)
-        connection, session_id = self.connection, self.welcome.session_id
-        try:
-            await connection.send(message)
-        except ConnectionClosed as closed:
-            await self._follow(closed, connection, session_id)
-            if message.cseq is None:  # a numbered one was sent again by the resume
-                await self.connection.send(message)
+        async with self._in_order:
+            if message.cseq is None and not isinstance(message, (Hello, Ping)):
+                self.last_cseq += 1
+                numbered: Any = message  # every other client message has a `cseq` field
+                message = attrs.evolve(numbered, cseq=self.last_cseq)
+                self._unapplied.append(message)
+            connection, session_id = self.connection, self.welcome.session_id
+            try:
+                await connection.send(message)
+            except ConnectionClosed as closed:
+                # Kept past this block without its traceback, which holds this frame: the
+                # cycle would keep the lost connection's socket open until the cycle collector
+                # runs (trio-websocket leaves the socket of a connection the server closed to
+                # be collected), and the server waiting for its end meanwhile.
+                lost = closed.with_traceback(None)
+            else:
+                return
+        await self._follow(lost, connection, session_id)
+        if message.cseq is None:  # a numbered one was sent again by the resume
+            await self.connection.send(message)
 
     async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
         """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
@@ -465,7 +480,8 @@ class Client:
         new session started and numbering restarts. The previous connection is left alone: a
         server still holding it closes it with 4002.
         """
-        return await self._resume(last_seq=last_seq, token=token)
+        async with self._in_order:
+            return await self._resume(last_seq=last_seq, token=token)
 
     async def _resume(
         self,
@@ -516,9 +532,9 @@ class Client:
         the other waits for it, then goes on with the new connection (or gets `SessionLost`
         too). Two resumes would each take the session over: the later one closes the earlier's
         connection (4002) under whoever reads it, and sets `last_seq` back behind what was read
-        (bench/chaos.py found both).
+        (bench/chaos.py found both). A message sent meanwhile waits too (`_in_order`).
         """
-        async with self._following:
+        async with self._in_order:
             if self.connection is not connection:  # another task followed already
                 if self.welcome.session_id != session_id:
                     raise SessionLost(self.url, self.welcome)
