@@ -137,10 +137,11 @@ class SessionLost(Exception):
     It does when it does not share the old server's sessions, or when the client came back
     after the grace period.
 
-    Raised once, by the `receive`, `expect` or `send` that noticed, so that no one goes on
-    waiting for a message of the old session, or sends one into the new. The client is
-    already on the new session: its calls and rooms are gone, numbering restarted at 1, and it
-    can be used on at once (to rejoin rooms, say). The message `send` was sending was not sent.
+    Raised once, by the `receive`, `expect` or `send` that noticed (by each, when a reader
+    and a sender in two tasks both did), so that no one goes on waiting for a message of the
+    old session, or sends one into the new. The client is already on the new session: its
+    calls and rooms are gone, numbering restarted at 1, and it can be used on at once (to
+    rejoin rooms, say). The message `send` was sending was not sent.
     """
 
     def __init__(self, url: str, welcome: Welcome) -> None:
@@ -334,6 +335,12 @@ class Client:
         self._index = self.urls.index(connection.url) if connection.url in self.urls else 0
         self._leaving = False
         """Set by `bye`: the connection's end is the session's, not to be followed."""
+        self._in_order = trio.Lock()
+        """Held to number and write a message, and to resume the session (which writes again
+        what the server did not apply), so that numbered messages reach the server in `cseq`
+        order whichever tasks send them: it applies a `cseq` only above the last it applied,
+        and takes the others for repeats. Also: one task resumes a lost connection (`_follow`).
+        """
 
     @classmethod
     async def open(
@@ -391,10 +398,11 @@ class Client:
         the session (`FINAL_CLOSE_CODES`), `ConnectionClosed`.
         """
         while True:
+            connection, session_id = self.connection, self.welcome.session_id
             try:
-                message = await self.connection.receive()
+                message = await connection.receive()
             except ConnectionClosed as closed:
-                await self._follow(closed)
+                await self._follow(closed, connection, session_id)
                 continue
             break
         if isinstance(message, Welcome):
@@ -435,18 +443,30 @@ class Client:
         `ping`) or carries a `cseq` already (a test sending one again on purpose).
 
         With `reconnect`, a connection found closed is resumed first, as in `receive`.
+
+        Tasks may send at once: each message is numbered and written in turn, and not while
+        another task resumes the session (`_in_order`).
         """
-        if message.cseq is None and not isinstance(message, (Hello, Ping)):
-            self.last_cseq += 1
-            numbered: Any = message  # every other client message has a `cseq` field
-            message = attrs.evolve(numbered, cseq=self.last_cseq)
-            self._unapplied.append(message)
-        try:
+        async with self._in_order:
+            if message.cseq is None and not isinstance(message, (Hello, Ping)):
+                self.last_cseq += 1
+                numbered: Any = message  # every other client message has a `cseq` field
+                message = attrs.evolve(numbered, cseq=self.last_cseq)
+                self._unapplied.append(message)
+            connection, session_id = self.connection, self.welcome.session_id
+            try:
+                await connection.send(message)
+            except ConnectionClosed as closed:
+                # Kept past this block without its traceback, which holds this frame: the
+                # cycle would keep the lost connection's socket open until the cycle collector
+                # runs (trio-websocket leaves the socket of a connection the server closed to
+                # be collected), and the server waiting for its end meanwhile.
+                lost = closed.with_traceback(None)
+            else:
+                return
+        await self._follow(lost, connection, session_id)
+        if message.cseq is None:  # a numbered one was sent again by the resume
             await self.connection.send(message)
-        except ConnectionClosed as closed:
-            await self._follow(closed)
-            if message.cseq is None:  # a numbered one was sent again by the resume
-                await self.connection.send(message)
 
     async def resume(self, *, last_seq: int | None = None, token: str | None = None) -> Welcome:
         """Reconnects with `hello {resume, last_seq}` and returns the new `welcome`.
@@ -460,7 +480,8 @@ class Client:
         new session started and numbering restarts. The previous connection is left alone: a
         server still holding it closes it with 4002.
         """
-        return await self._resume(last_seq=last_seq, token=token)
+        async with self._in_order:
+            return await self._resume(last_seq=last_seq, token=token)
 
     async def _resume(
         self,
@@ -498,20 +519,34 @@ class Client:
             self._unapplied.clear()
         return self.welcome
 
-    async def _follow(self, closed: ConnectionClosed) -> None:
-        """After the connection closed under a `receive` or `send`: with `reconnect`, resume on
-        the next URL, trying them round-robin with a backoff until one welcomes us (bound it
-        with a trio timeout if you must); `SessionLost` if that server started a new session.
-        Otherwise, or if the close ended the session (`bye`, `FINAL_CLOSE_CODES`), `closed`
-        is raised again."""
-        code = _close_code(closed)
-        by_us = self.connection.closed_by_us
-        if not self.reconnect or self._leaving or (not by_us and code in FINAL_CLOSE_CODES):
-            raise closed
-        lost = self.url
-        welcome = await self._resume(
-            patient=True, moved_on=not by_us and code in MOVE_ON_CLOSE_CODES
-        )
+    async def _follow(
+        self, closed: ConnectionClosed, connection: Connection, session_id: str
+    ) -> None:
+        """After `connection` (of session `session_id`) closed under a `receive` or `send`:
+        with `reconnect`, resume on the next URL, trying them round-robin with a backoff until
+        one welcomes us (bound it with a trio timeout if you must); `SessionLost` if that server
+        started a new session. Otherwise, or if the close ended the session (`bye`,
+        `FINAL_CLOSE_CODES`), `closed` is raised again.
+
+        When a reader and a sender (two tasks) both find the connection lost, one resumes and
+        the other waits for it, then goes on with the new connection (or gets `SessionLost`
+        too). Two resumes would each take the session over: the later one closes the earlier's
+        connection (4002) under whoever reads it, and sets `last_seq` back behind what was read
+        (bench/chaos.py found both). A message sent meanwhile waits too (`_in_order`).
+        """
+        async with self._in_order:
+            if self.connection is not connection:  # another task followed already
+                if self.welcome.session_id != session_id:
+                    raise SessionLost(self.url, self.welcome)
+                return
+            code = _close_code(closed)
+            by_us = connection.closed_by_us
+            if not self.reconnect or self._leaving or (not by_us and code in FINAL_CLOSE_CODES):
+                raise closed
+            lost = self.url
+            welcome = await self._resume(
+                patient=True, moved_on=not by_us and code in MOVE_ON_CLOSE_CODES
+            )
         outcome = "resumed the session" if welcome.resumed else "started a new session"
         log.info("connection to %s closed (%s): %s %s", lost, code, self.url, outcome)
         if not welcome.resumed:

@@ -193,3 +193,94 @@ async def test_bye_ends_the_session_even_when_following(url: str, reconnect: boo
     async with connect(url, user_id="alice", reconnect=reconnect) as alice:
         assert await alice.bye() == 1000
         assert [message async for message in alice] == []
+
+
+async def test_a_send_and_a_receive_that_both_find_the_connection_lost_resume_it_once(
+    url: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application reads in one task and sends from another, and both find the connection
+    lost (bench/chaos.py: every client of a killed node). Only one of them may resume: two
+    resumes racing would each take the session over, the later closing the earlier's connection
+    with 4002 under the reader (which must not give up: the session lives on), and reset
+    `last_seq` behind what the reader had read (a replay read twice). Here the sender finds the
+    loss first and waits 0.3 s before resuming; the reader finds it next and would resume at
+    once."""
+    waits = iter([0.3, 0.0])
+    monkeypatch.setattr(callbox.client, "_backoff", lambda failures: next(waits, 0.0))
+    async with (
+        connect(url, user_id="alice", reconnect=True) as alice,
+        connect(url, user_id="bob") as bob,
+    ):
+        await alice.room_join("lobby")
+        await alice.expect(RoomJoined)
+        await bob.room_join("lobby")
+        await bob.expect(RoomJoined)
+        await alice.expect(RoomMemberJoined, user_id="bob")
+        first = alice.connection
+        await first.send_frame("x" * (alice.limits.max_message_bytes + 1))
+        with trio.fail_after(10):
+            while first.close_code is None:
+                await trio.sleep(0.01)
+        sent = trio.Event()
+
+        async def sender() -> None:
+            await alice.room_broadcast("lobby", {"from": "alice"})
+            sent.set()
+
+        nursery.start_soon(sender)
+        await trio.sleep(0.05)  # the sender is in its backoff
+        with trio.fail_after(10):
+            await bob.room_broadcast("lobby", {"n": 1})
+            message = await alice.expect(RoomMessage, from_="bob")
+            assert message.data == {"n": 1}
+            await sent.wait()
+            assert (await bob.expect(RoomMessage, from_="alice")).data == {"from": "alice"}
+            await bob.room_broadcast("lobby", {"n": 2})
+            assert (await alice.expect(RoomMessage, from_="bob")).data == {"n": 2}
+        assert alice.welcome.resumed
+        await alice.ping()  # nothing else came: each broadcast came once
+
+
+async def test_a_message_sent_while_another_task_resumes_goes_after_those_sent_again(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection swallowed three of alice's broadcasts; the reader's resume sends them
+    again, and meanwhile the sender sends a fourth. The fourth must reach the server after
+    them: the server applies a `cseq` only above the last it applied, so the three would be
+    taken for repeats and never delivered (bench/chaos.py lost the messages a client sent to a
+    frozen node this way)."""
+    monkeypatch.setattr(callbox.client, "_backoff", lambda failures: 0.0)
+    async with (
+        connect(url, user_id="alice", reconnect=True) as alice,
+        connect(url, user_id="bob") as bob,
+        trio.open_nursery() as nursery,
+    ):
+        await alice.room_join("lobby")
+        await alice.expect(RoomJoined)
+        await bob.room_join("lobby")
+        await bob.expect(RoomJoined)
+        await alice.expect(RoomMemberJoined, user_id="bob")
+        first, welcome = alice.connection, alice.welcome
+
+        async def swallowed(message: object) -> None:
+            pass
+
+        monkeypatch.setattr(first, "send", swallowed)
+        for n in (1, 2, 3):
+            await alice.room_broadcast("lobby", {"n": n})
+
+        async def reader() -> None:
+            await alice.expect(RoomMessage, from_="bob")
+
+        async def sender() -> None:
+            while alice.welcome is welcome:  # the resume is under way: send at once
+                await trio.sleep(0)
+            await alice.room_broadcast("lobby", {"n": 4})
+
+        nursery.start_soon(reader)
+        nursery.start_soon(sender)
+        await first.send_frame("x" * (alice.limits.max_message_bytes + 1))
+        with trio.fail_after(10):
+            for n in (1, 2, 3, 4):
+                assert (await bob.expect(RoomMessage, from_="alice")).data == {"n": n}
+            await bob.room_broadcast("lobby", {"from": "bob"})

@@ -50,6 +50,7 @@ from callbox.codec import with_seq
 from callbox.core.actions import (
     Action,
     CancelTimer,
+    CloseCall,
     ConnId,
     DurationCapTimer,
     ExpiryWarningTimer,
@@ -126,10 +127,19 @@ def timer_of_name(name: str) -> TimerKey:
 
 
 def cluster_timers(actions: list[Action | Delivery]) -> dict[str, int | None]:
-    """The timers of the cluster an event armed (deadline, cluster ms) or disarmed (None)."""
+    """The timers of the cluster an event armed (deadline, cluster ms) or disarmed (None).
+
+    A call that ends disarms its expiry warning and duration cap: the core cancels them by
+    closing the call's nursery (`CloseCall`), not one by one, and in the store they would stay
+    until their deadline (an hour by default) for a node to fire them for nothing. (Ring
+    timeouts are cancelled one by one; one of an invitee still ringing when the call ended
+    goes at its deadline, within the ring timeout.)"""
     timers: dict[str, int | None] = {}
     for action in actions:
-        if isinstance(action, StartTimer | CancelTimer):
+        if isinstance(action, CloseCall):
+            # `timer_name` of its ExpiryWarningTimer and DurationCapTimer
+            timers[f"warn {action.call_id}"] = timers[f"cap {action.call_id}"] = None
+        elif isinstance(action, StartTimer | CancelTimer):
             name = timer_name(action.key)
             if name is not None:
                 deadline = action.deadline if isinstance(action, StartTimer) else None
