@@ -73,6 +73,7 @@ from callbox.messages import (
     ServerMessage,
     Welcome,
 )
+from callbox.server.cluster import LEASE_S
 
 PREFIX = "cb:"
 """The nodes' key prefix (the default)."""
@@ -271,6 +272,11 @@ def keyspace(redis: Process) -> Keyspace:
     return found
 
 
+def used_memory(redis: Process) -> int:
+    info = dict(line.split(":", 1) for line in redis_cli(redis, "INFO", "memory") if ":" in line)
+    return int(info["used_memory"])
+
+
 def describe_key(redis: Process, key: str, kind: str) -> str:
     """A persistent key as the report shows it: its type, size, and a sample."""
     size = {"hash": "HLEN", "zset": "ZCARD", "list": "LLEN", "set": "SCARD"}.get(kind)
@@ -413,6 +419,9 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds over the traffic, per process ("clients": this one; "others": the rest of
     the machine, from /proc/stat: other work on shared cores)."""
+    memory: dict[str, int] = field(default_factory=dict)
+    """Redis's `used_memory` (bytes): "before" the first client, once every call was "set up",
+    and "after" the last bye."""
     idle_cpu: dict[str, float] = field(default_factory=dict)
     """The same over `IDLE_S` before the traffic, every client connected."""
     """CPU seconds over the traffic, per process ("generator": this one)."""
@@ -713,6 +722,7 @@ async def chaos(run: Run, redis: Process) -> None:
         ready = trio.current_time() - began
         print(f"  {len(run.sides)} clients connected, calls set up in {ready:.1f} s", flush=True)
         idle = cpu_now(run, redis)
+        run.memory["set up"] = await trio.to_thread.run_sync(used_memory, redis)
         await trio.sleep(IDLE_S)
         before = cpu_now(run, redis)
         run.idle_cpu = cpu_between(idle, before)
@@ -781,6 +791,7 @@ def report(run: Run, before: Keyspace, after: Keyspace, redis: Process) -> list[
     report_errors(run, failures)
     report_cpu(run)
     report_keys(before, after, redis, failures)
+    report_memory(run)
     for node in run.nodes:
         text = node.log.read_text(errors="replace")
         tracebacks = text.count("Traceback")
@@ -855,7 +866,9 @@ def report_resumes(run: Run, failures: list[str]) -> None:
             f"resumed, of the {len(times) + len(missing)} sessions on {run.hit[what].name}"
             f" at its {what}, from {label}: {spread(times)}"
         )
-        if missing and since == what:
+        if what == "freeze" and run.args.freeze_for < LEASE_S + 1:
+            print(f"  (a freeze shorter than the lease, {LEASE_S:g} s: nothing to take over)")
+        elif missing and since == what:
             failures.append(f"{len(missing)} sessions hit by the {what} did not resume")
             print(f"  not resumed: {', '.join(side.user for side in missing[:10])}")
     codes = ", ".join(f"{what} {code}: {n}" for (what, code), n in sorted(run.close_codes.items()))
@@ -938,6 +951,18 @@ def report_keys(before: Keyspace, after: Keyspace, redis: Process, failures: lis
         failures.append(f"keys without expiry left: {', '.join(left)}")
 
 
+def report_memory(run: Run) -> None:
+    """Redis's memory: what each session with its call holds, and what the run left."""
+    before, set_up, after = (run.memory.get(k, 0) for k in ("before", "set up", "after"))
+    if set_up:
+        per = (set_up - before) / len(run.sides) / 1024
+        print(
+            f"Redis used_memory: {before / 2**20:.1f} MiB before the first client;"
+            f" {per:.1f} KiB more per session once every call was set up;"
+            f" {after / 2**20:.1f} MiB after the last bye"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=100, help="calls relaying (2 clients each)")
@@ -978,8 +1003,10 @@ def main() -> int:
         print(f"redis-server on {redis.port}; nodes on {', '.join(str(n.port) for n in nodes)}")
         before = keyspace(redis)
         run = Run(args, nodes, make_pairs(args, args.kill))
+        run.memory["before"] = used_memory(redis)
         trio.run(chaos, run, redis)
         time.sleep(0.5)  # the last byes' commits are in before their closes; a margin all the same
+        run.memory["after"] = used_memory(redis)
         failures = report(run, before, keyspace(redis), redis)
     finally:
         for process in reversed(processes):
