@@ -901,7 +901,7 @@ def report_timers(run: Run, failures: list[str]) -> None:
 
 def report_errors(run: Run, failures: list[str]) -> None:
     sides = run.sides
-    lost = sum(side.lost for side in sides)
+    lost = sum(1 for side in sides if side.lost)  # its reader and its sender may both notice
     errors = [(side.user, error) for side in sides for error in side.errors]
     kinds = Counter(error.split(":")[0] for _, error in errors)
     print(
