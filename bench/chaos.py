@@ -295,7 +295,9 @@ def describe_key(redis: Process, key: str, kind: str) -> str:
 
 
 class TimedClient(Client):
-    """A `Client` that notes when each `welcome` came: a resume's time is read from it."""
+    """A `Client` that notes when each `welcome` came: a resume's time is read from it. The
+    client sets `welcome` when it opens and at every resume, so a property sees each one at the
+    moment it arrived, without reaching into how the client follows its URLs."""
 
     welcomes: list[tuple[float, Welcome]]
 
@@ -330,13 +332,13 @@ class Side:
     errors: list[str] = field(default_factory=list)
     """Anything that broke the session's contract: errors, violations, a lost session."""
     lost: int = 0
+    """`SessionLost` raised (by its reader, its sender, or both, for one lost session)."""
     node_at: dict[str, str] = field(default_factory=dict)
     """Its URL at each disruption (kill, freeze), to know whom it affected."""
     changed: trio.Event = field(default_factory=trio.Event)
     """Set (and replaced) whenever `read` or `ended` changes."""
     latencies: list[tuple[float, float]] = field(default_factory=list)
     """(when sent, seconds until read) of each candidate read from the peer."""
-
     sends: dict[int, tuple[float, str, int]] = field(default_factory=dict)
     """Per counter sent: when (trio's clock), on which URL, with which `cseq`; to tell what
     happened to a message its peer did not read in its place."""
@@ -387,6 +389,7 @@ class Pair:
     placed_at: float = 0.0
     """When the call was placed (trio's clock)."""
     arrived: set[str] = field(default_factory=set)
+    """The phases it has reached or given up."""
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -410,7 +413,8 @@ class Run:
     hang_up: trio.Event = field(default_factory=trio.Event)
     leave: trio.Event = field(default_factory=trio.Event)
     events: dict[str, float] = field(default_factory=dict)
-    """When each disruption happened (trio's clock): "kill", "freeze", "thaw"."""
+    """When things happened (trio's clock): "start" and "stop" of the traffic, and the
+    disruptions, "kill", "freeze", "thaw"."""
     hit: dict[str, Process] = field(default_factory=dict)
     """The node each disruption hit."""
     close_codes: Counter[tuple[str, int | None]] = field(default_factory=Counter)
