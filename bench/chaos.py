@@ -73,6 +73,7 @@ from callbox.messages import (
     ServerMessage,
     Welcome,
 )
+from callbox.server.cluster import LEASE_S
 
 PREFIX = "cb:"
 """The nodes' key prefix (the default)."""
@@ -271,6 +272,11 @@ def keyspace(redis: Process) -> Keyspace:
     return found
 
 
+def used_memory(redis: Process) -> int:
+    info = dict(line.split(":", 1) for line in redis_cli(redis, "INFO", "memory") if ":" in line)
+    return int(info["used_memory"])
+
+
 def describe_key(redis: Process, key: str, kind: str) -> str:
     """A persistent key as the report shows it: its type, size, and a sample."""
     size = {"hash": "HLEN", "zset": "ZCARD", "list": "LLEN", "set": "SCARD"}.get(kind)
@@ -289,7 +295,9 @@ def describe_key(redis: Process, key: str, kind: str) -> str:
 
 
 class TimedClient(Client):
-    """A `Client` that notes when each `welcome` came: a resume's time is read from it."""
+    """A `Client` that notes when each `welcome` came: a resume's time is read from it. The
+    client sets `welcome` when it opens and at every resume, so a property sees each one at the
+    moment it arrived, without reaching into how the client follows its URLs."""
 
     welcomes: list[tuple[float, Welcome]]
 
@@ -324,13 +332,13 @@ class Side:
     errors: list[str] = field(default_factory=list)
     """Anything that broke the session's contract: errors, violations, a lost session."""
     lost: int = 0
+    """`SessionLost` raised (by its reader, its sender, or both, for one lost session)."""
     node_at: dict[str, str] = field(default_factory=dict)
     """Its URL at each disruption (kill, freeze), to know whom it affected."""
     changed: trio.Event = field(default_factory=trio.Event)
     """Set (and replaced) whenever `read` or `ended` changes."""
     latencies: list[tuple[float, float]] = field(default_factory=list)
     """(when sent, seconds until read) of each candidate read from the peer."""
-
     sends: dict[int, tuple[float, str, int]] = field(default_factory=dict)
     """Per counter sent: when (trio's clock), on which URL, with which `cseq`; to tell what
     happened to a message its peer did not read in its place."""
@@ -381,6 +389,7 @@ class Pair:
     placed_at: float = 0.0
     """When the call was placed (trio's clock)."""
     arrived: set[str] = field(default_factory=set)
+    """The phases it has reached or given up."""
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -404,7 +413,8 @@ class Run:
     hang_up: trio.Event = field(default_factory=trio.Event)
     leave: trio.Event = field(default_factory=trio.Event)
     events: dict[str, float] = field(default_factory=dict)
-    """When each disruption happened (trio's clock): "kill", "freeze", "thaw"."""
+    """When things happened (trio's clock): "start" and "stop" of the traffic, and the
+    disruptions, "kill", "freeze", "thaw"."""
     hit: dict[str, Process] = field(default_factory=dict)
     """The node each disruption hit."""
     close_codes: Counter[tuple[str, int | None]] = field(default_factory=Counter)
@@ -413,6 +423,9 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds over the traffic, per process ("clients": this one; "others": the rest of
     the machine, from /proc/stat: other work on shared cores)."""
+    memory: dict[str, int] = field(default_factory=dict)
+    """Redis's `used_memory` (bytes): "before" the first client, once every call was "set up",
+    and "after" the last bye."""
     idle_cpu: dict[str, float] = field(default_factory=dict)
     """The same over `IDLE_S` before the traffic, every client connected."""
     """CPU seconds over the traffic, per process ("generator": this one)."""
@@ -713,6 +726,7 @@ async def chaos(run: Run, redis: Process) -> None:
         ready = trio.current_time() - began
         print(f"  {len(run.sides)} clients connected, calls set up in {ready:.1f} s", flush=True)
         idle = cpu_now(run, redis)
+        run.memory["set up"] = await trio.to_thread.run_sync(used_memory, redis)
         await trio.sleep(IDLE_S)
         before = cpu_now(run, redis)
         run.idle_cpu = cpu_between(idle, before)
@@ -781,6 +795,7 @@ def report(run: Run, before: Keyspace, after: Keyspace, redis: Process) -> list[
     report_errors(run, failures)
     report_cpu(run)
     report_keys(before, after, redis, failures)
+    report_memory(run)
     for node in run.nodes:
         text = node.log.read_text(errors="replace")
         tracebacks = text.count("Traceback")
@@ -855,7 +870,9 @@ def report_resumes(run: Run, failures: list[str]) -> None:
             f"resumed, of the {len(times) + len(missing)} sessions on {run.hit[what].name}"
             f" at its {what}, from {label}: {spread(times)}"
         )
-        if missing and since == what:
+        if what == "freeze" and run.args.freeze_for < LEASE_S + 1:
+            print(f"  (a freeze shorter than the lease, {LEASE_S:g} s: nothing to take over)")
+        elif missing and since == what:
             failures.append(f"{len(missing)} sessions hit by the {what} did not resume")
             print(f"  not resumed: {', '.join(side.user for side in missing[:10])}")
     codes = ", ".join(f"{what} {code}: {n}" for (what, code), n in sorted(run.close_codes.items()))
@@ -888,7 +905,7 @@ def report_timers(run: Run, failures: list[str]) -> None:
 
 def report_errors(run: Run, failures: list[str]) -> None:
     sides = run.sides
-    lost = sum(side.lost for side in sides)
+    lost = sum(1 for side in sides if side.lost)  # its reader and its sender may both notice
     errors = [(side.user, error) for side in sides for error in side.errors]
     kinds = Counter(error.split(":")[0] for _, error in errors)
     print(
@@ -938,6 +955,18 @@ def report_keys(before: Keyspace, after: Keyspace, redis: Process, failures: lis
         failures.append(f"keys without expiry left: {', '.join(left)}")
 
 
+def report_memory(run: Run) -> None:
+    """Redis's memory: what each session with its call holds, and what the run left."""
+    before, set_up, after = (run.memory.get(k, 0) for k in ("before", "set up", "after"))
+    if set_up:
+        per = (set_up - before) / len(run.sides) / 1024
+        print(
+            f"Redis used_memory: {before / 2**20:.1f} MiB before the first client;"
+            f" {per:.1f} KiB more per session once every call was set up;"
+            f" {after / 2**20:.1f} MiB after the last bye"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=100, help="calls relaying (2 clients each)")
@@ -978,8 +1007,10 @@ def main() -> int:
         print(f"redis-server on {redis.port}; nodes on {', '.join(str(n.port) for n in nodes)}")
         before = keyspace(redis)
         run = Run(args, nodes, make_pairs(args, args.kill))
+        run.memory["before"] = used_memory(redis)
         trio.run(chaos, run, redis)
         time.sleep(0.5)  # the last byes' commits are in before their closes; a margin all the same
+        run.memory["after"] = used_memory(redis)
         failures = report(run, before, keyspace(redis), redis)
     finally:
         for process in reversed(processes):

@@ -92,6 +92,17 @@ async def test_a_message_the_lost_socket_swallowed_is_sent_again_and_arrives_onc
     assert result["sent"] == 5
 
 
+async def test_a_message_sent_as_the_resumed_session_opens_goes_after_those_sent_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A "state" handler sends the moment the session is open again; the broadcast the lost
+    socket swallowed is sent again by the resume, and must go first, or the server takes it for
+    a repeat of the later one's `cseq` (callbox.client had the same hole; bench/chaos.py)."""
+    url = await start_server(nursery)
+    result = await run_script("send_on_open.mjs", tmp_path, url)
+    assert result["received"] == [1, 2, 3]
+
+
 # Several URLs -----------------------------------------------------------------------------------
 
 

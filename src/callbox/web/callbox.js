@@ -740,20 +740,22 @@ export class CallboxClient extends Emitter {
     if (!welcome.resumed) this.lastSeq = 0;
     this.ackedSeq = this.lastSeq; // counted from here: a resume's last_seq told the server as much
     this.sessionId = welcome.session_id;
-    this._setState("open");
-    this._startHeartbeat();
-    if (this._connectWaiters) {
-      this._connectWaiters.resolve(welcome);
-      this._connectWaiters = null;
-    }
     if (welcome.resumed) {
       // What the lost socket swallowed: numbered, written, never applied. Sent again first, in
-      // order and with the same cseq, so the server applies each exactly once.
+      // order and with the same cseq, so the server applies each exactly once: before the state
+      // says "open", whose handlers may send (a later cseq applied first would make the server
+      // take these for repeats).
       this._unapplied = this._unapplied.filter((m) => m.cseq > (welcome.last_cseq ?? 0));
       for (const message of this._unapplied) this._ws?.send(JSON.stringify(message));
     } else {
       this._cseq = 0;
       this._unapplied = [];
+    }
+    this._setState("open");
+    this._startHeartbeat();
+    if (this._connectWaiters) {
+      this._connectWaiters.resolve(welcome);
+      this._connectWaiters = null;
     }
     const outbox = this._outbox.splice(0);
     for (const message of outbox) this.send(message);
