@@ -118,6 +118,11 @@ class ClusterMixin(Harness):
 
     # Where events run ----------------------------------------------------------------------
 
+    def login_on(self, node: int, user_id: str) -> int:
+        """`login` on node `node`."""
+        self.place_next = node
+        return self.login(user_id)
+
     def _new_conn(self) -> int:
         number = self.place_next if self.place_next is not None else next(self._turn)
         self.place_next = None

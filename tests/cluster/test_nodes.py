@@ -11,10 +11,8 @@ from tests.core.harness import call_between, initiate
 
 def test_a_call_between_two_nodes() -> None:
     h = ClusterHarness()
-    h.place_next = 1
-    alice = h.login("alice")
-    h.place_next = 2
-    bob = h.login("bob")
+    alice = h.login_on(1, "alice")
+    bob = h.login_on(2, "bob")
     assert node_of(alice) != node_of(bob)
     h.send(alice, initiate("call-0001", "bob"))
     h.expect(alice, "call_ringing", call_id="call-0001", seq=1)
@@ -31,10 +29,8 @@ def test_a_call_between_two_nodes() -> None:
 
 def test_resume_on_another_node_replays_what_was_missed() -> None:
     h = ClusterHarness()
-    h.place_next = 1
-    alice = h.login("alice")
-    h.place_next = 2
-    bob = h.login("bob")
+    alice = h.login_on(1, "alice")
+    bob = h.login_on(2, "bob")
     call_between(h, alice, bob)
     token = h.welcome_of[bob]["resume_token"]
     h.drop(bob)
@@ -75,10 +71,8 @@ def test_an_ended_call_leaves_no_timer_armed_in_the_store() -> None:
     stay in the store (Redis: the `timers` set, a key without expiry) until their deadline, an
     hour by default, for a node to fire them for nothing (bench/chaos.py found them left)."""
     h = ClusterHarness()
-    h.place_next = 1
-    alice = h.login("alice")
-    h.place_next = 2
-    bob = h.login("bob")
+    alice = h.login_on(1, "alice")
+    bob = h.login_on(2, "bob")
     call_between(h, alice, bob)
     assert {name.split()[0] for name in h.backend.timers} == {"warn", "cap"}
     h.send(bob, {"type": "hangup", "call_id": "call-0001"})
@@ -100,10 +94,8 @@ def test_a_message_from_a_connection_taken_over_elsewhere_is_not_applied() -> No
     numbers its messages gets the late one once anyway (`cseq`), one that does not gets it
     out of order. (bench/chaos.py's SIGSTOP makes this window; its clients number theirs.)"""
     h = ClusterHarness()
-    h.place_next = 1
-    alice = h.login("alice")
-    h.place_next = 2
-    bob = h.login("bob")
+    alice = h.login_on(1, "alice")
+    bob = h.login_on(2, "bob")
     call_between(h, alice, bob)
     token = h.welcome_of[alice]["resume_token"]
     h.place_next = 3
