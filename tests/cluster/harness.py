@@ -114,7 +114,9 @@ class ClusterMixin(Harness):
         switchboard = self._switchboard(missing=False)
         store = switchboard.store
         assert isinstance(store, NodeStore)
-        return ClusterNode(number, switchboard, store, Node(store), Gateway(number))
+        return ClusterNode(
+            number, switchboard, store, Node(store, switchboard.tokens), Gateway(number)
+        )
 
     # Where events run ----------------------------------------------------------------------
 

@@ -1,74 +1,109 @@
 """Random interleavings of events on three nodes over the in-memory shared store.
 
-Each node runs its events one at a time, but between one event's load or commit and its next,
-any other node may run: a commit may find what it read changed, conflict and run again, or
-give up (`Unavailable`: the client would be told `unavailable`, and nothing of it happened).
+Each node runs its events as the shell does, through a `Pipeline`: a client message on a
+connection that carries a session runs beside the others (the node's commits go as one batch,
+its loads as one), anything else alone. A node's step is one of: taking the next event in, or
+one round trip (its batch of commits, or its loads). Between any two steps of one node, any
+other node may step: a commit may find what it read changed, conflict and run again, or give
+up (`Unavailable`: the client would be told `unavailable`, and nothing of it happened).
 Whatever the order, each connection sees `seq` 1, 2, 3, ... with no gap or repeat, every party
-of a call is told of its end at most once, no event fails as a bug (`internal`), and once every
-session has said `bye`, no record and no outbox is left in the store (but when each user was
-last seen, which expires by itself).
+of a call is told of its end at most once, no event fails as a bug (`internal`, or a committed
+event's rerun that came to another transaction), and once every session has said `bye`, no
+record and no outbox is left in the store (but when each user was last seen, which expires by
+itself).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 
 import pytest
+from attrs import frozen
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from callbox.cluster.node import Reply, Request, Unavailable
-from callbox.core.actions import Action
+from callbox.cluster.node import Finished, Pipeline, RerunDiverged, Unavailable, node_of
+from callbox.core.actions import Action, ConnId
 from callbox.core.switchboard import Switchboard
 from tests.cluster.harness import ClusterHarness, ClusterNode
 from tests.core.harness import Wire, initiate
 
 USERS = ("alice", "bob", "carol", "dave")
+MAX_IN_FLIGHT = 8
+"""Events a node runs at once: small, so that a node's pipeline also fills up."""
 
-Steps = Generator[Request, Reply, list[Action]]
+
+@frozen
+class Event:
+    """An event queued on a node (a `Runnable`)."""
+
+    run: Callable[[], list[Action]]
+    conn: ConnId
+    exclusive: bool
 
 
 class InterleavingHarness(ClusterHarness):
-    """A cluster whose events wait in a queue per node, each run a step at a time (`step`)."""
+    """A cluster whose events wait in a queue per node, run a step at a time (`step`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.queued: dict[int, deque[Callable[[Switchboard], list[Action]]]] = {
-            n: deque() for n in self.nodes
+        self.queued: dict[int, deque[Event]] = {n: deque() for n in self.nodes}
+        self.pipelines = {
+            n: Pipeline[Event](node.node, MAX_IN_FLIGHT) for n, node in self.nodes.items()
         }
-        self.running: dict[int, tuple[Steps, Request]] = {}
         self.unavailable = 0
         self.stepping = False
+        self._message = False
+        self._batches = itertools.count(1)
+
+    def send(self, conn: int, message: Wire | bytes) -> None:
+        self._message = True
+        try:
+            super().send(conn, message)
+        finally:
+            self._message = False
 
     def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
         if not self.stepping:
             super()._on(conn, event)
             return
-        self.queued[conn >> 32].append(event)
+        node = self.nodes[node_of(conn)]
+        exclusive = not (self._message and node.switchboard.has_session(conn))
+        self.queued[node.number].append(Event(lambda: event(node.switchboard), conn, exclusive))
 
     def busy(self) -> list[int]:
-        return [n for n in self.nodes if n in self.running or self.queued[n]]
+        return [n for n in self.nodes if self.queued[n] or not self.pipelines[n].idle]
 
     def step(self, number: int) -> None:
-        """Node `number` takes one step: starts its next event, or has its current one's
-        request answered by the store."""
-        node = self.nodes[number]
-        if number in self.running:
-            steps, request = self.running.pop(number)
-            self._advance(node, steps, lambda: steps.send(self._serve(request)))
-        elif self.queued[number]:
-            steps = self._steps(node, self.queued[number].popleft())
-            self._advance(node, steps, lambda: next(steps))
+        """Node `number` takes one step: takes its next event in if it may, else sends its
+        commits, else its loads, and has them answered by the store."""
+        node, pipeline, queued = self.nodes[number], self.pipelines[number], self.queued[number]
+        if queued:
+            taken, finished = pipeline.offer(queued[0])
+            if taken:
+                queued.popleft()
+                self._finish(node, finished)
+                return
+        batch = pipeline.commits()
+        if batch:
+            outcomes = self.backend.commit_now(f"n{number}:{next(self._batches)}", batch)
+            self._finish(node, pipeline.committed(outcomes))
+            return
+        load = pipeline.loads()
+        if load is not None:
+            loaded = self.backend.load_now(load.keys), self.backend.outboxes_now(load.outboxes)
+            self._finish(node, pipeline.loaded(loaded))
 
-    def _advance(self, node: ClusterNode, steps: Steps, move: Callable[[], Request]) -> None:
-        try:
-            self.running[node.number] = (steps, move())
-        except StopIteration as done:
-            self._done(node, done.value)
-        except Unavailable:
-            self.unavailable += 1
+    def _finish(self, node: ClusterNode, finished: list[Finished[Event]]) -> None:
+        for done in finished:
+            if isinstance(done.error, Unavailable):
+                self.unavailable += 1
+            elif isinstance(done.error, RerunDiverged):
+                raise done.error
+            self._done(node, done.actions)
 
     def settle(self) -> None:
         while busy := self.busy():

@@ -263,6 +263,12 @@ class Switchboard:
                 log.exception("internal error handling timer %r", key)
             return self._transact(False, _nothing)
 
+    @property
+    def tokens(self) -> TokenTape:
+        """The tokens the event being handled drew: a cluster node that suspends the event
+        while another runs keeps them aside with it (`callbox.cluster.node.Node`)."""
+        return self._tokens
+
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
 
