@@ -15,105 +15,21 @@ itself).
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
-from collections.abc import Callable
-
 import pytest
-from attrs import frozen
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from callbox.cluster.node import Finished, Pipeline, RerunDiverged, Unavailable, node_of
-from callbox.core.actions import Action, ConnId
-from callbox.core.switchboard import Switchboard
-from tests.cluster.harness import ClusterHarness, ClusterNode
+from tests.cluster.harness import PipelineHarness
 from tests.core.harness import Wire, initiate
 
 USERS = ("alice", "bob", "carol", "dave")
-MAX_IN_FLIGHT = 8
-"""Events a node runs at once: small, so that a node's pipeline also fills up."""
-
-
-@frozen
-class Event:
-    """An event queued on a node (a `Runnable`)."""
-
-    run: Callable[[], list[Action]]
-    conn: ConnId
-    exclusive: bool
-
-
-class InterleavingHarness(ClusterHarness):
-    """A cluster whose events wait in a queue per node, run a step at a time (`step`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queued: dict[int, deque[Event]] = {n: deque() for n in self.nodes}
-        self.pipelines = {
-            n: Pipeline[Event](node.node, MAX_IN_FLIGHT) for n, node in self.nodes.items()
-        }
-        self.unavailable = 0
-        self.stepping = False
-        self._message = False
-        self._batches = itertools.count(1)
-
-    def send(self, conn: int, message: Wire | bytes) -> None:
-        self._message = True
-        try:
-            super().send(conn, message)
-        finally:
-            self._message = False
-
-    def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
-        if not self.stepping:
-            super()._on(conn, event)
-            return
-        node = self.nodes[node_of(conn)]
-        exclusive = not (self._message and node.switchboard.has_session(conn))
-        self.queued[node.number].append(Event(lambda: event(node.switchboard), conn, exclusive))
-
-    def busy(self) -> list[int]:
-        return [n for n in self.nodes if self.queued[n] or not self.pipelines[n].idle]
-
-    def step(self, number: int) -> None:
-        """Node `number` takes one step: takes its next event in if it may, else sends its
-        commits, else its loads, and has them answered by the store."""
-        node, pipeline, queued = self.nodes[number], self.pipelines[number], self.queued[number]
-        if queued:
-            taken, finished = pipeline.offer(queued[0])
-            if taken:
-                queued.popleft()
-                self._finish(node, finished)
-                return
-        batch = pipeline.commits()
-        if batch:
-            outcomes = self.backend.commit_now(f"n{number}:{next(self._batches)}", batch)
-            self._finish(node, pipeline.committed(outcomes))
-            return
-        load = pipeline.loads()
-        if load is not None:
-            loaded = self.backend.load_now(load.keys), self.backend.outboxes_now(load.outboxes)
-            self._finish(node, pipeline.loaded(loaded))
-
-    def _finish(self, node: ClusterNode, finished: list[Finished[Event]]) -> None:
-        for done in finished:
-            if isinstance(done.error, Unavailable):
-                self.unavailable += 1
-            elif isinstance(done.error, RerunDiverged):
-                raise done.error
-            self._done(node, done.actions)
-
-    def settle(self) -> None:
-        while busy := self.busy():
-            self.step(busy[0])
 
 
 class Interleavings(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.h = InterleavingHarness()
+        self.h = PipelineHarness(max_in_flight=8)  # small: pipelines fill up too
         self.conns: dict[str, int] = {}
         self.seen: dict[int, int] = {}
         """Per connection, how many of its messages the invariants have checked."""

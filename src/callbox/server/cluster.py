@@ -60,6 +60,7 @@ from callbox.codec import encode, rid_of
 from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
+    CLOSE_RESTART,
     Action,
     CancelTimer,
     Close,
@@ -98,7 +99,6 @@ LEASE_S: Final = 5.0
 LEASE_RENEW_S: Final = 1.0
 UNHEALTHY_AFTER_S: Final = 2.5
 """`/healthz` fails once the store has not answered the lease renewal for this long."""
-CLOSE_RESTART: Final = 1012
 CLOCK_MARGIN_S: Final = 0.2
 """How far a node's idea of the cluster's clock may be off (measured once, at start)."""
 CATCH_UP_S: Final = 5.0
