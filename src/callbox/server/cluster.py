@@ -4,8 +4,9 @@ event run against the shared store (docs/decisions/0014-cluster.md).
 What changes from a single process:
 
 - **Events queue.** The transport's callbacks cannot wait, and an event may have to load records
-  and commit, so each is queued (`MAX_QUEUED_EVENTS`) and one task runs them in order through
-  `Node.run`: a rerun must find the cache as its first run left it. A client message that finds
+  and commit, so each is queued (`MAX_QUEUED_EVENTS`) and one task takes them in order into the
+  node's `Pipeline`, which runs many at once (a connection's one at a time, in order) and sends
+  their commits and loads a round trip at a time. A client message that finds
   the queue full, or the store out of reach for `RETRY_FOR` seconds, gets `error unavailable`
   (not applied); a `hello` gets close 1013 instead. A timer that could not run is run again a
   second later.
