@@ -248,7 +248,7 @@ class PipelineHarness(ClusterHarness):
             super()._on(conn, event)
             return
         node = self.nodes[node_of(conn)]
-        exclusive = not (self._message and node.switchboard.has_session(conn))
+        exclusive = self._message and not node.switchboard.has_session(conn)  # as the shell
         self.queued[node.number].append(Event(lambda: event(node.switchboard), conn, exclusive))
 
     def busy(self) -> list[int]:

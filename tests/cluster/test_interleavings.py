@@ -36,11 +36,14 @@ class Interleavings(RuleBasedStateMachine):
         self.ended: set[tuple[int, str]] = set()
         """(connection, call id) of every `call_ended`."""
         self.call_ids: list[str] = []
+        self.tokens: dict[str, str] = {}
+        """Each user's resume token, from the last `welcome` it read (none while one is due)."""
 
     @initialize()
     def sign_in(self) -> None:
         for user in USERS:
             self.conns[user] = self.h.login(user)
+            self.tokens[user] = self.h.welcome_of[self.conns[user]]["resume_token"]
         self.h.stepping = True
 
     def _send(self, user: str, message: Wire) -> None:
@@ -85,6 +88,22 @@ class Interleavings(RuleBasedStateMachine):
     def join_the_room(self, user: str) -> None:
         self._send(user, {"type": "room_join", "room": "lobby"})
 
+    @rule(data=st.data())
+    def reconnect(self, data: st.DataObject) -> None:
+        """A user's connection drops and its client resumes on a new one (on the next node in
+        turn), from the last `seq` it read: the drop runs beside other events, the resume's
+        `hello` alone."""
+        ready = [user for user in USERS if user in self.tokens]
+        if not ready:
+            return
+        user = data.draw(st.sampled_from(ready))
+        old = self.conns[user]
+        self.sequences_have_no_gap_and_calls_end_once()  # what the client read before the drop
+        self.h.drop(old)
+        new = self.h.resume(user, self.tokens.pop(user), last_seq=self.seen.get(-old, 0))
+        self.conns[user] = new
+        self.seen[-new] = self.seen.get(-old, 0)
+
     @precondition(lambda self: bool(self.h.busy()))
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
@@ -92,10 +111,13 @@ class Interleavings(RuleBasedStateMachine):
 
     @invariant()
     def sequences_have_no_gap_and_calls_end_once(self) -> None:
-        for conn in self.conns.values():
+        for user, conn in self.conns.items():
             inbox = self.h.inbox[conn]
             for message in inbox[self.seen.get(conn, 0) :]:
                 assert message.get("code") != "internal", message
+                if message["type"] == "welcome":
+                    assert message["resumed"] is True, message
+                    self.tokens[user] = message["resume_token"]
                 if "seq" in message:
                     expected = self.seen.get(-conn, 0) + 1
                     assert message["seq"] == expected, (conn, message, expected)

@@ -288,11 +288,12 @@ class Runnable(Protocol):
 
     @property
     def exclusive(self) -> bool:
-        """Whether it must run alone: it may change what other events read outside the store
-        (the switchboard's connections: a `hello` takes over another's session, a lost
-        connection's is forgotten, a timer may close one). A client message on a connection
-        that carries a session changes only its own connection's state, and runs beside
-        others."""
+        """Whether it must run alone: it may read or change what other events read outside
+        the store, which no commit checks (the switchboard's table of connections, its sign-in
+        throttle: a `hello` may take another connection's session over; a timer may close a
+        connection). An event that reads and changes only its own connection's entry (a
+        message on a connection that carries a session, a connection opened or lost) runs
+        beside others, after its connection's earlier events."""
 
 
 E = TypeVar("E", bound=Runnable)

@@ -148,13 +148,15 @@ class Queued:
 
     run: Callable[[], list[Action]]
     conn: ConnId | None = None
-    """The connection of a client message (told if it cannot be applied)."""
+    """The connection it is about: its events run one at a time, in order."""
     data: bytes | None = None
+    """A client message's (told if it cannot be applied)."""
     timer: bool = False
     """A timer's firing: run again later if it cannot be applied now."""
-    exclusive: bool = True
-    """Whether it runs alone (`Runnable.exclusive`): all but a message on a connection that
-    carries a session."""
+    exclusive: bool = False
+    """Whether it runs alone (`Runnable.exclusive`): a message on a connection without a
+    session yet (a `hello`, which may take another connection over, and reads the sign-in
+    throttle all `hello`s share), a timer, a dead node's session detached."""
 
 
 def wake_message(wake: Wake) -> bytes:
@@ -222,7 +224,8 @@ class ClusterServer(SignalingServer):
         conn_id = self._id(conn)
         self._connections[conn_id] = conn
         now, address = self._now(), conn.client_host
-        self._enqueue(Queued(lambda: self.switchboard.connect(conn_id, now, address)))
+        connect = Queued(lambda: self.switchboard.connect(conn_id, now, address), conn_id)
+        self._enqueue(connect)
 
     def on_text(self, conn: Connection, data: bytes) -> None:
         conn_id = self._id(conn)
@@ -239,13 +242,13 @@ class ClusterServer(SignalingServer):
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         conn_id, now = self._id(conn), self._now()
-        self._enqueue(Queued(lambda: self.switchboard.receive_binary(conn_id, now)))
+        self._enqueue(Queued(lambda: self.switchboard.receive_binary(conn_id, now), conn_id))
 
     def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
         conn_id, now = self._id(conn), self._now()
         self._connections.pop(conn_id, None)
         self._gateway.closed(conn_id)
-        self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
+        self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now), conn_id))
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
         """A call's timer runs in the call's nursery here, opened now if the call began on
@@ -283,7 +286,7 @@ class ClusterServer(SignalingServer):
             store.firing = claim
             return self.switchboard.timer_fired(key, now, wall)
 
-        self._enqueue(Queued(fire, timer=True))
+        self._enqueue(Queued(fire, timer=True, exclusive=True))
 
     async def _fire_overdue(self) -> None:
         """Fire the cluster's timers overdue by `OVERDUE_S`: their node died (or is stuck). Each
@@ -539,7 +542,8 @@ class ClusterServer(SignalingServer):
                 store.node_died = True
                 return self.switchboard.connection_gone_elsewhere(conn, session_id, now)
 
-            self._enqueue(Queued(detach, timer=True))  # retried, as a timer is, if it fails
+            # retried, as a timer is, if it fails
+            self._enqueue(Queued(detach, timer=True, exclusive=True))
 
     async def _retry(self, event: Queued) -> None:
         await trio.sleep(TIMER_RETRY)
