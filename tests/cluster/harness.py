@@ -15,31 +15,36 @@ these, so the whole core suite also runs as a cluster of three nodes.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 from callbox.cluster.backend import MemoryBackend
 from callbox.cluster.node import (
     Commit,
     Fetch,
+    Finished,
     Forward,
     Gateway,
     Load,
     Node,
+    Pipeline,
     Reply,
     Request,
+    RerunDiverged,
+    Unavailable,
     Wake,
     first_conn,
     node_of,
 )
 from callbox.cluster.node_store import NodeStore, timer_name
-from callbox.core.actions import Action, CancelTimer, Close, StartTimer, TimerKey
+from callbox.core.actions import Action, CancelTimer, Close, ConnId, StartTimer, TimerKey
 from callbox.core.store import RecordKey, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import IceServer
-from tests.core.harness import Harness
+from tests.core.harness import Harness, Wire
 
 FETCH_LIMIT = 10_000
 
@@ -114,7 +119,9 @@ class ClusterMixin(Harness):
         switchboard = self._switchboard(missing=False)
         store = switchboard.store
         assert isinstance(store, NodeStore)
-        return ClusterNode(number, switchboard, store, Node(store), Gateway(number))
+        return ClusterNode(
+            number, switchboard, store, Node(store, switchboard.tokens), Gateway(number)
+        )
 
     # Where events run ----------------------------------------------------------------------
 
@@ -201,3 +208,81 @@ class ClusterHarness(ClusterMixin, Harness):
 def cluster_variant(harness: type[Harness]) -> type[Harness]:
     """`harness` run as a cluster (`pytest --cluster`)."""
     return type(f"Cluster{harness.__name__}", (ClusterMixin, harness), {})
+
+
+@frozen
+class Event:
+    """An event queued on a node (a `Runnable`)."""
+
+    run: Callable[[], list[Action]]
+    conn: ConnId
+    exclusive: bool
+
+
+class PipelineHarness(ClusterHarness):
+    """A cluster whose nodes run their events as the shell does, through a `Pipeline`: once
+    `stepping`, events wait in a queue per node, and a node moves a step at a time (`step`)."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        super().__init__()
+        self.queued: dict[int, deque[Event]] = {n: deque() for n in self.nodes}
+        self.pipelines = {
+            n: Pipeline[Event](node.node, max_in_flight) for n, node in self.nodes.items()
+        }
+        self.unavailable = 0
+        self.stepping = False
+        self._message = False
+        self._batches = itertools.count(1)
+        self.batches: list[int] = []
+        """The size of each batch committed, in order."""
+
+    def send(self, conn: int, message: Wire | bytes) -> None:
+        self._message = True
+        try:
+            super().send(conn, message)
+        finally:
+            self._message = False
+
+    def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
+        if not self.stepping:
+            super()._on(conn, event)
+            return
+        node = self.nodes[node_of(conn)]
+        exclusive = self._message and not node.switchboard.has_session(conn)  # as the shell
+        self.queued[node.number].append(Event(lambda: event(node.switchboard), conn, exclusive))
+
+    def busy(self) -> list[int]:
+        return [n for n in self.nodes if self.queued[n] or not self.pipelines[n].idle]
+
+    def step(self, number: int) -> None:
+        """Node `number` takes one step: takes its next event in if it may, else sends its
+        commits, else its loads, and has them answered by the store."""
+        node, pipeline, queued = self.nodes[number], self.pipelines[number], self.queued[number]
+        if queued:
+            taken, finished = pipeline.offer(queued[0])
+            if taken:
+                queued.popleft()
+                self._finish(node, finished)
+                return
+        batch = pipeline.commits()
+        if batch:
+            self.batches.append(len(batch))
+            outcomes = self.backend.commit_now(f"n{number}:{next(self._batches)}", batch)
+            self._finish(node, pipeline.committed(outcomes))
+            return
+        load = pipeline.loads()
+        if load is not None:
+            loaded = self.backend.load_now(load.keys), self.backend.outboxes_now(load.outboxes)
+            self._finish(node, pipeline.loaded(loaded))
+
+    def _finish(self, node: ClusterNode, finished: list[Finished[Event]]) -> None:
+        for done in finished:
+            if isinstance(done.error, Unavailable):
+                self.unavailable += 1
+            elif isinstance(done.error, RerunDiverged):
+                raise done.error
+            self._done(node, done.actions)
+
+    def settle(self) -> None:
+        while busy := self.busy():
+            self.step(busy[0])

@@ -1,95 +1,49 @@
 """Random interleavings of events on three nodes over the in-memory shared store.
 
-Each node runs its events one at a time, but between one event's load or commit and its next,
-any other node may run: a commit may find what it read changed, conflict and run again, or
-give up (`Unavailable`: the client would be told `unavailable`, and nothing of it happened).
+Each node runs its events as the shell does, through a `Pipeline`: a client message on a
+connection that carries a session runs beside the others (the node's commits go as one batch,
+its loads as one), anything else alone. A node's step is one of: taking the next event in, or
+one round trip (its batch of commits, or its loads). Between any two steps of one node, any
+other node may step: a commit may find what it read changed, conflict and run again, or give
+up (`Unavailable`: the client would be told `unavailable`, and nothing of it happened).
 Whatever the order, each connection sees `seq` 1, 2, 3, ... with no gap or repeat, every party
-of a call is told of its end at most once, no event fails as a bug (`internal`), and once every
-session has said `bye`, no record and no outbox is left in the store (but when each user was
-last seen, which expires by itself).
+of a call is told of its end at most once, no event fails as a bug (`internal`, or a committed
+event's rerun that came to another transaction), and once every session has said `bye`, no
+record and no outbox is left in the store (but when each user was last seen, which expires by
+itself).
 """
 
 from __future__ import annotations
-
-from collections import deque
-from collections.abc import Callable, Generator
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from callbox.cluster.node import Reply, Request, Unavailable
-from callbox.core.actions import Action
-from callbox.core.switchboard import Switchboard
-from tests.cluster.harness import ClusterHarness, ClusterNode
+from tests.cluster.harness import PipelineHarness
 from tests.core.harness import Wire, initiate
 
 USERS = ("alice", "bob", "carol", "dave")
-
-Steps = Generator[Request, Reply, list[Action]]
-
-
-class InterleavingHarness(ClusterHarness):
-    """A cluster whose events wait in a queue per node, each run a step at a time (`step`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queued: dict[int, deque[Callable[[Switchboard], list[Action]]]] = {
-            n: deque() for n in self.nodes
-        }
-        self.running: dict[int, tuple[Steps, Request]] = {}
-        self.unavailable = 0
-        self.stepping = False
-
-    def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
-        if not self.stepping:
-            super()._on(conn, event)
-            return
-        self.queued[conn >> 32].append(event)
-
-    def busy(self) -> list[int]:
-        return [n for n in self.nodes if n in self.running or self.queued[n]]
-
-    def step(self, number: int) -> None:
-        """Node `number` takes one step: starts its next event, or has its current one's
-        request answered by the store."""
-        node = self.nodes[number]
-        if number in self.running:
-            steps, request = self.running.pop(number)
-            self._advance(node, steps, lambda: steps.send(self._serve(request)))
-        elif self.queued[number]:
-            steps = self._steps(node, self.queued[number].popleft())
-            self._advance(node, steps, lambda: next(steps))
-
-    def _advance(self, node: ClusterNode, steps: Steps, move: Callable[[], Request]) -> None:
-        try:
-            self.running[node.number] = (steps, move())
-        except StopIteration as done:
-            self._done(node, done.value)
-        except Unavailable:
-            self.unavailable += 1
-
-    def settle(self) -> None:
-        while busy := self.busy():
-            self.step(busy[0])
 
 
 class Interleavings(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.h = InterleavingHarness()
+        self.h = PipelineHarness(max_in_flight=8)  # small: pipelines fill up too
         self.conns: dict[str, int] = {}
         self.seen: dict[int, int] = {}
         """Per connection, how many of its messages the invariants have checked."""
         self.ended: set[tuple[int, str]] = set()
         """(connection, call id) of every `call_ended`."""
         self.call_ids: list[str] = []
+        self.tokens: dict[str, str] = {}
+        """Each user's resume token, from the last `welcome` it read (none while one is due)."""
 
     @initialize()
     def sign_in(self) -> None:
         for user in USERS:
             self.conns[user] = self.h.login(user)
+            self.tokens[user] = self.h.welcome_of[self.conns[user]]["resume_token"]
         self.h.stepping = True
 
     def _send(self, user: str, message: Wire) -> None:
@@ -134,6 +88,22 @@ class Interleavings(RuleBasedStateMachine):
     def join_the_room(self, user: str) -> None:
         self._send(user, {"type": "room_join", "room": "lobby"})
 
+    @rule(data=st.data())
+    def reconnect(self, data: st.DataObject) -> None:
+        """A user's connection drops and its client resumes on a new one (on the next node in
+        turn), from the last `seq` it read: the drop runs beside other events, the resume's
+        `hello` alone."""
+        ready = [user for user in USERS if user in self.tokens]
+        if not ready:
+            return
+        user = data.draw(st.sampled_from(ready))
+        old = self.conns[user]
+        self.sequences_have_no_gap_and_calls_end_once()  # what the client read before the drop
+        self.h.drop(old)
+        new = self.h.resume(user, self.tokens.pop(user), last_seq=self.seen.get(-old, 0))
+        self.conns[user] = new
+        self.seen[-new] = self.seen.get(-old, 0)
+
     @precondition(lambda self: bool(self.h.busy()))
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
@@ -141,10 +111,13 @@ class Interleavings(RuleBasedStateMachine):
 
     @invariant()
     def sequences_have_no_gap_and_calls_end_once(self) -> None:
-        for conn in self.conns.values():
+        for user, conn in self.conns.items():
             inbox = self.h.inbox[conn]
             for message in inbox[self.seen.get(conn, 0) :]:
                 assert message.get("code") != "internal", message
+                if message["type"] == "welcome":
+                    assert message["resumed"] is True, message
+                    self.tokens[user] = message["resume_token"]
                 if "seq" in message:
                     expected = self.seen.get(-conn, 0) + 1
                     assert message["seq"] == expected, (conn, message, expected)

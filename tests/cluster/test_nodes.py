@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from callbox.cluster.node import node_of
 from tests.cluster.harness import ClusterHarness
 from tests.core.harness import call_between, initiate
@@ -80,19 +78,13 @@ def test_an_ended_call_leaves_no_timer_armed_in_the_store() -> None:
     assert h.backend.timers == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node applies what a connection it still links sent after the session was taken"
-    " over elsewhere: _dispatch does not compare the session's conn with the link's",
-)
 def test_a_message_from_a_connection_taken_over_elsewhere_is_not_applied() -> None:
     """alice's node (1) is frozen (SIGSTOP) with her messages in its queue; her client resumes
     on node 3, which takes the session over and tells node 1 to close her old connection
-    (4002). Node 1 wakes and runs the queue before it hears of the close: the offer alice sent
-    before she resumed reaches bob after the one she sent since. A single process unlinks a
-    connection taken over at once, so its later messages are never applied; a client that
-    numbers its messages gets the late one once anyway (`cseq`), one that does not gets it
-    out of order. (bench/chaos.py's SIGSTOP makes this window; its clients number theirs.)"""
+    (4002). Node 1 wakes and runs the queue before it hears of the close: the session's record
+    names her new connection, so what the old one sent is not applied (it would reach bob
+    after what she sent since), and the old connection is closed 4002 there and then, as a
+    single process does at the takeover."""
     h = ClusterHarness()
     alice = h.login_on(1, "alice")
     bob = h.login_on(2, "bob")
@@ -107,3 +99,20 @@ def test_a_message_from_a_connection_taken_over_elsewhere_is_not_applied() -> No
     h.expect(bob, "sdp_offer", sdp="v=sent after the resume")
     h.send(alice, {**offer, "sdp": "v=sent before, run late"})  # node 1's queue, after waking
     h.quiet(bob)
+    assert h.closed[alice] == (4002, "session taken over")
+
+
+def test_a_message_from_a_connection_whose_node_was_taken_for_dead_is_not_applied() -> None:
+    """alice's node (1) is frozen past its lease: node 2 takes it for dead and detaches her
+    session (its grace starts). Node 1 wakes and runs her queued message before it learns:
+    not applied, and her connection is closed 1012, so that her client resumes."""
+    h = ClusterHarness()
+    alice = h.login_on(1, "alice")
+    bob = h.login_on(2, "bob")
+    call_between(h, alice, bob)
+    session_id = h.welcome_of[alice]["session_id"]
+    now = h.now
+    h._run(h.nodes[2], lambda sb: sb.connection_gone_elsewhere(alice, session_id, now))
+    h.send(alice, {"type": "sdp_offer", "call_id": "call-0001", "to": "bob", "sdp": "v=late"})
+    h.quiet(bob)
+    assert h.closed[alice] == (1012, "node restarting")

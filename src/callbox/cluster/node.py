@@ -16,8 +16,9 @@ session record names its connection and, with it, the node that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from typing import Final
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Final, Generic, Protocol, TypeVar
 
 from attrs import define, field, frozen
 
@@ -35,6 +36,7 @@ from callbox.cluster.node_store import NeedsCommit, NodeStore, key_name
 from callbox.codec import with_seq
 from callbox.core.actions import Action, Close, ConnId, Numbered, ReplayAfter, Send
 from callbox.core.store import Missing
+from callbox.core.switchboard import TokenTape
 
 MAX_CONFLICTS: Final = 3
 """Commits of one event refused for contention (a key loaded for the event changed before its
@@ -72,6 +74,14 @@ Request = Load | Commit
 Reply = Loaded | Outcome
 
 
+class RerunDiverged(AssertionError):
+    """An event whose commit applied came to another transaction when run again: a bug (its
+    inputs changed between the runs), which would apply a second time what it does."""
+
+    def __init__(self, rerun: Transaction, committed: Transaction | None) -> None:
+        super().__init__(f"the rerun of a committed event came to {rerun}, not {committed}")
+
+
 class Unavailable(Exception):
     """The event was not applied: its commits kept conflicting, or it needed more loads than
     any event does. Nothing of it happened; the client may send it again."""
@@ -82,11 +92,19 @@ class Node:
     """Runs events against a `NodeStore` (the switchboard's store) and its backend."""
 
     store: NodeStore
+    tokens: TokenTape
+    """The switchboard's tokens: an event keeps those it drew while it waits (`_ask`)."""
 
     def run(self, event: Callable[[], list[Action]]) -> Generator[Request, Reply, list[Action]]:
         """Run `event` (a call into the switchboard) until it commits; yields what it needs of
-        the backend and is sent the answers. Events must be run one at a time: a rerun must
-        find the cache as its first run left it."""
+        the backend and is sent the answers.
+
+        Several events may be in flight at once, each suspended at a request while the others
+        run (`_ask`), under three rules (`Pipeline` keeps them): two events of one connection
+        are never in flight together, nor one that changes more than its own connection's state
+        with any other (`Runnable.exclusive`); and an event whose commit applied is run again
+        right after the reply, before anything else loaded is installed, so that its rerun
+        finds every record it read as its first run did (the commit checked their versions)."""
         store = self.store
         conflicts = loads = 0
         loaded_now: set[str] = set()
@@ -98,33 +116,53 @@ class Node:
                 try:
                     return event()
                 except NeedsCommit as ready:
-                    outcome = yield Commit(ready.transaction)
+                    if store.outcome is not None:
+                        raise RerunDiverged(ready.transaction, store.pending) from None
+                    outcome = yield from self._ask(Commit(ready.transaction))
                     assert isinstance(outcome, Committed | Conflict | Overflow)
                     if isinstance(outcome, Committed):
                         store.outcome = outcome
                     elif isinstance(outcome, Overflow):
                         store.overflowing |= frozenset(outcome.session_ids)
                     elif any(key.startswith("timer:") for key in outcome.keys):
-                        store.abandon()  # the timer fired elsewhere, or was disarmed: void
+                        self._abandon()  # the timer fired elsewhere, or was disarmed: void
                         return []
                     else:
                         if outcome.keys & loaded_now:
                             conflicts += 1
                         if conflicts > MAX_CONFLICTS:
                             raise Unavailable(f"conflicts on {sorted(outcome.keys)}") from None
-                        store.evict(outcome.keys)
+                        store.evict(outcome.keys, ready.transaction.reads)
                 except Missing as miss:
                     loads += 1
                     if loads > MAX_LOADS:
                         raise Unavailable(f"{loads} loads, the last {miss.key}") from None
                     request = self._load(miss.key)
                     loaded_now.update(request.keys, (f"outbox:{s}" for s in request.outboxes))
-                    loaded = yield request
+                    loaded = yield from self._ask(request)
                     assert isinstance(loaded, tuple)
                     store.install(*loaded)
         except BaseException:
-            store.abandon()
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """The event is given up: nothing of it stays, not even the tokens it drew."""
+        self.store.abandon()
+        self.tokens.rewind(keep=False)
+
+    def _ask(self, request: Request) -> Generator[Request, Reply, Reply]:
+        """Yield `request`, with the event's state out of the store and the tokens it drew out
+        of the switchboard meanwhile (other events run), back in when it goes on (or is
+        closed: given up)."""
+        suspended, drawn = self.store.suspend(), self.tokens.drawn
+        self.tokens.drawn = []
+        try:
+            reply = yield request
+        finally:
+            self.store.resume(suspended)
+            self.tokens.drawn = drawn
+        return reply
 
     def _load(self, key: tuple[str, str]) -> Load:
         """What to load for a key found missing: a session comes with its outbox."""
@@ -236,3 +274,207 @@ class Gateway:
     def closed(self, conn: ConnId) -> None:
         """The connection is gone."""
         self.written.pop(conn, None)
+
+
+class Runnable(Protocol):
+    """An event for a `Pipeline`: a call into the switchboard, and what it may run beside."""
+
+    @property
+    def run(self) -> Callable[[], list[Action]]: ...
+
+    @property
+    def conn(self) -> ConnId | None:
+        """The connection it comes from, if any: its events run one at a time, in order."""
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether it must run alone: it may read or change what other events read outside
+        the store, which no commit checks (the switchboard's table of connections, its sign-in
+        throttle: a `hello` may take another connection's session over; a timer may close a
+        connection). An event that reads and changes only its own connection's entry (a
+        message on a connection that carries a session, a connection opened or lost) runs
+        beside others, after its connection's earlier events."""
+
+
+E = TypeVar("E", bound=Runnable)
+
+
+@frozen
+class Finished(Generic[E]):
+    """An event run to its end: its actions, or why it was not applied (`Unavailable`, or
+    `ClusterUnavailable` from whoever serves the pipeline's requests)."""
+
+    event: E
+    actions: list[Action]
+    error: Exception | None = None
+
+
+@define(eq=False)
+class _Running(Generic[E]):
+    event: E
+    steps: Generator[Request, Reply, list[Action]]
+    request: Request
+    sent: bool = False
+    """Whether `request` has been handed out (`commits`, `loads`) and awaits its answer."""
+
+
+@define(eq=False)
+class Pipeline(Generic[E]):
+    """Many events in flight on one node, so that a round trip to the backend serves them all:
+    their commits go as one batch (`Backend.commit` applies it in order, each transaction on
+    its own), their loads as one. Events are taken in order (`offer`) and kept to `Node.run`'s
+    rules: an exclusive event runs alone, and a connection's events run one at a time, in
+    order, while other connections' go on.
+
+    A round, for whoever drives it: `commits()` sent as one batch and the outcomes given to
+    `committed()`, then `loads()` read and given to `loaded()`; each returns the events that
+    finished. Order matters there: the committed events are run again in `committed()`, before
+    anything loaded is installed."""
+
+    node: Node
+    max_events: int
+    """Events in flight and held behind another of their connection, at most."""
+    _running: list[_Running[E]] = field(factory=list)
+    _held: dict[ConnId, deque[E]] = field(factory=dict)
+    """Per connection, its events waiting for the one in flight."""
+    _holding: int = 0
+    _conns: set[ConnId] = field(factory=set)
+    """The connections with an event in flight (and maybe more held)."""
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._holding
+
+    def offer(self, event: E) -> tuple[bool, list[Finished[E]]]:
+        """Take `event` if it may start now or wait behind its connection's: (False, []) if
+        not (the caller offers it again after a round, and nothing after it meanwhile); the
+        events that finished at once (without a request to the backend)."""
+        if event.exclusive:
+            if not self.idle:
+                return False, []
+            return True, self._start(event)
+        if self._alone or len(self._running) + self._holding >= self.max_events:
+            return False, []
+        conn = event.conn
+        if conn is not None and conn in self._conns:
+            self._held.setdefault(conn, deque()).append(event)
+            self._holding += 1
+            return True, []
+        return True, self._start(event)
+
+    def commits(self) -> list[Transaction]:
+        """The transactions of the events ready to commit, in order: one batch."""
+        return [
+            running.request.transaction
+            for running in self._running
+            if isinstance(running.request, Commit) and self._send(running)
+        ]
+
+    def committed(self, outcomes: Sequence[Outcome]) -> list[Finished[E]]:
+        """The batch's outcomes, in its order. The events whose commit applied run again first,
+        in order, then those that conflicted or overflowed."""
+        waiting = [r for r in self._running if r.sent and isinstance(r.request, Commit)]
+        assert len(waiting) == len(outcomes), "one outcome per transaction of the batch"
+        answered: list[tuple[_Running[E], Reply]] = list(zip(waiting, outcomes, strict=True))
+        answered.sort(key=lambda pair: not isinstance(pair[1], Committed))  # stable
+        return self._answer(answered)
+
+    def loads(self) -> Load | None:
+        """Every key and outbox the events waiting for a load need, in one request."""
+        keys: dict[str, None] = {}
+        outboxes: dict[str, None] = {}
+        for running in self._running:
+            if isinstance(running.request, Load) and self._send(running):
+                keys.update(dict.fromkeys(running.request.keys))
+                outboxes.update(dict.fromkeys(running.request.outboxes))
+        return Load(tuple(keys), tuple(outboxes)) if keys or outboxes else None
+
+    def loaded(self, reply: Loaded) -> list[Finished[E]]:
+        """The answer to `loads()`: each waiting event gets what it asked for."""
+        records, outboxes = reply
+        answered: list[tuple[_Running[E], Reply]] = []
+        for running in self._running:
+            request = running.request
+            if running.sent and isinstance(request, Load):
+                answered.append(
+                    (
+                        running,
+                        (
+                            {key: records[key] for key in request.keys},
+                            {sid: outboxes[sid] for sid in request.outboxes},
+                        ),
+                    )
+                )
+        return self._answer(answered)
+
+    def failed(self, error: Exception) -> list[Finished[E]]:
+        """The requests handed out got no answer: their events are given up (`error`)."""
+        given_up = [running for running in self._running if running.sent]
+        self._running = [running for running in self._running if not running.sent]
+        finished: list[Finished[E]] = []
+        for running in given_up:
+            running.steps.close()  # the event abandons what it did
+            finished += self._finished(Finished(running.event, [], error))
+        return finished
+
+    # -------------------------------------------------------------------------------------------
+
+    @property
+    def _alone(self) -> bool:
+        """Whether an exclusive event is in flight: it started alone, and nothing may start
+        beside it."""
+        return bool(self._running) and self._running[0].event.exclusive
+
+    @staticmethod
+    def _send(running: _Running[E]) -> bool:
+        if running.sent:
+            return False
+        running.sent = True
+        return True
+
+    def _start(self, event: E) -> list[Finished[E]]:
+        if event.conn is not None:
+            self._conns.add(event.conn)
+        steps = self.node.run(event.run)
+        return self._step(event, steps, lambda: next(steps))
+
+    def _answer(self, answered: list[tuple[_Running[E], Reply]]) -> list[Finished[E]]:
+        done = {id(running) for running, _ in answered}
+        self._running = [running for running in self._running if id(running) not in done]
+        finished: list[Finished[E]] = []
+        for running, reply in answered:
+            steps = running.steps
+            finished += self._step(running.event, steps, lambda: steps.send(reply))  # noqa: B023
+        return finished
+
+    def _step(
+        self,
+        event: E,
+        steps: Generator[Request, Reply, list[Action]],
+        advance: Callable[[], Request],
+    ) -> list[Finished[E]]:
+        """Advance `event` to its next request, or to its end (then start the next event of
+        its connection)."""
+        try:
+            request = advance()
+        except StopIteration as done:
+            return self._finished(Finished(event, done.value))
+        except (Unavailable, RerunDiverged) as failure:
+            return self._finished(Finished(event, [], failure))
+        self._running.append(_Running(event, steps, request))
+        return []
+
+    def _finished(self, finished: Finished[E]) -> list[Finished[E]]:
+        """The event is over: its connection's next event starts, if one is held."""
+        conn = finished.event.conn
+        if conn is None:
+            return [finished]
+        self._conns.discard(conn)
+        held = self._held.get(conn)
+        if not held:
+            return [finished]
+        following = held.popleft()
+        self._holding -= 1
+        if not held:
+            del self._held[conn]
+        return [finished, *self._start(following)]

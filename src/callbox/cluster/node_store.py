@@ -29,10 +29,11 @@ overwritten on a guess.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import orjson
-from attrs import define, field
+from attrs import define, field, frozen
 
 from callbox.cluster.backend import (
     Acknowledge,
@@ -156,6 +157,17 @@ def key_of_name(name: str) -> RecordKey:
     return (kind, key)
 
 
+@frozen
+class SuspendedEvent:
+    """What an event waiting for the backend keeps of its earlier runs (`NodeStore.suspend`)."""
+
+    outbox_states: dict[str, OutboxState]
+    overflowing: frozenset[str]
+    pending: Transaction | None
+    outcome: Committed | None
+    failed_reads: dict[RecordKey, int]
+
+
 @define(eq=False)
 class NodeStore(TrackingStore):
     """The `Store` of a node: what it has loaded of the shared store, and one event's
@@ -212,14 +224,20 @@ class NodeStore(TrackingStore):
             if session is not None:
                 session.next_seq, session.last_cseq = state.next_seq, state.last_cseq
 
-    def evict(self, names: frozenset[str]) -> None:
-        """Forget stale keys (a conflict): they are loaded again when next looked up. A failed
-        outbox precondition ("outbox:<id>") takes the session's record along."""
+    def evict(self, names: frozenset[str], read: Mapping[str, int]) -> None:
+        """Forget the keys a conflict found stale (`read`: the versions the transaction read),
+        so that they are loaded again when next looked up; but not one the cache holds a newer
+        version of by now (another event's commit, rerun meanwhile): an event waiting to
+        commit may have read it, and if it commits, its rerun must find it as it was. A failed
+        outbox precondition ("outbox:<id>") drops the outbox loaded for the event: its rerun
+        loads it again, with the session's record."""
         for name in names:
             kind, key = key_of_name(name)
             if kind == "outbox":
                 self.outbox_states.pop(key, None)
-                kind = "session"
+                continue
+            if name in read and self.versions.get((kind, key)) != read[name]:
+                continue
             self._drop(kind, key)
             self.known.discard((kind, key))
             self.versions.pop((kind, key), None)
@@ -438,8 +456,10 @@ class NodeStore(TrackingStore):
             self._settled()  # read and changed nothing to keep: nothing to commit
             return [action for action in actions if type(action) is not tuple]  # type: ignore[misc]
         outcome = self.outcome
-        if outcome is None or transaction != self.pending:
-            self.pending, self.outcome = transaction, None
+        if outcome is None:
+            self.pending = transaction
+            raise NeedsCommit(transaction)
+        if transaction != self.pending:  # a bug: the node says so (`RerunDiverged`)
             raise NeedsCommit(transaction)
         for key in writes | deletes:
             self.known.add(key)
@@ -484,6 +504,25 @@ class NodeStore(TrackingStore):
     def abandon(self) -> None:
         """The event is given up (its changes were rolled back): nothing of it stays."""
         self._settled()
+
+    def suspend(self) -> SuspendedEvent:
+        """Take out what the event being handled keeps between its runs (it has just been
+        rolled back, waiting for a load or a commit), leaving the store free for another event's
+        run meanwhile; `resume` puts it back. Everything else of an event lives only within a
+        run."""
+        suspended = SuspendedEvent(
+            self.outbox_states, self.overflowing, self.pending, self.outcome, self._failed_reads
+        )
+        self.outbox_states, self._failed_reads = {}, {}
+        self.overflowing, self.pending, self.outcome = frozenset(), None, None
+        self.firing, self.node_died = None, False  # set by the event at the start of each run
+        return suspended
+
+    def resume(self, suspended: SuspendedEvent) -> None:
+        """Carry on with a suspended event (the store holds no other one's state now)."""
+        self.outbox_states, self.overflowing = suspended.outbox_states, suspended.overflowing
+        self.pending, self.outcome = suspended.pending, suspended.outcome
+        self._failed_reads = suspended.failed_reads
 
     def _settled(self) -> None:
         """The event is over: nothing of it is kept for a rollback or a rerun."""

@@ -16,6 +16,7 @@ ConnId = int
 # The WebSocket close codes the core closes a connection with (docs/protocol.md, "Close codes").
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+CLOSE_RESTART = 1012
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TAKEN_OVER = 4002
 CLOSE_HELLO_TIMEOUT = 4003

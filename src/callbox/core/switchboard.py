@@ -35,6 +35,7 @@ from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
     CLOSE_NORMAL,
+    CLOSE_RESTART,
     CLOSE_TAKEN_OVER,
     Action,
     CancelTimer,
@@ -263,6 +264,12 @@ class Switchboard:
                 log.exception("internal error handling timer %r", key)
             return self._transact(False, _nothing)
 
+    @property
+    def tokens(self) -> TokenTape:
+        """The tokens the event being handled drew: a cluster node that suspends the event
+        while another runs keeps them aside with it (`callbox.cluster.node.Node`)."""
+        return self._tokens
+
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
 
@@ -381,8 +388,8 @@ class Switchboard:
             self._before_hello(link, message, now)
             return
         session = self.store.session(session_id)  # not held_session: this is every message
-        if session is None:
-            self._ended_elsewhere(link)
+        if session is None or session.conn != link.conn:
+            self._ended_elsewhere(link, session)
             return
         cseq = message.cseq
         if cseq is not None:
@@ -430,11 +437,18 @@ class Switchboard:
         except Refused as refusal:
             self.outbox.error(session_id, refusal.code, refusal.message, refusal.path, message.rid)
 
-    def _ended_elsewhere(self, link: Link) -> None:
-        """The session `link` carries was ended by another node of a cluster (a resume there
-        took it over): the 4002 it sent this connection has not arrived yet, so this is it."""
+    def _ended_elsewhere(self, link: Link, session: Session | None) -> None:
+        """Another node of a cluster took the session `link` carries away from it, and this
+        node has not heard yet (it was frozen, or the close is on its way): what arrives on the
+        link is not applied. A resume there took the session over (or ended it): the 4002 that
+        node sent this connection is this. That node found this one dead and detached the
+        session: 1012, as this node would close it once it learns, and the client resumes.
+        (A single process unlinks a connection as its session leaves it: never here.)"""
         self.outbox.after_commit.append(partial(self._links.pop, link.conn, None))
-        self.outbox.close(link.conn, CLOSE_TAKEN_OVER, "session taken over")
+        if session is not None and session.conn is None:
+            self.outbox.close(link.conn, CLOSE_RESTART, "node restarting")
+        else:
+            self.outbox.close(link.conn, CLOSE_TAKEN_OVER, "session taken over")
 
     def _before_hello(self, link: Link, message: ClientMessage, now: float) -> None:
         if isinstance(message, Hello):

@@ -4,8 +4,9 @@ event run against the shared store (docs/decisions/0014-cluster.md).
 What changes from a single process:
 
 - **Events queue.** The transport's callbacks cannot wait, and an event may have to load records
-  and commit, so each is queued (`MAX_QUEUED_EVENTS`) and one task runs them in order through
-  `Node.run`: a rerun must find the cache as its first run left it. A client message that finds
+  and commit, so each is queued (`MAX_QUEUED_EVENTS`) and one task takes them in order into the
+  node's `Pipeline`, which runs many at once (a connection's one at a time, in order) and sends
+  their commits and loads a round trip at a time. A client message that finds
   the queue full, or the store out of reach for `RETRY_FOR` seconds, gets `error unavailable`
   (not applied); a `hello` gets close 1013 instead. A timer that could not run is run again a
   second later.
@@ -25,24 +26,33 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import trio
 from attrs import define, field, frozen
 from websockets.datastructures import Headers
 
-from callbox.cluster.backend import Backend, ClusterUnavailable, Expired
+from callbox.cluster.backend import (
+    Backend,
+    ClusterUnavailable,
+    Conflict,
+    Expired,
+    Outcome,
+    Transaction,
+)
 from callbox.cluster.node import (
-    Commit,
     Fetch,
+    Finished,
     Forward,
     Gateway,
     Load,
+    Loaded,
     Node,
-    Reply,
-    Unavailable,
+    Pipeline,
+    RerunDiverged,
     Wake,
     first_conn,
 )
@@ -51,6 +61,7 @@ from callbox.codec import encode, rid_of
 from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
+    CLOSE_RESTART,
     Action,
     CancelTimer,
     Close,
@@ -67,8 +78,12 @@ from callbox.server.transport.http import HttpResponse
 
 log = logging.getLogger("callbox.cluster")
 
+T = TypeVar("T")
+
 MAX_QUEUED_EVENTS: Final = 10_000
 """Events waiting for the node's event task; beyond, messages are answered `unavailable`."""
+MAX_IN_FLIGHT: Final = 512
+"""Events a node runs at once (`Pipeline`): the most transactions one commit carries."""
 RETRY_FOR: Final = 2.0
 """Seconds a load or commit is retried while the store is out of reach."""
 FETCH_LIMIT: Final = 256
@@ -85,7 +100,6 @@ LEASE_S: Final = 5.0
 LEASE_RENEW_S: Final = 1.0
 UNHEALTHY_AFTER_S: Final = 2.5
 """`/healthz` fails once the store has not answered the lease renewal for this long."""
-CLOSE_RESTART: Final = 1012
 CLOCK_MARGIN_S: Final = 0.2
 """How far a node's idea of the cluster's clock may be off (measured once, at start)."""
 CATCH_UP_S: Final = 5.0
@@ -130,14 +144,19 @@ class MemoryBus:
 
 @frozen
 class Queued:
-    """An event waiting for the node's event task."""
+    """An event waiting for the node's event task (a `Runnable` of its `Pipeline`)."""
 
     run: Callable[[], list[Action]]
     conn: ConnId | None = None
-    """The connection of a client message (told if it cannot be applied)."""
+    """The connection it is about: its events run one at a time, in order."""
     data: bytes | None = None
+    """A client message's (told if it cannot be applied)."""
     timer: bool = False
     """A timer's firing: run again later if it cannot be applied now."""
+    exclusive: bool = False
+    """Whether it runs alone (`Runnable.exclusive`): a message on a connection without a
+    session yet (a `hello`, which may take another connection over, and reads the sign-in
+    throttle all `hello`s share), a timer, a dead node's session detached."""
 
 
 def wake_message(wake: Wake) -> bytes:
@@ -168,7 +187,11 @@ class ClusterServer(SignalingServer):
         self.number = number
         self._backend = backend
         self._bus = bus
-        self._node = Node(store)
+        self._node = Node(store, switchboard.tokens)
+        self._pipeline = Pipeline[Queued](self._node, MAX_IN_FLIGHT)
+        self.counts: Counter[str] = Counter()
+        """Requests to the store and what became of them, for /metrics."""
+        self.metrics.cluster = self.counts
         self._gateway = Gateway(number)
         self._first_conn = first_conn(number)
         self._offset = clock_offset
@@ -201,24 +224,31 @@ class ClusterServer(SignalingServer):
         conn_id = self._id(conn)
         self._connections[conn_id] = conn
         now, address = self._now(), conn.client_host
-        self._enqueue(Queued(lambda: self.switchboard.connect(conn_id, now, address)))
+        connect = Queued(lambda: self.switchboard.connect(conn_id, now, address), conn_id)
+        self._enqueue(connect)
 
     def on_text(self, conn: Connection, data: bytes) -> None:
         conn_id = self._id(conn)
         now, wall = self._now(conn.last_received), time.time()
+        signed_in = self.switchboard.has_session(conn_id)
         self._enqueue(
-            Queued(lambda: self.switchboard.receive(conn_id, data, now, wall), conn_id, data)
+            Queued(
+                lambda: self.switchboard.receive(conn_id, data, now, wall),
+                conn_id,
+                data,
+                exclusive=not signed_in,
+            )
         )
 
     def on_binary(self, conn: Connection, data: bytes) -> None:
         conn_id, now = self._id(conn), self._now()
-        self._enqueue(Queued(lambda: self.switchboard.receive_binary(conn_id, now)))
+        self._enqueue(Queued(lambda: self.switchboard.receive_binary(conn_id, now), conn_id))
 
     def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
         conn_id, now = self._id(conn), self._now()
         self._connections.pop(conn_id, None)
         self._gateway.closed(conn_id)
-        self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now)))
+        self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now), conn_id))
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
         """A call's timer runs in the call's nursery here, opened now if the call began on
@@ -256,7 +286,7 @@ class ClusterServer(SignalingServer):
             store.firing = claim
             return self.switchboard.timer_fired(key, now, wall)
 
-        self._enqueue(Queued(fire, timer=True))
+        self._enqueue(Queued(fire, timer=True, exclusive=True))
 
     async def _fire_overdue(self) -> None:
         """Fire the cluster's timers overdue by `OVERDUE_S`: their node died (or is stuck). Each
@@ -281,55 +311,105 @@ class ClusterServer(SignalingServer):
     # The event task --------------------------------------------------------------------------
 
     async def _run_events(self) -> None:
-        async for event in self._queued:
+        """Take events in order into the pipeline, as many as may run together, and serve
+        their requests a round trip at a time: a busy node commits many events per round trip
+        (`Pipeline`), an idle one each as it comes."""
+        pipeline = self._pipeline
+        offered: Queued | None = None
+        """An event the pipeline could not take yet: it goes first after the next round."""
+        while True:
+            finished: list[Finished[Queued]] = []
+            if offered is None and pipeline.idle:
+                offered = await self._queued.receive()
+            while offered is not None:
+                taken, done = pipeline.offer(offered)
+                finished += done
+                if not taken:
+                    break
+                try:
+                    offered = self._queued.receive_nowait()
+                except trio.WouldBlock:
+                    offered = None
+            finished += await self._round(pipeline)
+            await self._finish(finished)
+
+    async def _round(self, pipeline: Pipeline[Queued]) -> list[Finished[Queued]]:
+        """One batch of commits, then one of loads, for the events in flight: their answers,
+        and the events that finished with them."""
+        finished: list[Finished[Queued]] = []
+        batch = pipeline.commits()
+        if batch:
+            batch_id = f"{self.number}:{next(self._batches)}"
             try:
-                actions = await self._run(event.run)
-            except (Unavailable, ClusterUnavailable) as unavailable:
-                log.warning("node %d: event not applied: %s", self.number, unavailable)
-                self._refuse(event)
-                continue
+                outcomes = await self._reach("commit", lambda by: self._commit(batch_id, batch, by))
+            except ClusterUnavailable as unavailable:
+                finished += pipeline.failed(unavailable)
+            else:
+                self.counts["transactions"] += len(batch)
+                self.counts["conflicts"] += sum(isinstance(o, Conflict) for o in outcomes)
+                finished += pipeline.committed(outcomes)
+        load = pipeline.loads()
+        if load is not None:
+            try:
+                loaded = await self._reach("load", lambda _: self._load(load))
+            except ClusterUnavailable as unavailable:
+                finished += pipeline.failed(unavailable)
+            else:
+                finished += pipeline.loaded(loaded)
+        return finished
+
+    async def _finish(self, finished: list[Finished[Queued]]) -> None:
+        """Carry out what the events did, together (one wake-up per node), in the order they
+        finished; refuse the events that could not be applied."""
+        actions: list[Action] = []
+        for done in finished:
+            if isinstance(done.error, RerunDiverged):
+                log.error("node %d: %s", self.number, done.error)
+            elif done.error is not None:
+                log.warning("node %d: event not applied: %s", self.number, done.error)
+                self.counts["not_applied"] += 1
+                self._refuse(done.event)
+            actions += done.actions
+        if actions:
             await self._carry_out_routed(actions)
 
-    async def _run(self, event: Callable[[], list[Action]]) -> list[Action]:
-        """`event` run to its commit against the store (see `Node.run`)."""
-        steps = self._node.run(event)
-        try:
-            request = next(steps)
-            while True:
-                request = steps.send(await self._serve(request))
-        except StopIteration as done:
-            actions: list[Action] = done.value
-            return actions
-        finally:
-            steps.close()  # a no-op once it has returned; else it gives the event up
-
-    async def _serve(self, request: Load | Commit) -> Reply:
-        """The store's answer to `request`, retried for `RETRY_FOR` seconds while out of
-        reach (a commit under the same batch id: it applies once however often it is sent)."""
-        batch_id = f"{self.number}:{next(self._batches)}" if isinstance(request, Commit) else ""
-        give_up = trio.current_time() + RETRY_FOR
+    async def _reach(self, request: str, ask: Callable[[int], Awaitable[T]]) -> T:
+        """`ask(not_after)` answered by the store, retried for `RETRY_FOR` seconds while out
+        of reach (a commit under the same batch id: it applies once however often it is sent).
+        `not_after`: the cluster's time (ms) after which what has not applied never will: the
+        store refuses it if it wakes up later."""
+        started = trio.current_time()
+        give_up = started + RETRY_FOR
         delay = 0.05
-        # What has not applied by then never will: the store refuses it if it wakes up later.
         not_after = round((self._now(give_up) - CLOCK_MARGIN_S) * 1000)
         with trio.move_on_at(give_up):  # a frozen store answers nothing, not even an error
             while True:
+                self.counts[f"{request}_round_trips"] += 1
                 try:
-                    return await self._ask(request, batch_id, not_after)
+                    answer = await ask(not_after)
                 except ClusterUnavailable:
                     if trio.current_time() + delay > give_up:
                         raise
+                    self.counts["retries"] += 1
                     await trio.sleep(delay)
                     delay = min(2 * delay, 0.5)
+                else:
+                    self.metrics.store_seconds.observe(trio.current_time() - started)
+                    return answer
         raise ClusterUnavailable(f"no answer from the store in {RETRY_FOR} s")
 
-    async def _ask(self, request: Load | Commit, batch_id: str, not_after: int) -> Reply:
-        if isinstance(request, Load):
-            loaded = await self._backend.load(request.keys)
-            return loaded, await self._backend.outboxes(request.outboxes)
-        (outcome,) = await self._backend.commit(batch_id, [request.transaction], not_after)
-        if isinstance(outcome, Expired):
+    async def _commit(
+        self, batch_id: str, batch: list[Transaction], not_after: int
+    ) -> list[Outcome]:
+        outcomes = await self._backend.commit(batch_id, batch, not_after)
+        if any(isinstance(outcome, Expired) for outcome in outcomes):
             raise ClusterUnavailable("the store answered too late: nothing was applied")
-        return outcome
+        return outcomes
+
+    async def _load(self, load: Load) -> Loaded:
+        records = await self._backend.load(load.keys) if load.keys else {}
+        outboxes = await self._backend.outboxes(load.outboxes) if load.outboxes else {}
+        return records, outboxes
 
     def _refuse(self, event: Queued) -> None:
         """The event could not be applied: a client message is answered `unavailable` (a
@@ -462,7 +542,8 @@ class ClusterServer(SignalingServer):
                 store.node_died = True
                 return self.switchboard.connection_gone_elsewhere(conn, session_id, now)
 
-            self._enqueue(Queued(detach, timer=True))  # retried, as a timer is, if it fails
+            # retried, as a timer is, if it fails
+            self._enqueue(Queued(detach, timer=True, exclusive=True))
 
     async def _retry(self, event: Queued) -> None:
         await trio.sleep(TIMER_RETRY)
@@ -471,6 +552,7 @@ class ClusterServer(SignalingServer):
     async def _fetch(self, fetch: Fetch) -> None:
         """Write the frames `fetch` asks for, as many reads as it takes."""
         while True:
+            self.counts["fetch_round_trips"] += 1
             try:
                 frames = await self._backend.frames_after(
                     fetch.session_id, fetch.after_seq, FETCH_LIMIT
@@ -500,6 +582,7 @@ class ClusterServer(SignalingServer):
                 for conn, (sid, written) in batch:
                     state = outboxes.get(sid)
                     if state is not None and state.next_seq - 1 > written:
+                        self.counts["catch_ups"] += 1
                         await self._fetch(Fetch(conn, sid, written))
 
     async def _listen(self) -> None:

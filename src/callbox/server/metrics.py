@@ -56,6 +56,34 @@ MESSAGE_BUCKETS_S: tuple[float, ...] = (
 )
 """Upper bounds of the message handling histogram, s: a relay takes microseconds here."""
 
+STORE_BUCKETS_S: tuple[float, ...] = (
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+    2.0,
+)
+"""Upper bounds of a cluster node's store round-trip histogram, s (retries included: up to the
+2 s a request is retried for)."""
+
+CLUSTER_HELP: Mapping[str, str] = {
+    "commit_round_trips": "Commits sent to the cluster's store (each a batch of transactions).",
+    "load_round_trips": "Loads of records and outboxes sent to the cluster's store.",
+    "fetch_round_trips": "Reads of frames from session outboxes in the cluster's store.",
+    "transactions": "Transactions (events) the cluster's store answered.",
+    "conflicts": "Transactions refused for a record changed since it was read (then run again).",
+    "retries": "Requests sent again because the cluster's store was out of reach.",
+    "catch_ups": "Frames found missing by the periodic outbox check (a wake-up lost).",
+    "not_applied": "Events not applied: the store out of reach, or too many conflicts.",
+}
+"""The help text of each of a cluster node's counts, exposed as `callbox_cluster_<name>`."""
+
 GAUGE_HELP: Mapping[str, str] = {
     "connections": "Open WebSocket connections of this node, signed in or not.",
     "sessions": "Sessions, connected or within their reconnect grace period.",
@@ -118,6 +146,10 @@ class Metrics:
     def __init__(self, counted: Counted, node: str) -> None:
         self.calls_ended: Counter[str] = Counter()
         self.message_seconds = Histogram(MESSAGE_BUCKETS_S)
+        self.cluster: Mapping[str, int] | None = None
+        """A cluster node's counts of its requests to the store (`CLUSTER_HELP`)."""
+        self.store_seconds = Histogram(STORE_BUCKETS_S)
+        """A cluster node's round trips to the store, retries included."""
         self.node = node
         self._counted = counted
         # The library's default collectors, in a registry of this server's own rather than the
@@ -164,7 +196,20 @@ class Metrics:
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+        if self.cluster is not None:
+            yield from self._cluster_families(self.cluster)
         yield from self._library.collect()
+
+    def _cluster_families(self, counts: Mapping[str, int]) -> Iterator[Metric]:
+        for name, documentation in CLUSTER_HELP.items():
+            yield CounterMetricFamily(f"callbox_cluster_{name}", documentation, counts.get(name, 0))
+        histogram = self.store_seconds
+        yield HistogramMetricFamily(
+            "callbox_cluster_store_seconds",
+            "Time for the cluster's store to answer a commit or load, retries included, s.",
+            buckets=histogram.cumulative(),
+            sum_value=histogram.total,
+        )
 
 
 def _counter(name: str, documentation: str, label: str, values: Mapping[str, int]) -> Metric:
