@@ -160,7 +160,7 @@ class ServeProcess:
             raise AssertionError(f"the server exited before listening:\n{self.log}")
 
     async def stop(self) -> None:
-        """SIGTERM to its process id (a graceful shutdown: its clients get 1001), then SIGKILL
+        """SIGTERM to its process id (a drain: its clients get 1012), then SIGKILL
         if it is still there after SERVE_STOP_TIMEOUT_S."""
         if self.process.returncode is not None:
             return
