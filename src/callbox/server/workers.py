@@ -187,17 +187,13 @@ class Pool:
         """Start the workers and supervise them until they have all drained; the exit status."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._take_signals, nursery)
-            for index in range(self.count):
-                nursery.start_soon(self._supervise, index)
-            await self.all_ready.wait()
-            if not self.stopping:
-                secure = "s" if self.config.tls_cert_file is not None else ""
-                for listener in self.listeners:
-                    address = url_address(listener)
-                    # `.ci/run` and the tests find the URL in this line: keep its words.
-                    log.info("callbox listening on ws%s://%s%s", secure, address, self.config.path)
-                    log.info("demo page at http%s://%s/", secure, address)
-                log.info("%d workers serving", self.count)
+            async with trio.open_nursery() as supervisors:
+                for index in range(self.count):
+                    supervisors.start_soon(self._supervise, index)
+                await self.all_ready.wait()
+                if not self.stopping:
+                    self._say_where()
+            nursery.cancel_scope.cancel()  # every slot is done: no more signals to pass on
         for listener in self.listeners:
             await listener.aclose()
         if self.failed is not None:
@@ -208,6 +204,15 @@ class Pool:
             return 1
         log.info("every worker drained; exiting")
         return 0
+
+    def _say_where(self) -> None:
+        secure = "s" if self.config.tls_cert_file is not None else ""
+        for listener in self.listeners:
+            address = url_address(listener)
+            # `.ci/run` and the tests find the URL in this line: keep its words.
+            log.info("callbox listening on ws%s://%s%s", secure, address, self.config.path)
+            log.info("demo page at http%s://%s/", secure, address)
+        log.info("%d workers serving", self.count)
 
     async def _take_signals(
         self,
