@@ -173,11 +173,12 @@ class ServeProcess:
 
 
 @asynccontextmanager
-async def serve_process(**env: str) -> AsyncIterator[ServeProcess]:
-    """Runs `callbox serve` with `env` over a clean environment for the block; stops it by its
-    process id when the block ends, and fails if it logged a traceback."""
+async def serve_process(*flags: str, **env: str) -> AsyncIterator[ServeProcess]:
+    """Runs `callbox serve` with `flags` and `env` over a clean environment for the block; stops
+    it by its process id when the block ends, and fails if it logged a traceback."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
     command = [sys.executable, "-m", "callbox", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += flags
     process = await trio.lowlevel.open_process(
         command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**clean, **env}
     )

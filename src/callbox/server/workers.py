@@ -268,7 +268,9 @@ class Pool:
                 status = await worker.process.wait()
                 nursery.cancel_scope.cancel()
             if self.stopping:
-                self.statuses[index] = status
+                # One that had not served yet had nothing to drain: the signal may have come
+                # before it could take it (its default action ends it), and that is no fault.
+                self.statuses[index] = status if worker.ready.is_set() else 0
                 return
             if not self.all_ready.is_set() and not worker.ready.is_set():
                 log.error("worker %d (pid %d) could not start (exit status %d)", index,

@@ -1,0 +1,124 @@
+"""`callbox serve --workers 2 --redis URL`, a real process with its workers, on a real Redis: the
+connections spread over both workers, a call across them, a worker killed (SIGKILL) and started
+again by the parent while its client resumes, the pool's metrics from one port, and SIGTERM to
+the parent: 1012 to every client, exit status 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from callbox.client import Client, connect
+from callbox.messages import CallAccepted, CallIncoming, CallRinging, RelayedSdpOffer
+from callbox.server.workers import FIRST_RESTART_DELAY_S, MAX_RESTART_DELAY_S, restart_delay
+from tests.cluster.redis_server import RedisServer
+from tests.helpers import ServeProcess, serve_process
+from tests.server.test_http import scrape
+
+MAX_CLIENTS = 40
+"""Clients connected at most until both workers have one (each lands on either at random)."""
+SERVING = re.compile(r"worker \d+ \(pid (\d+)\) serving as node (\S+)")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> RedisServer:
+    server = RedisServer(tmp_path)
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def worker_pids(pool: ServeProcess) -> dict[str, int]:
+    """The process id of each node, as the parent logs them (the latest start of each)."""
+    return {node: int(pid) for pid, node in SERVING.findall(pool.log)}
+
+
+async def clients_on_both_workers(stack: AsyncExitStack, url: str) -> list[Client]:
+    """Clients connected to `url` until two have been welcomed by different nodes: all of them,
+    one of each node first."""
+    clients: list[Client] = []
+    for n in range(MAX_CLIENTS):
+        client = await stack.enter_async_context(connect(url, user_id=f"u{n}", reconnect=True))
+        clients.append(client)
+        if client.welcome.node != clients[0].welcome.node:
+            return [clients[0], client, *clients[1:-1]]
+    raise AssertionError(f"{MAX_CLIENTS} connections all landed on {clients[0].welcome.node}")
+
+
+async def pool_connections(url: str) -> dict[str, float]:
+    """`callbox_connections` of each node, from one scrape of the shared port."""
+    family = (await scrape(url))["callbox_connections"]
+    return {sample.labels["node"]: sample.value for sample in family.samples}
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_worker_pool_shares_its_port_survives_a_killed_worker_and_drains(
+    redis: RedisServer,
+) -> None:
+    async with (
+        serve_process("--workers", "2", CALLBOX_REDIS_URL=redis.url) as pool,
+        AsyncExitStack() as stack,
+    ):
+        assert len(re.findall(r"callbox listening on ws://", pool.log)) == 1
+        assert pool.url.endswith("/ws") and not pool.url.endswith(":0/ws")
+        clients = await clients_on_both_workers(stack, pool.url)
+        alice, bob = clients[:2]
+        call_id = await alice.initiate([bob.user_id])
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)
+        await alice.expect(CallRinging)
+        await alice.expect(CallAccepted)
+        await bob.expect(CallAccepted)
+        for n in range(5):
+            await alice.offer(call_id, bob.user_id, f"v={n}")
+        for n in range(5):
+            assert (await bob.expect(RelayedSdpOffer)).sdp == f"v={n}"
+
+        # Any scrape of the shared port counts both workers' connections, each under its node.
+        nodes = {alice.welcome.node, bob.welcome.node}
+        with trio.fail_after(10):
+            while (counts := await pool_connections(pool.url)).keys() != nodes or sum(
+                counts.values()
+            ) != len(clients):
+                await trio.sleep(0.2)
+
+        # bob's worker dies; the parent starts another; bob resumes and misses nothing.
+        bobs_node = bob.welcome.node
+        assert bobs_node is not None
+        doomed = worker_pids(pool)[bobs_node]
+        os.kill(doomed, signal.SIGKILL)
+        for n in range(5, 15):
+            await alice.offer(call_id, bob.user_id, f"v={n}")
+        with trio.fail_after(15):
+            for n in range(5, 15):
+                assert (await bob.expect(RelayedSdpOffer)).sdp == f"v={n}"
+            while (
+                restarted := re.search(rf"restarted: pid {doomed} -> pid (\d+)", pool.log)
+            ) is None:
+                await trio.sleep(0.1)
+            while int(restarted.group(1)) not in worker_pids(pool).values():  # serving
+                await trio.sleep(0.1)
+        assert bob.welcome.resumed and bob.welcome.node != bobs_node
+        await bob.offer(call_id, alice.user_id, "v=back")
+        assert (await alice.expect(RelayedSdpOffer)).sdp == "v=back"
+
+        # SIGTERM to the parent: every worker drains, every client gets 1012, exit status 0.
+        os.kill(pool.pid, signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await pool.process.wait() == 0, pool.log
+        assert {client.connection.close_code for client in clients} == {1012}
+    assert "every worker drained; exiting" in pool.log, pool.log
+    assert pool.log.count("drained in") == 2, pool.log
+
+
+def test_a_crashed_worker_starts_again_within_the_bound_sooner_after_a_long_life() -> None:
+    delays = [restart_delay(crashes) for crashes in range(12)]
+    assert delays[0] == delays[1] == FIRST_RESTART_DELAY_S  # after a long life, as the first
+    assert delays == sorted(delays)  # backing off at each quick crash in a row
+    assert max(delays) == MAX_RESTART_DELAY_S <= 10
