@@ -222,9 +222,9 @@ def _serve_pool(config: Config, log_level: str, overrides: dict[str, object]) ->
     from callbox.server.workers import run_pool  # noqa: PLC0415
 
     command = [sys.executable, "-m", "callbox", "serve", "--log-level", log_level]
-    env = {name: value for name, value in os.environ.items() if name != "CALLBOX_WORKERS"}
+    env = {**os.environ}
     env |= {environment_variable(name): str(value) for name, value in overrides.items()}
-    env.pop("CALLBOX_WORKERS", None)
+    env.pop("CALLBOX_WORKERS")  # a worker serves (the flag was written there too, if given)
     try:
         return trio.run(run_pool, config, command, env)
     except ListenError as error:

@@ -125,10 +125,10 @@ class ParentLink:
         others' the parent sends back, until cancelled. The parent gone (EOF): drain."""
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(self.link))
         reader = _Reader(stream)
-        await _send(stream, {"ready": metrics.node})
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._share, stream, metrics)
             try:
+                await _send(stream, {"ready": metrics.node})
+                nursery.start_soon(self._share, stream, metrics)
                 while (message := await reader.receive()) is not None:
                     others = message.get("others")
                     if isinstance(others, dict):
@@ -323,6 +323,8 @@ class Pool:
         link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         worker = Worker(index, process, link, trio.current_time())
         self.workers[index] = worker
+        if self.stopping:  # the stop came while it was being started: it is told too
+            process.send_signal(self.stop_signal)
         return worker
 
     async def _listen(self, worker: Worker) -> None:
