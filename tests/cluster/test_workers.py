@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from callbox.client import Client, connect
 from callbox.messages import CallAccepted, CallIncoming, CallRinging, RelayedSdpOffer
 from callbox.server.workers import FIRST_RESTART_DELAY_S, MAX_RESTART_DELAY_S, restart_delay
 from tests.cluster.redis_server import RedisServer
-from tests.helpers import ServeProcess, serve_process
+from tests.helpers import ServeProcess, closed_port_url, serve_process
 from tests.server.test_http import scrape
 
 MAX_CLIENTS = 40
@@ -122,3 +123,22 @@ def test_a_crashed_worker_starts_again_within_the_bound_sooner_after_a_long_life
     assert delays[0] == delays[1] == FIRST_RESTART_DELAY_S  # after a long life, as the first
     assert delays == sorted(delays)  # backing off at each quick crash in a row
     assert max(delays) == MAX_RESTART_DELAY_S <= 10
+
+
+@pytest.mark.slow
+async def test_a_pool_whose_workers_cannot_start_fails_with_their_status() -> None:
+    """Nothing listens where the Redis URL points: the workers exit at start-up (1: out of
+    reach, as a single process does), and so does the parent, without saying where it
+    listens."""
+    unreachable = closed_port_url().replace("ws://", "redis://").replace("/ws", "/0")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
+    command = [sys.executable, "-m", "callbox", "serve", "--port", "0", "--workers", "2"]
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [*command, "--redis", unreachable], env=clean, capture_stderr=True, check=False
+        )
+    log = done.stderr.decode()
+    assert done.returncode == 1, log
+    assert "could not start (exit status 1)" in log, log
+    assert "callbox listening" not in log, log
+    assert "Traceback" not in log, log

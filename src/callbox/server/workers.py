@@ -91,7 +91,10 @@ class _Reader:
                 if len(self._buffer) >= end:
                     payload = bytes(self._buffer[_LENGTH.size : end])
                     del self._buffer[:end]
-                    message = orjson.loads(payload)
+                    try:
+                        message = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise LinkBroken(f"not JSON: {payload[:60]!r}") from None
                     if not isinstance(message, dict):
                         raise LinkBroken(f"not an object: {payload[:60]!r}")
                     return message
@@ -273,8 +276,8 @@ class Pool:
                 self.statuses[index] = status if worker.ready.is_set() else 0
                 return
             if not self.all_ready.is_set() and not worker.ready.is_set():
-                log.error("worker %d (pid %d) could not start (exit status %d)", index,
-                          worker.process.pid, status)  # fmt: skip
+                pid = worker.process.pid
+                log.error("worker %d (pid %d) could not start (exit status %d)", index, pid, status)
                 self.failed = 2 if status == 2 else 1
                 self.stopping = True
                 self.all_ready.set()
@@ -335,8 +338,10 @@ class Pool:
                 if "ready" in message:
                     worker.node = str(message["ready"])
                     worker.ready.set()
-                    log.info("worker %d (pid %d) serving as node %s", worker.index,
-                             worker.process.pid, worker.node)  # fmt: skip
+                    pid = worker.process.pid
+                    log.info(
+                        "worker %d (pid %d) serving as node %s", worker.index, pid, worker.node
+                    )
                     if (
                         all(w.ready.is_set() for w in self.workers.values())
                         and len(self.workers) == self.count
