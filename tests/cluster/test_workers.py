@@ -51,6 +51,23 @@ async def clients_on_both_workers(stack: AsyncExitStack, url: str) -> list[Clien
     raise AssertionError(f"{MAX_CLIENTS} connections all landed on {clients[0].welcome.node}")
 
 
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+"""A WebSocket upgrade by hand, for a client that then reads nothing (it never answers a close)."""
+
+
+async def accepts(host: str, port: int) -> bool:
+    """Whether a TCP connection to the port is accepted (a listening socket is still open)."""
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
 async def pool_connections(url: str) -> dict[str, float]:
     """`callbox_connections` of each node, from one scrape of the shared port."""
     family = (await scrape(url))["callbox_connections"]
@@ -109,8 +126,18 @@ async def test_a_worker_pool_shares_its_port_survives_a_killed_worker_and_drains
         await bob.offer(call_id, alice.user_id, "v=back")
         assert (await alice.expect(RelayedSdpOffer)).sdp == "v=back"
 
-        # SIGTERM to the parent: every worker drains, every client gets 1012, exit status 0.
+        # SIGTERM to the parent: the port refuses new clients at once, while the workers still
+        # drain (one waits for a client that never answers its close); every client gets 1012;
+        # exit status 0.
+        host, port = pool.url.removeprefix("ws://").removesuffix("/ws").rsplit(":", 1)
+        mute = await stack.enter_async_context(await trio.open_tcp_stream(host, int(port)))
+        await mute.send_all(UPGRADE)
+        assert b" 101 " in await mute.receive_some()
         os.kill(pool.pid, signal.SIGTERM)
+        with trio.fail_after(4):  # within the mute client's closing timeout (5 s)
+            while await accepts(host, int(port)):
+                await trio.sleep(0.05)
+        assert pool.process.returncode is None  # refused while the pool still drains
         with trio.fail_after(20):
             assert await pool.process.wait() == 0, pool.log
         assert {client.connection.close_code for client in clients} == {1012}

@@ -13,7 +13,9 @@ then supervises:
   doubled at each crash in a row up to `MAX_RESTART_DELAY_S` (back to the first once a worker
   has served for `HEALTHY_AFTER_S`). The log line names the old and the new process ids.
 - **Signals.** SIGTERM and SIGINT are passed to every worker, which drains (1012 to its clients,
-  then exit 0); a second one is passed too, and stops them at once. SIGHUP is passed on when
+  then exit 0); a second one is passed too, and stops them at once. The parent closes its copy
+  of the listening sockets then, as each worker does at the start of its drain, so the port
+  refuses new clients at once. SIGHUP is passed on when
   there is a TLS certificate to read again. The parent exits 0 once every worker has drained,
   and kills those still there `STOP_MARGIN_S` after their drain should have ended.
 - **Metrics.** A scrape of the shared port reaches one worker; each worker sends the parent its
@@ -185,6 +187,9 @@ class Pool:
     all_ready: trio.Event = attrs.field(factory=trio.Event)
     statuses: dict[int, int] = attrs.field(factory=dict)
     """Each slot's last exit status, once stopping."""
+    spawning: trio.Lock = attrs.field(factory=trio.Lock)
+    """Held while a worker is started (its descriptors are passed down), so that the listeners
+    are not closed under it."""
 
     async def run(self) -> int:
         """Start the workers and supervise them until they have all drained; the exit status."""
@@ -197,8 +202,7 @@ class Pool:
                 if not self.stopping:
                     self._say_where()
             nursery.cancel_scope.cancel()  # every slot is done: no more signals to pass on
-        for listener in self.listeners:
-            await listener.aclose()
+        await self._close_listeners()
         if self.failed is not None:
             return self.failed
         unclean = {index: status for index, status in self.statuses.items() if status != 0}
@@ -240,9 +244,18 @@ class Pool:
                     log.info("%s received: the workers drain", name)
                     self.stopping = True
                     self.stop_signal = signum
+                    nursery.start_soon(self._close_listeners)
                     nursery.start_soon(self._kill_stragglers)
                 self.all_ready.set()  # a stop during start-up: nothing more to wait for
                 self._signal_all(signum)
+
+    async def _close_listeners(self) -> None:
+        """Close the parent's copy of the listening sockets (idempotent). Each worker closes its
+        own as its drain starts; once all are closed the port is, and new clients are refused
+        (so they try their next URL) rather than left waiting in a queue nobody accepts from."""
+        async with self.spawning:
+            for listener in self.listeners:
+                await listener.aclose()
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers.values():
@@ -265,7 +278,7 @@ class Pool:
         """Run slot `index`'s worker, and start it again each time it exits on its own."""
         quick_crashes = 0
         worker = await self._start(index)
-        while True:
+        while worker is not None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._listen, worker)
                 status = await worker.process.wait()
@@ -295,34 +308,36 @@ class Pool:
                 delay,
             )
             await trio.sleep(delay)
-            if self.stopping:
-                return
             old = worker
             worker = await self._start(index)
-            log.warning(
-                "worker %d restarted: pid %d -> pid %d", index, old.process.pid, worker.process.pid
-            )
+            if worker is not None:
+                pids = old.process.pid, worker.process.pid
+                log.warning("worker %d restarted: pid %d -> pid %d", index, *pids)
 
-    async def _start(self, index: int) -> Worker:
-        ours, theirs = socket.socketpair()
-        fds = [listener.socket.fileno() for listener in self.listeners]
-        command = [
-            *self.command,
-            "--parent-fd",
-            str(theirs.fileno()),
-            "--listen-fds",
-            ",".join(map(str, fds)),
-        ]
-        try:
-            process = await trio.lowlevel.open_process(
-                command,
-                pass_fds=[*fds, theirs.fileno()],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                process_group=0,
-            )
-        finally:
-            theirs.close()
+    async def _start(self, index: int) -> Worker | None:
+        """Start slot `index`'s worker; None if the pool is stopping."""
+        async with self.spawning:
+            if self.stopping:
+                return None
+            ours, theirs = socket.socketpair()
+            fds = [listener.socket.fileno() for listener in self.listeners]
+            command = [
+                *self.command,
+                "--parent-fd",
+                str(theirs.fileno()),
+                "--listen-fds",
+                ",".join(map(str, fds)),
+            ]
+            try:
+                process = await trio.lowlevel.open_process(
+                    command,
+                    pass_fds=[*fds, theirs.fileno()],
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    process_group=0,
+                )
+            finally:
+                theirs.close()
         link = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         worker = Worker(index, process, link, trio.current_time())
         self.workers[index] = worker
