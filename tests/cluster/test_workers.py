@@ -17,7 +17,12 @@ import trio
 
 from callbox.client import Client, connect
 from callbox.messages import CallAccepted, CallIncoming, CallRinging, RelayedSdpOffer
-from callbox.server.workers import FIRST_RESTART_DELAY_S, MAX_RESTART_DELAY_S, restart_delay
+from callbox.server.workers import (
+    FIRST_RESTART_DELAY_S,
+    MAX_RESTART_DELAY_S,
+    SILENT_FOR_S,
+    restart_delay,
+)
 from tests.cluster.redis_server import RedisServer
 from tests.helpers import ServeProcess, closed_port_url, serve_process
 from tests.server.test_http import scrape
@@ -37,6 +42,16 @@ def redis(tmp_path: Path) -> RedisServer:
 def worker_pids(pool: ServeProcess) -> dict[str, int]:
     """The process id of each node, as the parent logs them (the latest start of each)."""
     return {node: int(pid) for pid, node in SERVING.findall(pool.log)}
+
+
+async def restarted(pool: ServeProcess, pid: int) -> int:
+    """Once the parent has started another worker in place of `pid` and it serves: its pid."""
+    while (found := re.search(rf"restarted: pid {pid} -> pid (\d+)", pool.log)) is None:
+        await trio.sleep(0.1)
+    new = int(found.group(1))
+    while new not in worker_pids(pool).values():
+        await trio.sleep(0.1)
+    return new
 
 
 async def clients_on_both_workers(stack: AsyncExitStack, url: str) -> list[Client]:
@@ -116,12 +131,7 @@ async def test_a_worker_pool_shares_its_port_survives_a_killed_worker_and_drains
         with trio.fail_after(15):
             for n in range(5, 15):
                 assert (await bob.expect(RelayedSdpOffer)).sdp == f"v={n}"
-            while (
-                restarted := re.search(rf"restarted: pid {doomed} -> pid (\d+)", pool.log)
-            ) is None:
-                await trio.sleep(0.1)
-            while int(restarted.group(1)) not in worker_pids(pool).values():  # serving
-                await trio.sleep(0.1)
+            await restarted(pool, doomed)
         assert bob.welcome.resumed and bob.welcome.node != bobs_node
         await bob.offer(call_id, alice.user_id, "v=back")
         assert (await alice.expect(RelayedSdpOffer)).sdp == "v=back"
@@ -169,3 +179,23 @@ async def test_a_pool_whose_workers_cannot_start_fails_with_their_status() -> No
     assert "could not start (exit status 1)" in log, log
     assert "callbox listening" not in log, log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_hung_worker_is_killed_and_started_again(redis: RedisServer) -> None:
+    """A worker stopped (SIGSTOP) says nothing to its parent: after `SILENT_FOR_S` the parent
+    kills it and starts another, which serves; the other worker's client never noticed."""
+    async with (
+        serve_process("--workers", "2", CALLBOX_REDIS_URL=redis.url) as pool,
+        AsyncExitStack() as stack,
+    ):
+        alice, bob = (await clients_on_both_workers(stack, pool.url))[:2]
+        assert alice.welcome.node is not None
+        frozen = worker_pids(pool)[alice.welcome.node]
+        os.kill(frozen, signal.SIGSTOP)
+        with trio.fail_after(SILENT_FOR_S + 15):
+            await restarted(pool, frozen)
+        assert f"(pid {frozen}, node {alice.welcome.node}) silent for" in pool.log
+        await bob.ping()
+        assert not bob.welcome.resumed

@@ -9,7 +9,8 @@ then supervises:
 - **Start-up.** It logs ``callbox listening on ws://...`` once, when every worker has said it
   serves, with the port it bound (so ``--port 0`` still tells its real port). A worker that exits
   before that (Redis out of reach, a certificate it cannot load) stops the pool with its status.
-- **Crashes.** A worker that exits on its own is started again after `FIRST_RESTART_DELAY_S`,
+- **Crashes.** A worker that exits on its own, or is killed for having said nothing for
+  `SILENT_FOR_S` (hung, or stopped), is started again after `FIRST_RESTART_DELAY_S`,
   doubled at each crash in a row up to `MAX_RESTART_DELAY_S` (back to the first once a worker
   has served for `HEALTHY_AFTER_S`). The log line names the old and the new process ids.
 - **Signals.** SIGTERM and SIGINT are passed to every worker, which drains (1012 to its clients,
@@ -56,6 +57,10 @@ HEALTHY_AFTER_S: Final = 30.0
 """A worker that served this long before it crashed is restarted after the first delay again."""
 STOP_MARGIN_S: Final = 5.0
 """How long after `DRAIN_TIMEOUT_S` the parent waits for a worker before it kills it."""
+SILENT_FOR_S: Final = 15.0
+"""A serving worker that has sent nothing for this long is hung (its event loop blocked, or the
+process stopped): the parent kills it, and starts another. Three times the lease (`LEASE_S`):
+the cluster has taken its sessions over long before."""
 METRICS_SHARE_S: Final = 2.0
 """How often a worker sends its exposition to the parent (and how stale the others' may be,
 twice over, in its scrape)."""
@@ -249,6 +254,19 @@ class Pool:
                 self.all_ready.set()  # a stop during start-up: nothing more to wait for
                 self._signal_all(signum)
 
+    def _hung(self, worker: Worker) -> None:
+        """`worker` serves but has said nothing for `SILENT_FOR_S`: kill it (its supervisor
+        starts another)."""
+        if worker.process.returncode is None and not self.stopping:
+            log.error(
+                "worker %d (pid %d, node %s) silent for %g s: hung; killing it",
+                worker.index,
+                worker.process.pid,
+                worker.node,
+                SILENT_FOR_S,
+            )
+            worker.process.kill()
+
     async def _close_listeners(self) -> None:
         """Close the parent's copy of the listening sockets (idempotent). Each worker closes its
         own as its drain starts; once all are closed the port is, and new clients are refused
@@ -349,7 +367,14 @@ class Pool:
         """What `worker` says: that it serves, and its metrics (answered with the others')."""
         reader = _Reader(worker.link)
         try:
-            while (message := await reader.receive()) is not None:
+            while True:
+                with trio.move_on_after(SILENT_FOR_S) as silence:
+                    message = await reader.receive()
+                if silence.cancelled_caught and worker.ready.is_set():
+                    self._hung(worker)
+                    continue
+                if message is None:
+                    break
                 if "ready" in message:
                     worker.node = str(message["ready"])
                     worker.ready.set()
