@@ -160,7 +160,7 @@ class ServeProcess:
             raise AssertionError(f"the server exited before listening:\n{self.log}")
 
     async def stop(self) -> None:
-        """SIGTERM to its process id (a graceful shutdown: its clients get 1001), then SIGKILL
+        """SIGTERM to its process id (a drain: its clients get 1012), then SIGKILL
         if it is still there after SERVE_STOP_TIMEOUT_S."""
         if self.process.returncode is not None:
             return
@@ -173,11 +173,12 @@ class ServeProcess:
 
 
 @asynccontextmanager
-async def serve_process(**env: str) -> AsyncIterator[ServeProcess]:
-    """Runs `callbox serve` with `env` over a clean environment for the block; stops it by its
-    process id when the block ends, and fails if it logged a traceback."""
+async def serve_process(*flags: str, **env: str) -> AsyncIterator[ServeProcess]:
+    """Runs `callbox serve` with `flags` and `env` over a clean environment for the block; stops
+    it by its process id when the block ends, and fails if it logged a traceback."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
     command = [sys.executable, "-m", "callbox", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += flags
     process = await trio.lowlevel.open_process(
         command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**clean, **env}
     )

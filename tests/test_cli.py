@@ -21,7 +21,8 @@ from callbox.__main__ import main
 from callbox.config import ENV_PREFIX, Config, environment_variables
 from tests.helpers import write_certificate
 
-Serve = Callable[[Config], Awaitable[None]]
+Serve = Callable[..., Awaitable[None]]
+"""`callbox.server.app.serve`: a config, and the keywords `drain` and `parent`."""
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +138,7 @@ def test_serve_runs_the_app_with_env_and_flags(
 ) -> None:
     seen: list[Config] = []
 
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         seen.append(config)
 
     fake_app(serve)
@@ -153,7 +154,7 @@ def test_tls_flags_override_the_environment(
 ) -> None:
     seen: list[Config] = []
 
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         seen.append(config)
 
     fake_app(serve)
@@ -169,7 +170,7 @@ def test_serve_warns_when_tokens_are_on_and_any_origin_may_use_them(
     capsys: pytest.CaptureFixture[str],
     fake_app: Callable[[Serve], None],
 ) -> None:
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         pass
 
     fake_app(serve)
@@ -187,7 +188,7 @@ def test_serve_logs_to_stderr_and_warns_about_development_mode_and_typos(
     capsys: pytest.CaptureFixture[str],
     fake_app: Callable[[Serve], None],
 ) -> None:
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         logging.getLogger("callbox.server").debug("hidden at the default level")
         logging.getLogger("callbox.server").info("callbox listening on ws://h:1/ws")
 
@@ -206,7 +207,7 @@ def test_serve_logs_to_stderr_and_warns_about_development_mode_and_typos(
 def test_log_level_flag(
     capsys: pytest.CaptureFixture[str], fake_app: Callable[[Serve], None]
 ) -> None:
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         logging.getLogger("callbox.server").debug("now visible")
 
     fake_app(serve)
@@ -215,31 +216,63 @@ def test_log_level_flag(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_cancels_the_server_and_exits_0(
+def test_a_signal_drains_the_server_and_a_second_cancels_it(
     signum: signal.Signals,
     capsys: pytest.CaptureFixture[str],
     fake_app: Callable[[Serve], None],
 ) -> None:
     events: list[str] = []
 
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, *, drain: trio.Event, parent: object) -> None:
         try:
             os.kill(os.getpid(), signum)
-            with trio.fail_after(5):  # fails the test, rather than hanging, if not cancelled
+            with trio.fail_after(5):  # fails the test, rather than hanging, if not drained
+                await drain.wait()
+            events.append("draining")
+            os.kill(os.getpid(), signum)
+            with trio.fail_after(5):  # the same, if not cancelled
                 await trio.sleep_forever()
         finally:
             events.append("cleaned up")
 
     fake_app(serve)
     assert main(["serve"]) == 0
-    assert events == ["cleaned up"]
-    assert f"{signum.name} received, shutting down" in capsys.readouterr().err
+    assert events == ["draining", "cleaned up"]
+    err = capsys.readouterr().err
+    assert f"{signum.name} received, draining (again to stop at once)" in err
+    assert f"{signum.name} received again, stopping at once" in err
+
+
+def test_a_server_that_drains_exits_0(
+    capsys: pytest.CaptureFixture[str], fake_app: Callable[[Serve], None]
+) -> None:
+    async def serve(config: Config, *, drain: trio.Event, parent: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with trio.fail_after(5):
+            await drain.wait()
+
+    fake_app(serve)
+    assert main(["serve"]) == 0
+    assert "SIGTERM received, draining" in capsys.readouterr().err
+
+
+def test_workers_without_redis_are_refused_with_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--workers", "2"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("callbox: configuration error: workers (CALLBOX_WORKERS) = 2 needs")
+    assert "apt-get install redis-server" in line
+    assert "CALLBOX_REDIS_URL=redis://127.0.0.1:6379/0" in line
+    monkeypatch.setenv("CALLBOX_WORKERS", "3")
+    assert main(["serve"]) == 2
+    assert "= 3 needs the Redis" in capsys.readouterr().err
 
 
 def test_keyboard_interrupt_exits_0_without_a_traceback(
     capsys: pytest.CaptureFixture[str], fake_app: Callable[[Serve], None]
 ) -> None:
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         raise KeyboardInterrupt
 
     fake_app(serve)
@@ -248,7 +281,7 @@ def test_keyboard_interrupt_exits_0_without_a_traceback(
 
 
 def test_other_server_failures_are_not_swallowed(fake_app: Callable[[Serve], None]) -> None:
-    async def serve(config: Config) -> None:
+    async def serve(config: Config, **_: object) -> None:
         raise OSError("address already in use")
 
     fake_app(serve)

@@ -48,6 +48,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "TLS_KEY_FILE",
         "TRUSTED_PROXIES",
         "CALLBOX_REDIS_URL",
+        "CALLBOX_WORKERS",
         "ALLOWED_ORIGINS",
         "JWT_SECRET",
         "JWT_ALGORITHM",
@@ -431,3 +432,13 @@ def test_the_state_tables_timeouts_are_the_configurations_defaults() -> None:
         for name, (env, _) in published.items()
     }
     assert configured == published
+
+
+def test_workers_are_one_by_default_and_more_need_a_redis() -> None:
+    assert Config().workers == 1
+    url = "redis://127.0.0.1:6379/0"
+    assert Config.from_env({"CALLBOX_WORKERS": "4", "CALLBOX_REDIS_URL": url}).workers == 4
+    with pytest.raises(ConfigError, match=r"workers \(CALLBOX_WORKERS\) = 2 needs the Redis"):
+        Config(workers=2)
+    with pytest.raises(ConfigError, match="from 1 to 256, got 0"):
+        Config(workers=0)

@@ -200,10 +200,12 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     (
         "1001",
         "server shutting down",
-        "The server is stopping (SIGTERM or Ctrl-C); every connection gets it, each closing"
-        " handshake time-boxed to 5 s.",
-        "Reconnect with backoff and resume; after a restart `welcome` says `resumed: false`:"
-        " sessions live in memory (see [Resume](#resume)).",
+        "The server stops without draining (a second SIGTERM or Ctrl-C during a drain, or a"
+        " drain past its 10 s): every connection still open gets it, each closing handshake"
+        " time-boxed to 5 s.",
+        "Reconnect and resume (a cluster's other nodes at once); after a single process's"
+        " restart `welcome` says `resumed: false`: its sessions live in memory (see"
+        " [Resume](#resume)).",
     ),
     (
         "1007",
@@ -234,12 +236,16 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "1012",
-        "node restarting / cluster state lost",
-        "A node of a cluster closes its connections: the others took it for dead (it could not"
-        " reach the cluster's store for 5 s) and its sessions over; or the store lost its data"
-        " (restarted empty).",
-        "Resume, on any node of the cluster; after the store lost its data `welcome` says"
-        " `resumed: false`.",
+        "service restart / node restarting / cluster state lost",
+        "The server drains (SIGTERM or Ctrl-C to a single process, a node of a cluster, a worker"
+        " of `callbox serve --workers N` or its parent): it has stopped accepting and closes"
+        " every connection, then exits within 10 s; a cluster's node has detached their sessions"
+        " in the store first, so their grace has started. Or a node of a cluster closes its"
+        " connections because the others took it for dead (it could not reach the cluster's"
+        " store for 5 s) and its sessions over; or the store lost its data (restarted empty).",
+        "At once, and resume: on a cluster, on the next node (or the same port, where another"
+        " worker answers); after a single process's restart, or once the store lost its data,"
+        " `welcome` says `resumed: false`.",
     ),
     (
         "1013",
@@ -271,8 +277,8 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 """Every close code the server sends, with its close reason: `switchboard.py` (1000, 1008, 4001,
-4002, 4003) and `server/transport/` (1001, 1011, 1013; 1007 and 1009 come from the websockets
-library)."""
+4002, 4003), `server/app.py` and `server/cluster.py` (1012) and `server/transport/` (1001, 1011,
+1013; 1007 and 1009 come from the websockets library)."""
 
 BAD_INPUT: tuple[tuple[str, str], ...] = (
     ("binary frame", "`error` `invalid_message`; the connection stays open"),

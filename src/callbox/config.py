@@ -43,6 +43,9 @@ DEFAULT_EXPIRY_WARNING_MS = 1 * MINUTES_MS
 """`call_expiring` comes this long before the cap unless `CALL_EXPIRING_WARNING_MS` says
 otherwise, and the cap is at least four times as long (see `default_expiry_warning_ms`)."""
 
+MAX_WORKERS = 256
+"""Worker processes one `callbox serve` may start: more than any machine has cores to give."""
+
 Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
@@ -313,6 +316,14 @@ class Config:
         check=_redis_url,
         secret=True,
     )
+    workers: int = _setting(
+        1,
+        env="CALLBOX_WORKERS",
+        meaning="worker processes sharing the port, each a node of the cluster (more than 1"
+        " needs CALLBOX_REDIS_URL); 1: this process serves, no parent",
+        check=_int_between(1, MAX_WORKERS),
+        parse=_parse_int,
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (),
         env="ALLOWED_ORIGINS",
@@ -556,6 +567,12 @@ class Config:
                     f" {self.jwt_algorithm}, got {len(self.jwt_secret.encode())}"
                 )
         self._check_turn()
+        if self.workers > 1 and self.redis_url is None:
+            raise ConfigError(
+                f"{_name('workers')} = {self.workers} needs the Redis the workers share: install"
+                " one (apt-get install redis-server) and set"
+                " CALLBOX_REDIS_URL=redis://127.0.0.1:6379/0 (or --redis URL)"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError(
                 f"{_name('tls_cert_file')} and {_name('tls_key_file')} go together: set both"
@@ -675,6 +692,14 @@ def _refuse_unknown(values: Mapping[str, object]) -> None:
     unknown = [key for key in values if key not in settings]
     if unknown:
         raise ConfigError(_unknown("setting", unknown, settings))
+
+
+def environment_variable(setting: str) -> str:
+    """The environment variable of `setting` (a field name: `redis_url`)."""
+    env: str | None = _settings()[setting].metadata["env"]
+    if env is None:
+        raise ConfigError(f"{setting} is not read from the environment")
+    return env
 
 
 def environment_variables() -> list[EnvVar]:

@@ -160,8 +160,8 @@ async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session(
             "follow_stopped_node.mjs", tmp_path, one.url, two.url, on_ready=one.stop
         )
     assert (result["before"], result["after"]) == (one.url, two.url)
-    assert result["closeCode"] == 1001
-    assert result["attempts"] == [{"url": two.url, "delayMs": 0}]  # going away: at once
+    assert result["closeCode"] == 1012  # the first drains
+    assert result["attempts"] == [{"url": two.url, "delayMs": 0}]  # service restart: at once
     assert result["lost"] == ["not_resumed"]
     assert result["resumed"] is False and result["newSession"]
     assert result["rooms"] == ["lobby"]  # `restore`: rejoined in the new session

@@ -88,10 +88,14 @@ async def test_resume_by_hand_goes_on_to_the_next_url(url: str) -> None:
         assert welcome.resumed and alice.url == url
 
 
-async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session() -> None:
-    """Two real `callbox serve` processes; the first is stopped by its process id. Its clients
-    get 1001 (going away), and alice moves to the second at once; it does not know her session,
-    so she gets a new one, and the `receive` she was in says so: `SessionLost`."""
+async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two real `callbox serve` processes; the first is stopped by its process id (SIGTERM: it
+    drains). Its clients get 1012 (service restart), and alice moves to the second at once; it
+    does not know her session, so she gets a new one, and the `receive` she was in says so:
+    `SessionLost`."""
+    caplog.set_level(logging.INFO, logger="callbox.client")
     async with (
         serve_process() as one,
         serve_process() as two,
@@ -103,6 +107,7 @@ async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session() 
         with trio.fail_after(10), pytest.raises(SessionLost) as lost:
             await alice.receive()
         assert lost.value.url == two.url == alice.url
+        assert f"connection to {one.url} closed (1012)" in caplog.text
         assert not lost.value.welcome.resumed
         assert alice.welcome == lost.value.welcome and alice.welcome.session_id != old
         assert alice.last_seq == 0

@@ -33,7 +33,9 @@ async def read_until(stream: trio.abc.ReceiveStream, pattern: re.Pattern[str]) -
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-async def test_serve_stops_cleanly_and_says_goodbye(stop_signal: signal.Signals) -> None:
+async def test_serve_drains_and_says_service_restart(stop_signal: signal.Signals) -> None:
+    """The first signal drains: the port closes (a new client is refused, so it tries its next
+    URL), every client gets 1012, and the process exits 0 once they are gone."""
     command = [sys.executable, "-m", "callbox", "serve", "--port", "0"]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
     assert process.stderr is not None
@@ -41,20 +43,59 @@ async def test_serve_stops_cleanly_and_says_goodbye(stop_signal: signal.Signals)
         with trio.fail_after(20):
             listening = re.compile(r"callbox listening on (ws://\S+)")
             url, log = await read_until(process.stderr, listening)
-            async with connect(url, "alice") as alice:
+            async with connect(url, "alice") as alice, connect(url, "bob") as bob:
                 process.send_signal(stop_signal)
-                with pytest.raises(ConnectionClosed):
-                    await alice.ws.get_message()
-                assert alice.ws.closed is not None
-                assert alice.ws.closed.code == 1001
+                for client in (alice, bob):
+                    with pytest.raises(ConnectionClosed):
+                        await client.ws.get_message()
+                    assert client.ws.closed is not None
+                    assert client.ws.closed.code == 1012
+                    assert client.ws.closed.reason == "service restart"
+                port = int(url.rsplit(":", 1)[1].removesuffix("/ws"))
+                with pytest.raises(OSError):  # the port is closed: refused
+                    await trio.open_tcp_stream("127.0.0.1", port)
             while chunk := await process.stderr.receive_some():
                 log += chunk.decode()
             assert await process.wait() == 0
     finally:
         process.kill()
     assert "Traceback" not in log, log
+    assert "closing 2 with 1012 (service restart)" in log, log
+    assert "drained in" in log, log
     page = "http" + url.removeprefix("ws").removesuffix("ws")
     assert f"demo page at {page}\n" in log, log
+
+
+async def test_a_second_signal_stops_a_drain_at_once() -> None:
+    """A client that never answers the close keeps a drain waiting (for its closing handshake,
+    5 s): a second SIGTERM stops the server then and there, with exit status 0."""
+    command = [sys.executable, "-m", "callbox", "serve", "--port", "0"]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    try:
+        with trio.fail_after(20):
+            url, log = await read_until(process.stderr, re.compile(r"listening on (ws://\S+)"))
+            host_port = url.removeprefix("ws://").removesuffix("/ws")
+            host, port = host_port.rsplit(":", 1)
+            mute = await trio.open_tcp_stream(host, int(port))  # upgrades, then reads nothing
+            await mute.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert b" 101 " in await mute.receive_some()
+            process.send_signal(signal.SIGTERM)
+            _, more = await read_until(process.stderr, re.compile(r"(closing 1 with 1012)"))
+            log += more
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stderr.receive_some():
+                log += chunk.decode()
+            assert await process.wait() == 0
+            await mute.aclose()
+    finally:
+        process.kill()
+    assert "SIGTERM received again, stopping at once" in log, log
+    assert "drained in" not in log, log
+    assert "Traceback" not in log, log
 
 
 def serial_in_file(cert_file: str) -> int:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from time import perf_counter
-from typing import Any
+from typing import Any, Final, Protocol
 
 import trio
 from attrs import define, field
@@ -73,6 +73,14 @@ generation is new); young collections stay small, so their pauses stay under a m
 Garbage cycles wait longer for collection, which costs memory, not correctness; so an ended
 connection must leave none (tests/server/test_transport_limits.py). Measured in docs/benchmarks.md.
 """
+
+
+CLOSE_SERVICE_RESTART: Final = 1012
+SERVICE_RESTART: Final = "service restart"
+DRAIN_TIMEOUT_S: Final = 10.0
+"""How long a drain may take, from the signal to the exit: the closing handshakes (each
+time-boxed to 5 s by the transport) and, on a node of a cluster, the events the closes make
+(each retried for at most 2 s while the store is out of reach). Past it, the server stops."""
 
 
 def tune_garbage_collector() -> None:
@@ -131,11 +139,14 @@ class SignalingServer:
         self.switchboard = switchboard
         self._nursery = nursery
         self._connections: dict[int, Connection] = {}
+        self._draining = False
+        self._all_closed = trio.Event()
+        """Set once a drain has seen the last connection close."""
         self._calls: dict[str, CallTasks] = {}
         self._session_timers = SessionTimers(self._timer_fired)
         nursery.start_soon(self._session_timers.run, name="session timers")
-        # The node label of every metric: this host, until worker processes name their nodes.
-        self.metrics = Metrics(switchboard, node=socket.gethostname())
+        # The node label of every metric: a cluster's node name (host/number), else the host.
+        self.metrics = Metrics(switchboard, node=switchboard.node or socket.gethostname())
         self._files = StaticFiles(
             {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
         )
@@ -143,7 +154,7 @@ class SignalingServer:
     # ConnectionHandler -------------------------------------------------------------------------
 
     def on_open(self, conn: Connection) -> None:
-        self._connections[conn.id] = conn
+        self._opened(conn.id, conn)
         log.debug("connection %d open from %s", conn.id, conn.remote)
         self._carry_out(self.switchboard.connect(conn.id, trio.current_time(), conn.client_host))
 
@@ -162,9 +173,37 @@ class SignalingServer:
         self._carry_out(self.switchboard.receive_binary(conn.id, trio.current_time()))
 
     def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
-        self._connections.pop(conn.id, None)
+        self._closed(conn.id)
         log.debug("connection %d closed (%s %s)", conn.id, code, reason)
         self._carry_out(self.switchboard.disconnect(conn.id, trio.current_time()))
+
+    def _opened(self, conn_id: int, conn: Connection) -> None:
+        """A connection is open; during a drain it is closed at once (it was accepted before
+        the listeners closed, and finished its handshake since)."""
+        self._connections[conn_id] = conn
+        if self._draining:
+            conn.close(CLOSE_SERVICE_RESTART, SERVICE_RESTART)
+
+    def _closed(self, conn_id: int) -> None:
+        self._connections.pop(conn_id, None)
+        if self._draining and not self._connections:
+            self._all_closed.set()
+
+    # Drain ---------------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Close every connection with 1012 (service restart) and return once all are closed:
+        their clients resume elsewhere (another node, or this one restarted). The caller has
+        closed the listeners first and bounds the wait (`DRAIN_TIMEOUT_S`)."""
+        self._draining = True
+        for connection in list(self._connections.values()):
+            connection.close(CLOSE_SERVICE_RESTART, SERVICE_RESTART)
+        if self._connections:
+            await self._all_closed.wait()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     # HTTP ----------------------------------------------------------------------------------------
 
@@ -295,13 +334,28 @@ def transport_config(config: Config) -> TransportConfig:
     )
 
 
+class Parent(Protocol):
+    """The parent of a worker process (`callbox.server.workers.ParentLink`): it bound the
+    listening sockets, hears when the worker is serving, and relays the pool's metrics."""
+
+    sockets: list[socket.socket]
+
+    async def keep_in_touch(self, metrics: Metrics, drain: trio.Event) -> None:
+        """Tell the parent the worker serves, then exchange metrics with it until cancelled;
+        set `drain` if the parent is gone."""
+        ...
+
+
 async def serve(
     config: Config,
     *,
+    drain: trio.Event | None = None,
+    parent: Parent | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the signaling server until cancelled; reports its listeners once it is accepting.
-    With `config.redis_url`, it is a node of that cluster (callbox.server.cluster).
+    """Run the signaling server until cancelled, or until `drain` is set and the drain is over
+    (`run_server`); reports its listeners once it is accepting. With `config.redis_url`, it is
+    a node of that cluster (callbox.server.cluster); with a `parent`, a worker of a pool.
 
     With a TLS certificate and key configured, it serves `wss://` and `https://`, and reads them
     again on SIGHUP (so it must then run in the main thread); an unreadable or invalid one stops
@@ -313,10 +367,16 @@ async def serve(
     if config.redis_url is not None:
         from callbox.server.cluster import serve_on_redis  # noqa: PLC0415 (needs '.[cluster]')
 
-        await serve_on_redis(config, config.redis_url, task_status=task_status)
+        await serve_on_redis(
+            config, config.redis_url, drain=drain, parent=parent, task_status=task_status
+        )
         return
     await run_server(
-        config, lambda nursery: SignalingServer(build_switchboard(config), nursery), task_status
+        config,
+        lambda nursery: SignalingServer(build_switchboard(config), nursery),
+        task_status,
+        drain=drain,
+        parent=parent,
     )
 
 
@@ -324,12 +384,18 @@ async def run_server(
     config: Config,
     make_server: Callable[[trio.Nursery], SignalingServer],
     task_status: trio.TaskStatus[list[trio.SocketListener]],
+    *,
+    drain: trio.Event | None = None,
+    parent: Parent | None = None,
 ) -> None:
     """Run the server `make_server` makes, on listeners for `config`'s host and port (with
-    TLS if configured: see `serve`)."""
+    TLS if configured: see `serve`), or on its `parent`'s sockets. Once `drain` is set, it
+    stops accepting, closes every connection with 1012 and returns when they are closed (and
+    what their closes make is done), or after `DRAIN_TIMEOUT_S`."""
     certificate = None
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         certificate = ServerCertificate(config.tls_cert_file, config.tls_key_file)
+    drain = trio.Event() if drain is None else drain
     async with trio.open_nursery() as nursery:
         if certificate is not None:
             await nursery.start(_reload_on_hangup, certificate)
@@ -342,19 +408,48 @@ async def run_server(
                 config.port,
                 http_handler=server.http,
                 certificate=certificate,
+                sockets=() if parent is None else parent.sockets,
                 task_status=task_status,
             )
         )
-        secure = "s" if certificate is not None else ""
-        for listener in listeners:
-            address = _url_address(listener)
-            # `.ci/run` and the tests find the URL in this line: keep its words.
-            log.info("callbox listening on ws%s://%s%s", secure, address, config.path)
-            log.info("demo page at http%s://%s/", secure, address)
+        if parent is None:
+            secure = "s" if certificate is not None else ""
+            for listener in listeners:
+                address = url_address(listener)
+                # `.ci/run` and the tests find the URL in this line: keep its words.
+                log.info("callbox listening on ws%s://%s%s", secure, address, config.path)
+                log.info("demo page at http%s://%s/", secure, address)
+        else:  # the parent says where the pool listens, once
+            nursery.start_soon(parent.keep_in_touch, server.metrics, drain)
         task_status.started(listeners)
+        await drain.wait()
+        await _drain(server, listeners)
+        nursery.cancel_scope.cancel()
 
 
-def _url_address(listener: trio.SocketListener) -> str:
+async def _drain(server: SignalingServer, listeners: list[trio.SocketListener]) -> None:
+    """Stop accepting and close every connection (`SignalingServer.drain`), for at most
+    `DRAIN_TIMEOUT_S`."""
+    started = trio.current_time()
+    log.info(
+        "draining: no new connections; closing %d with 1012 (service restart)",
+        server.connection_count,
+    )
+    with trio.move_on_after(DRAIN_TIMEOUT_S) as timer:
+        for listener in listeners:
+            await listener.aclose()
+        await server.drain()
+    if timer.cancelled_caught:
+        log.warning(
+            "drain: %d connections still open after %g s; stopping anyway",
+            server.connection_count,
+            DRAIN_TIMEOUT_S,
+        )
+    else:
+        log.info("drained in %.2f s", trio.current_time() - started)
+
+
+def url_address(listener: trio.SocketListener) -> str:
     """The listener's host and port as a URL writes them (an IPv6 address in brackets)."""
     host, port = listener.socket.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

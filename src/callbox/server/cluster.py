@@ -72,7 +72,7 @@ from callbox.core.actions import (
 )
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
-from callbox.server.app import SignalingServer, build_switchboard, run_server
+from callbox.server.app import Parent, SignalingServer, build_switchboard, run_server
 from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpResponse
 
@@ -222,7 +222,7 @@ class ClusterServer(SignalingServer):
 
     def on_open(self, conn: Connection) -> None:
         conn_id = self._id(conn)
-        self._connections[conn_id] = conn
+        self._opened(conn_id, conn)
         now, address = self._now(), conn.client_host
         connect = Queued(lambda: self.switchboard.connect(conn_id, now, address), conn_id)
         self._enqueue(connect)
@@ -246,9 +246,23 @@ class ClusterServer(SignalingServer):
 
     def on_close(self, conn: Connection, code: int | None, reason: str) -> None:
         conn_id, now = self._id(conn), self._now()
-        self._connections.pop(conn_id, None)
+        self._closed(conn_id)
         self._gateway.closed(conn_id)
         self._enqueue(Queued(lambda: self.switchboard.disconnect(conn_id, now), conn_id))
+
+    async def drain(self) -> None:
+        """As a single process drains, and then until the event task has run what the closes
+        queued: each connection's close detaches its session in the store, so that its grace
+        starts now and its client can resume on another node at once."""
+        await super().drain()
+        done = trio.Event()
+
+        def mark() -> list[Action]:
+            done.set()
+            return []
+
+        self._enqueue(Queued(mark))  # events run in order: once it has run, so have the closes
+        await done.wait()
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
         """A call's timer runs in the call's nursery here, opened now if the call began on
@@ -608,9 +622,12 @@ async def serve_node(
     backend: Backend,
     bus: Bus,
     *,
+    drain: trio.Event | None = None,
+    parent: Parent | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a node of the cluster on `backend` and `bus` until cancelled."""
+    """Run a node of the cluster on `backend` and `bus` until cancelled or drained (see
+    `run_server`)."""
     number = await backend.register_node()
     now_ms = await backend.now_ms()
     clock_offset = now_ms / 1000 - trio.current_time()
@@ -631,17 +648,26 @@ async def serve_node(
             instance=instance,
         )
 
-    await run_server(config, make_server, task_status)
+    await run_server(config, make_server, task_status, drain=drain, parent=parent)
 
 
 async def serve_on_redis(
     config: Config,
     url: str,
     *,
+    drain: trio.Event | None = None,
+    parent: Parent | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a node of the cluster on the Redis at `url`."""
+    """Run a node of the cluster on the Redis at `url` (until cancelled or drained)."""
     from callbox.cluster.redis_backend import RedisBus, connect  # noqa: PLC0415
 
     async with connect(url) as backend:
-        await serve_node(config, backend, RedisBus(backend), task_status=task_status)
+        await serve_node(
+            config,
+            backend,
+            RedisBus(backend),
+            drain=drain,
+            parent=parent,
+            task_status=task_status,
+        )

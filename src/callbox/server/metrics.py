@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 CONTENT_TYPE = choose_encoder("")[1]
 """The content type `prometheus_client` pairs with the text format `generate_latest` writes (a
@@ -151,6 +152,10 @@ class Metrics:
         self.store_seconds = Histogram(STORE_BUCKETS_S)
         """A cluster node's round trips to the store, retries included."""
         self.node = node
+        self.others: dict[str, str] = {}
+        """The other workers' latest expositions, by node, when this node is a worker of a
+        pool (`callbox.server.workers`): they share its port, so a scrape reaches one of them,
+        and it answers for all."""
         self._counted = counted
         # The library's default collectors, in a registry of this server's own rather than the
         # global one: a test process runs many servers, and each exposes only its own node.
@@ -160,7 +165,14 @@ class Metrics:
         GCCollector(registry=self._library)
 
     def render(self) -> bytes:
-        """The exposition of a scrape, in `CONTENT_TYPE`."""
+        """The exposition of a scrape, in `CONTENT_TYPE`: this node's, and the latest of the
+        `others` of its worker pool, merged family by family."""
+        if not self.others:
+            return generate_latest(self)
+        return generate_latest(_Merged(self, list(self.others.values())))
+
+    def render_own(self) -> bytes:
+        """This node's exposition alone (what a worker shares with the others)."""
         return generate_latest(self)
 
     def collect(self) -> Iterator[Metric]:
@@ -210,6 +222,27 @@ class Metrics:
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+
+
+class _Merged:
+    """A collector of `own`'s families with the samples of `others` (expositions in the text
+    format) added to the family of the same name: each sample keeps its own `node` label, so
+    no two are the same series, and a family is written once, as the format requires."""
+
+    def __init__(self, own: Metrics, others: list[str]) -> None:
+        self._own = own
+        self._others = others
+
+    def collect(self) -> Iterator[Metric]:
+        families = {family.name: family for family in self._own.collect()}
+        for text in self._others:
+            for family in text_string_to_metric_families(text):
+                mine = families.get(family.name)
+                if mine is None:
+                    families[family.name] = family
+                elif mine.type == family.type:
+                    mine.samples.extend(family.samples)
+        yield from families.values()
 
 
 def _counter(name: str, documentation: str, label: str, values: Mapping[str, int]) -> Metric:

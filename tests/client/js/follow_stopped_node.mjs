@@ -1,5 +1,5 @@
 // callbox.js when the node it is on stops (node --experimental-websocket): the node closes with
-// 1001 (going away), the client moves to the next URL at once, and that node, which does not
+// 1012 (service restart: it drains), the client moves to the next URL at once, and that node, which does not
 // share the first one's sessions, starts a new session: "session_lost" {reason: "not_resumed"},
 // then "session", and the client rejoins its rooms there. Arguments: the two nodes' URLs.
 // Prints "ready" once connected (the test then stops the first node), then one JSON line.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Coroutine
+import socket
+from collections.abc import Coroutine, Sequence
 
 import trio
 
@@ -14,7 +15,7 @@ from callbox.server.transport.heartbeats import Heartbeats
 from callbox.server.transport.http import HttpHandler
 from callbox.server.transport.tls import ServerCertificate, TlsConnection
 
-__all__ = ["ACCEPT_RETRY_SECONDS", "SharedServices", "serve_websockets"]
+__all__ = ["ACCEPT_RETRY_SECONDS", "SharedServices", "open_listeners", "serve_websockets"]
 
 logger = logging.getLogger("callbox.transport")
 
@@ -50,21 +51,32 @@ async def serve_websockets(
     *,
     http_handler: HttpHandler | None = None,
     certificate: ServerCertificate | None = None,
+    sockets: Sequence[socket.socket] = (),
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections until cancelled; cancelling it is the graceful shutdown (1001).
+    """Accept connections until cancelled; cancelling it is the shutdown of last resort (1001:
+    the drain, `SignalingServer.drain`, closes the listeners first, which ends accepting).
 
-    With a `certificate`, every connection speaks TLS (`wss://`, `https://`), with the context
-    the certificate holds when it is accepted."""
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as error:  # a port in use, an address not here, a name that does not resolve
-        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    It listens on `host` and `port`, or on `sockets` already listening (a worker's, bound by
+    its parent: `callbox.server.workers`). With a `certificate`, every connection speaks TLS
+    (`wss://`, `https://`), with the context the certificate holds when it is accepted."""
+    if sockets:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    else:
+        listeners = await open_listeners(host, port)
     async with trio.open_nursery() as nursery:
         shared = SharedServices(nursery, config, certificate)
         for listener in listeners:
             nursery.start_soon(_accept, listener, handler, config, http_handler, shared)
         task_status.started(listeners)
+
+
+async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listening sockets on `host` and `port` (one per address the host resolves to)."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as error:  # a port in use, an address not here, a name that does not resolve
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 ACCEPT_RETRY_SECONDS = 0.1
@@ -80,11 +92,14 @@ async def _accept(
     shared: SharedServices,
 ) -> None:
     """`trio.serve_listeners`' loop, without the wrapping task it gives each connection (whose
-    frame every idle connection would keep): the task is the connection's own."""
+    frame every idle connection would keep): the task is the connection's own. It ends when
+    the listener is closed (a drain stops accepting so)."""
     async with listener:
         while True:
             try:
                 stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
