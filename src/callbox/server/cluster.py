@@ -261,7 +261,8 @@ class ClusterServer(SignalingServer):
             done.set()
             return []
 
-        self._enqueue(Queued(mark))  # events run in order: once it has run, so have the closes
+        # Exclusive: it starts once every event queued before it has ended, the closes too.
+        self._enqueue(Queued(mark, exclusive=True))
         await done.wait()
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
