@@ -72,7 +72,7 @@ HOST = "127.0.0.1"
 SETUP_BATCH = 50  # clients set up together: keeps the server's accept backlog short
 SETUP_TIMEOUT_S = 10.0  # per socket operation
 SETUP_DEADLINE_S = 120.0  # for all of a process's clients
-DRAIN_TIMEOUT_S = 5.0  # after a phase, for what is still in flight
+DRAIN_TIMEOUT_S = 5.0  # after a phase, for what is still in flight (default of --drain)
 READ_SIZE = 256 * 1024
 SDP_THRESHOLD = 1000  # a message of at least this many bytes is an SDP offer, else a candidate
 CANDIDATE = (
@@ -488,8 +488,9 @@ class StreamClient:
 class Streamer:
     """The epoll loop shared by the phases of one generator process."""
 
-    def __init__(self, clients: list[StreamClient]) -> None:
+    def __init__(self, clients: list[StreamClient], drain_s: float = DRAIN_TIMEOUT_S) -> None:
         self.clients = clients
+        self.drain_s = drain_s  # the longest a phase waits for what is in flight at its end
         self.selector = selectors.EpollSelector()
         for client in clients:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
@@ -606,7 +607,7 @@ class Streamer:
 
     def drain(self, on_receipt: Callable[[StreamClient, int], None]) -> None:
         """Stop sending; wait for what is in flight, so the next phase starts from nothing."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + self.drain_s
         while time.monotonic() < deadline and self.outstanding() > 0:
             self.poll(0.05, on_receipt)
 
@@ -675,7 +676,7 @@ class CallScript:
             "cpu_seconds": cpu_seconds() - opened[2],
         }
         self.stopping = True  # let the calls in progress finish
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + self.streamer.drain_s
         while time.monotonic() < deadline and any(p.completed < p.calls for p in pairs):
             self.poll(0.05)
         sample = orjson.dumps(self.unexpected[0]).decode()[:200] if self.unexpected else ""
@@ -825,7 +826,7 @@ def worker(args: argparse.Namespace, share: Share, pipe: Pipe) -> None:
         if args.workload in ("pairs", "callers"):
             for left, right in zip(clients[::2], clients[1::2], strict=True):
                 left.peer, right.peer = right, left
-        streamer = Streamer(clients)
+        streamer = Streamer(clients, args.drain)
         pipe.send("ready")
         while (order := pipe.recv()) is not None:
             pipe.send(run_phase(args, streamer, order))
@@ -896,6 +897,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help="s a phase waits at most for what is in flight at its end (a slow target's"
+        " leftovers would count as the next phase's unexpected frames)",
+    )
     parser.add_argument("--tls", metavar="CAFILE", help="connect over TLS, trusting this CA")
     args = parser.parse_args()
     if args.workload == "idle":
@@ -926,7 +934,7 @@ def main() -> None:
         print(f"window-end {phase}", flush=True)
         results = []
         for pipe in pipes:
-            if not pipe.poll(30 + DRAIN_TIMEOUT_S):
+            if not pipe.poll(30 + args.drain):
                 raise SystemExit("a generator process did not report")
             result = pipe.recv()
             if isinstance(result, str):
