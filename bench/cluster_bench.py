@@ -93,9 +93,11 @@ a leftover would be the next phase's unexpected frame."""
 SETUP_PAIRS = 20
 """Pairs running calls back to back in the set-up phase, for both targets. run_bench's 100
 would keep a call in set-up ~8 s at the cluster's ~12 calls/s, longer than the window."""
-NODE_ENV = UNLIMITED | {"RING_TIMEOUT_MS": "60000"}
+NODE_ENV = UNLIMITED | {"RING_TIMEOUT_MS": "60000", "HEARTBEAT_MS": "600000"}
 """Rate limits lifted as for the single process; a ring that outlasts chaos.py's 4 s timeout
-on a saturated cluster is slow, not unanswered."""
+on a saturated cluster is slow, not unanswered; and the generator's set-up clients answer
+pings only while they are being read, which a cluster's slow set-up of 1,000 calls leaves
+longer than twice the default 15 s heartbeat (closed: "heartbeat timeout")."""
 MEMORY_SESSIONS = 1000
 IDLE_BASE = 50
 """Idle sessions connected before the first memory reading (run_bench's baseline step)."""
@@ -262,6 +264,16 @@ class ClusterBench(Bench):
         self.real_workers = real_workers
         self.before = 0
         """Redis's used_memory before the current cluster run's first client."""
+        self.failures: list[str] = []
+
+    def attempt(self, run: Callable[[], None]) -> None:
+        """Runs one part; a failed one (a generator or server that died, a timeout) is told
+        and noted, and the benchmark goes on with the next: its figures are just missing."""
+        try:
+            run()
+        except RuntimeError as exc:
+            print(f"  FAILED: {exc}", flush=True)
+            self.failures.append(str(exc).splitlines()[0])
 
     def run_cluster(
         self,
@@ -269,8 +281,11 @@ class ClusterBench(Bench):
         generator_args: list[str],
         on_result: Callable[[Cluster, dict[str, Any], Window], None],
         on_idle_step: Callable[[Cluster, int], None] | None = None,
+        profile_as: str = "",
     ) -> Cluster:
-        """A fresh cluster, the generator against it; returns it (stopped) for its readings."""
+        """A fresh cluster, the generator against it; returns it (stopped) for its readings.
+        With --profile and a `profile_as` name, py-spy samples every node through the first
+        measured window (`Profiler`)."""
         with (
             tempfile.TemporaryDirectory(prefix="callbox-cluster-", dir=self.log_dir) as directory,
             running_cluster(Path(directory), self.real_workers) as cluster,
@@ -283,12 +298,17 @@ class ClusterBench(Bench):
                 pin=False,
             )
             self.before = cluster.used_memory()
+            profiler = None
+            if self.args.profile and profile_as:
+                profiler = Profiler(cluster, self.args.profile / profile_as, self.args.seconds)
             drive(
                 command,
-                cluster.cpu_now,
+                profiler.cpu_now if profiler else cluster.cpu_now,
                 lambda result, window: on_result(cluster, result, window),
                 lambda clients: on_idle_step(cluster, clients) if on_idle_step else None,
             )
+            if profiler:
+                profiler.finish()
         return cluster
 
     def add_cluster(
@@ -340,7 +360,7 @@ class ClusterBench(Bench):
                     row = f"{figure} {label} CPU us/frame"
                     self.add_cluster(name, row, per_frame, result, window)
 
-        self.run_cluster(placement, relay_args(pairs), on_result)
+        self.run_cluster(placement, relay_args(pairs), on_result, profile_as=f"{name}-{pairs}")
 
     # -- latency at half load -------------------------------------------------------------------
 
@@ -426,6 +446,76 @@ class ClusterBench(Bench):
     def add_memory(self, figure: str, value: float) -> None:
         self.samples.append(ClusterSample("cluster", figure, value))
         print(f"  {'cluster':<14} {figure:<52} {value:>10,.1f}", flush=True)
+
+
+class Profiler:
+    """py-spy on each node process (and its children: a worker pool) through one measured
+    window, started at the window's start: raw collapsed stacks in `{base}-node{n}.txt`.
+    Its own CPU counts as others', so a profiled run's figures are not the measurement's."""
+
+    def __init__(self, cluster: Cluster, base: Path, seconds: float) -> None:
+        self.cluster, self.base, self.seconds = cluster, base, seconds
+        self.spies: list[subprocess.Popen[bytes]] = []
+        self.outputs: list[Path] = []
+
+    def cpu_now(self) -> dict[str, float]:
+        """`Cluster.cpu_now`, starting py-spy at its first call (the first window's start)."""
+        if not self.spies:
+            self.base.parent.mkdir(parents=True, exist_ok=True)
+            for n, node in enumerate(self.cluster.nodes):
+                output = self.base.with_name(f"{self.base.name}-node{n}.txt")
+                self.spies.append(subprocess.Popen(
+                    [py_spy(), "record", "--pid", str(node.pid), "--subprocesses",
+                     "--duration", str(round(self.seconds)), "--rate", "200", "--nonblocking",
+                     "--format", "raw", "--output", str(output)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
+                self.outputs.append(output)
+        return self.cluster.cpu_now()
+
+    def finish(self) -> None:
+        """Waits for each py-spy (bounded), stops it by PID if need be, prints a summary."""
+        for spy in self.spies:
+            try:
+                spy.wait(self.seconds + 15)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+        for output in self.outputs:
+            if output.exists():
+                print(f"  profile {output}:")
+                print("\n".join(f"    {line}" for line in profile_summary(output)), flush=True)
+
+
+def py_spy() -> str:
+    """py-spy's path: on PATH, or beside this Python (a venv's bin/, not on PATH)."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def profile_summary(path: Path, top: int = 25) -> list[str]:
+    """The functions of py-spy's raw output (collapsed stacks, "a;b;c count") with the largest
+    inclusive share of the samples (each counted once per stack), and their self share."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = [frame.split(" (")[0] for frame in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+    ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
+    return [f"{total:,} samples; inclusive% self% function"] + [
+        f"{100 * n / total:5.1f} {100 * own.get(name, 0) / total:5.1f}  {name}"
+        for name, n in ranked
+    ]
 
 
 def relay_args(pairs: int) -> list[str]:
@@ -660,6 +750,14 @@ def parse_arguments() -> argparse.Namespace:
         help="msgs/s for latency and memory when the relay is not run (else half its figure)",
     )
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy (pip install py-spy) on the nodes through the first window of each cluster"
+        " relay run, raw stacks written in DIR and summarised; its CPU makes those windows"
+        " contended: profile in a run of its own (e.g. --only relay --reps 1)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.reps, args.warmup, args.seconds, args.pairs = 1, 0.5, 2.0, [100]
@@ -670,6 +768,8 @@ def main() -> None:
     args = parse_arguments()
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise SystemExit("redis-server and redis-cli are needed: apt-get install redis-server")
+    if args.profile:
+        py_spy()  # fails now rather than at the first window
     real_workers = args.workers == "real" or (args.workers == "auto" and has_workers_option())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 2 * max(args.pairs) + MEMORY_SESSIONS + 512
@@ -702,18 +802,18 @@ def main() -> None:
                     *(partial(bench.relay_cluster, placement, pairs) for placement in placements),
                 ]
                 for run in order if rep % 2 else reversed(order):
-                    run()
+                    bench.attempt(run)
             throughput = [
                 s.value for s in bench.samples
                 if s.target == "cluster" and s.figure == f"relay {min(args.pairs)} calls {SMALL} B"
             ]  # fmt: skip
             rate = max(100, round(throughput[-1] / 2)) if throughput else args.rate
             if "latency" in args.only:
-                bench.latency(rate)
+                bench.attempt(partial(bench.latency, rate))
             if "setups" in args.only:
-                bench.setups_both()
+                bench.attempt(bench.setups_both)
             if "memory" in args.only and rep == 1:
-                bench.memory(rate)
+                bench.attempt(partial(bench.memory, rate))
     elapsed = time.monotonic() - started
     print(f"\n{len(bench.samples)} samples in {elapsed:.0f} s\n")
     print("\n".join(facts))
@@ -728,6 +828,9 @@ def main() -> None:
     print("\n".join(table(bench.samples, args)))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in bench.samples], indent=1))
+    if bench.failures:
+        print(f"\n{len(bench.failures)} runs failed:\n" + "\n".join(bench.failures))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

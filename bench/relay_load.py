@@ -33,7 +33,8 @@ receive path only splits the unmasked server frames and checks each is the expec
 
 ``--port`` takes several ports for a cluster's nodes (bench/cluster_bench.py); ``--placement``
 then says where each pair's parties go (`Placement`: both on one node, across two, or half and
-half).
+half). ``--drain`` is how long a phase waits at most for what is still in flight at its end
+(a slow target's leftovers would be the next phase's unexpected frames).
 
 Protocols: ``bare`` (bench/bare_relays.py), ``callbox`` (``python -m callbox serve``), ``peerjs``
 (the ``peer`` npm package: ``/peerjs?key=peerjs&id=ID&token=T``, then ``{type, dst, payload}``
