@@ -27,7 +27,8 @@ Per repetition (targets alternating in order, as in run_bench):
    nodes', all their processes, from /proc/PID/stat) and Redis (redis-server's, /proc) apart,
    in one window with every call same-node, one with every call cross-node, and the mixed one;
 3. relay latency at half load: at half the cluster's measured 100-call 200 B throughput (this
-   repetition's), open loop, for the cluster and the single process at the same rate;
+   repetition's), open loop, for the cluster and the single process at the same rate; then
+   at LOW_LATENCY_RATE, the latency of a cluster with CPU to spare even on a crowded machine;
 4. call set-ups per second (initiate, ring, answer, offer/answer, 8 candidates, hang-up),
    SETUP_PAIRS pairs calling back to back, cluster and single process;
 5. Redis memory (``INFO memory`` ``used_memory``): per idle session (``hello`` only) after
@@ -103,6 +104,8 @@ IDLE_BASE = 50
 """Idle sessions connected before the first memory reading (run_bench's baseline step)."""
 PROJECTED_CORES = (2, 4, 8, 16)
 PARTS = ("relay", "latency", "setups", "memory")
+LOW_LATENCY_RATE = 100
+"""msgs/s of the second latency window (`ClusterBench.latency`)."""
 WORKERS = 2
 PLACEMENTS = ("half", "same", "cross")
 """The cluster's relay runs: half the calls across nodes (the throughput), then all within one
@@ -365,21 +368,29 @@ class ClusterBench(Bench):
     # -- latency at half load -------------------------------------------------------------------
 
     def latency(self, rate: int) -> None:
-        phase = f"latency:{SMALL}:{rate}"
-        args = ["--pairs", str(min(self.args.pairs)), "--phase", phase]
+        """At `rate` (half load), then at LOW_LATENCY_RATE if lower: on a machine whose other
+        work leaves the cluster less than twice `rate`, the first measures a growing queue,
+        and the second still shows what a relay's round trips through Redis cost."""
+        rates = {f"latency:{SMALL}:{rate}": "at half load"}
+        if rate > LOW_LATENCY_RATE:
+            rates[f"latency:{SMALL}:{LOW_LATENCY_RATE}"] = f"at {LOW_LATENCY_RATE} msgs/s"
+        args = ["--pairs", str(min(self.args.pairs)), *(f"--phase={phase}" for phase in rates)]
 
         def on_single(result: dict[str, Any], cpu: Cpu) -> None:
+            label = rates[result["phase"]]
             for q in ("p50", "p99"):
-                self.add(TARGETS["callbox"], f"latency {q} at half load", result[f"{q}_us"],
-                         result, cpu)  # fmt: skip
-            self.add(TARGETS["callbox"], "latency rate msgs/s", rate, result, cpu)
+                figure = f"latency {q} {label}"
+                self.add(TARGETS["callbox"], figure, result[f"{q}_us"], result, cpu)
+            if label == "at half load":
+                self.add(TARGETS["callbox"], "latency rate msgs/s", rate, result, cpu)
 
         def on_cluster(_cluster: Cluster, result: dict[str, Any], window: Window) -> None:
+            label = rates[result["phase"]]
             for q in ("p50", "p99"):
-                self.add_cluster(
-                    "cluster", f"latency {q} at half load", result[f"{q}_us"], result, window
-                )
-            self.add_cluster("cluster", "latency rate msgs/s", rate, result, window)
+                figure = f"latency {q} {label}"
+                self.add_cluster("cluster", figure, result[f"{q}_us"], result, window)
+            if label == "at half load":
+                self.add_cluster("cluster", "latency rate msgs/s", rate, result, window)
 
         self.run(TARGETS["callbox"], args, on_single)
         self.run_cluster("half", args, on_cluster)
@@ -608,6 +619,7 @@ def table(samples: list[Sample], args: argparse.Namespace) -> list[str]:
             figures += [relay, f"{relay} Python CPU us/frame", f"{relay} Redis CPU us/frame"]
     figures += [
         "latency rate msgs/s", "latency p50 at half load", "latency p99 at half load",
+        f"latency p50 at {LOW_LATENCY_RATE} msgs/s", f"latency p99 at {LOW_LATENCY_RATE} msgs/s",
         "call set-ups/s", "call set-up Python CPU ms", "call set-up Redis CPU ms",
     ]  # fmt: skip
     figures += MEMORY_FIGURES
