@@ -1,7 +1,7 @@
 """The cluster measured beside PeerJS and the single process (issue 13): one command, one table.
 
-    .venv/bin/python bench/cluster_bench.py --json cluster.json     # full: ~20 minutes
-    .venv/bin/python bench/cluster_bench.py --quick                 # ~2.5 minutes
+    .venv/bin/python bench/cluster_bench.py --json cluster.json     # full: ~17 minutes
+    .venv/bin/python bench/cluster_bench.py --quick                 # ~2 minutes
 
 Targets, side by side in one run:
 
@@ -104,6 +104,8 @@ IDLE_BASE = 50
 """Idle sessions connected before the first memory reading (run_bench's baseline step)."""
 PROJECTED_CORES = (2, 4, 8, 16)
 PARTS = ("relay", "latency", "setups", "memory")
+ROOT_SHARE = 0.6
+"""`profile_summary`: frames in more than this share of a node's samples are its roots."""
 LOW_LATENCY_RATE = 100
 """msgs/s of the second latency window (`ClusterBench.latency`)."""
 WORKERS = 2
@@ -506,27 +508,33 @@ def py_spy() -> str:
     return found
 
 
-def profile_summary(path: Path, top: int = 25) -> list[str]:
-    """The functions of py-spy's raw output (collapsed stacks, "a;b;c count") with the largest
-    inclusive share of the samples (each counted once per stack), and their self share."""
+def profile_summary(path: Path, top: int = 15) -> list[str]:
+    """What py-spy's raw output (collapsed stacks, "a;b;c count") says: the functions with the
+    most samples of their own, and those with the largest inclusive share (each counted once
+    per stack) below the run loop (frames in more than ROOT_SHARE of the samples are the
+    process's start and trio's loop: in everything, so telling nothing)."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        frames = [frame.split(" (")[0] for frame in stack.split(";")[1:]]  # [0]: the process
+        if not frames:
             continue
         samples = int(count)
         total += samples
-        frames = [frame.split(" (")[0] for frame in stack.split(";")]
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + samples
         own[frames[-1]] = own.get(frames[-1], 0) + samples
-    ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
-    return [f"{total:,} samples; inclusive% self% function"] + [
-        f"{100 * n / total:5.1f} {100 * own.get(name, 0) / total:5.1f}  {name}"
-        for name, n in ranked
-    ]
+    if not total:
+        return ["no samples"]
+    below = {name: n for name, n in inclusive.items() if n <= ROOT_SHARE * total}
+
+    def ranked(counts: dict[str, int]) -> str:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in best)
+
+    return [f"{total:,} samples. Self: {ranked(own)}", f"Inclusive: {ranked(below)}"]
 
 
 def relay_args(pairs: int) -> list[str]:
@@ -742,7 +750,7 @@ def targets(samples: list[Sample], args: argparse.Namespace) -> list[str]:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="1 repetition, 100 calls, short windows (~2.5 min)"
+        "--quick", action="store_true", help="1 repetition, 100 calls, short windows (~2 min)"
     )
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=1.0)
