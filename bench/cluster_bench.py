@@ -1,7 +1,7 @@
 """The cluster measured beside PeerJS and the single process (issue 13): one command, one table.
 
     .venv/bin/python bench/cluster_bench.py --json cluster.json     # full: ~17 minutes
-    .venv/bin/python bench/cluster_bench.py --quick                 # ~2 minutes
+    .venv/bin/python bench/cluster_bench.py --quick                 # 2-3.5 minutes
 
 Targets, side by side in one run:
 
@@ -752,7 +752,7 @@ def targets(samples: list[Sample], args: argparse.Namespace) -> list[str]:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="1 repetition, 100 calls, short windows (~2 min)"
+        "--quick", action="store_true", help="1 repetition, 100 calls, short windows (2-3.5 min)"
     )
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=1.0)
