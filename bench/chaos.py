@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,23 +176,34 @@ def start_redis(directory: Path) -> Process:
     return redis
 
 
-def start_node(directory: Path, index: int, redis_url: str) -> Process:
-    """`callbox serve` as a user runs it: its own process, a clean environment but ours."""
+def start_node(
+    directory: Path,
+    index: int,
+    redis_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
+) -> Process:
+    """`callbox serve` as a user runs it: its own process, a clean environment but ours;
+    `env` adds to it, `options` to the command line (bench/cluster_bench.py: rate limits lifted,
+    `--log-level warning`, `--workers 2`)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
-    env |= {
+    node_env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBOX_", "JWT_"))}
+    node_env |= {
         "CALLBOX_REDIS_URL": redis_url,
         "RECONNECT_GRACE_MS": str(GRACE_MS),
         "RING_TIMEOUT_MS": str(RING_TIMEOUT_MS),
+        **(env or {}),
     }
     log = directory / f"node-{index}.log"
+    command = [sys.executable, "-m", "callbox", "serve", "--host", HOST, "--port", str(port)]
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "callbox", "serve", "--host", HOST, "--port", str(port)],
+            [*command, *options],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=node_env,
         )
     return Process(f"node {index}", popen, port, log)
 

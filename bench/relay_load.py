@@ -31,6 +31,11 @@ of the generator's core at the fast relays' rate. Client frames are masked with 
 (the payload is then the bytes as they are; servers cannot tell, and must not care), and the
 receive path only splits the unmasked server frames and checks each is the expected message.
 
+``--port`` takes several ports for a cluster's nodes (bench/cluster_bench.py); ``--placement``
+then says where each pair's parties go (`Placement`: both on one node, across two, or half and
+half). ``--drain`` is how long a phase waits at most for what is still in flight at its end
+(a slow target's leftovers would be the next phase's unexpected frames).
+
 Protocols: ``bare`` (bench/bare_relays.py), ``callbox`` (``python -m callbox serve``), ``peerjs``
 (the ``peer`` npm package: ``/peerjs?key=peerjs&id=ID&token=T``, then ``{type, dst, payload}``
 forwarded to ``dst`` with ``src`` added).
@@ -68,7 +73,7 @@ HOST = "127.0.0.1"
 SETUP_BATCH = 50  # clients set up together: keeps the server's accept backlog short
 SETUP_TIMEOUT_S = 10.0  # per socket operation
 SETUP_DEADLINE_S = 120.0  # for all of a process's clients
-DRAIN_TIMEOUT_S = 5.0  # after a phase, for what is still in flight
+DRAIN_TIMEOUT_S = 5.0  # after a phase, for what is still in flight (default of --drain)
 READ_SIZE = 256 * 1024
 SDP_THRESHOLD = 1000  # a message of at least this many bytes is an SDP offer, else a candidate
 CANDIDATE = (
@@ -269,12 +274,40 @@ def path_of(protocol: str, name: str) -> str:
     return f"/peerjs?key=peerjs&id={name}&token=t{name}" if protocol == "peerjs" else "/ws"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which of the target's ports (a cluster's nodes) each client connects to.
+
+    With one port, every client goes there. With several, pair ``n``'s first party goes to
+    port ``n % len(ports)``, and its peer to the same port (``same``: a call within one node),
+    to the next one (``cross``: a call across two nodes), or, in ``half``, alternately to the
+    same and the next (pairs 0, 2, 4... same-node), so that a run has both kinds of call in
+    equal numbers and a node both kinds of party. Clients without a peer (idle ones) go round
+    the ports.
+    """
+
+    ports: tuple[int, ...]
+    mode: str = "same"
+
+    def of_pair(self, pair: int, side: str) -> int:
+        first = pair % len(self.ports)
+        cross = self.mode == "cross" or (self.mode == "half" and pair % 2 == 1)
+        return self.ports[(first + (side == "b" and cross)) % len(self.ports)]
+
+    def of_client(self, index: int) -> int:
+        return self.ports[index % len(self.ports)]
+
+
+PLACEMENTS = ("same", "cross", "half")
+
+
 def connect(
-    protocol: str, port: int, names: Sequence[str], context: ssl.SSLContext | None
+    protocol: str, ports: Sequence[int], names: Sequence[str], context: ssl.SSLContext | None
 ) -> list[SetupClient]:
-    """Open and greet one batch: handshake, then `hello` (callbox) or the `OPEN` (PeerJS)."""
+    """Open and greet one batch (client ``names[i]`` on ``ports[i]``): handshake, then `hello`
+    (callbox) or the `OPEN` (PeerJS)."""
     clients = []
-    for name in names:
+    for port, name in zip(ports, names, strict=True):
         client = SetupClient(port, path_of(protocol, name), context)
         client.name = name
         clients.append(client)
@@ -293,7 +326,7 @@ def connect(
 
 def set_up_pairs(
     protocol: str,
-    port: int,
+    placement: Placement,
     first: int,
     count: int,
     *,
@@ -305,7 +338,8 @@ def set_up_pairs(
     for batch in range(first, first + count, SETUP_BATCH // 2):
         indexes = range(batch, min(batch + SETUP_BATCH // 2, first + count))
         names = [f"u{index}{side}" for index in indexes for side in "ab"]
-        pairs = connect(protocol, port, names, context)
+        ports = [placement.of_pair(index, side) for index in indexes for side in "ab"]
+        pairs = connect(protocol, ports, names, context)
         for a, b in zip(pairs[::2], pairs[1::2], strict=True):
             a.peer_name, b.peer_name = b.name, a.name
             a.call_id = b.call_id = f"bench-call-{a.name[1:-1]}"
@@ -339,13 +373,14 @@ def call_initiate(call_id: str, to: str) -> dict[str, Any]:
 
 
 def set_up_rooms(
-    port: int, first: int, rooms: int, size: int, context: ssl.SSLContext | None
+    placement: Placement, first: int, rooms: int, size: int, context: ssl.SSLContext | None
 ) -> list[SetupClient]:
     """`rooms` rooms of `size` callbox members each; returns when every member has joined."""
     clients: list[SetupClient] = []
     for room in range(first, first + rooms):
         names = [f"r{room}m{member}" for member in range(size)]
-        members = connect("callbox", port, names, context)
+        ports = [placement.of_client(member) for member in range(size)]
+        members = connect("callbox", ports, names, context)
         for client in members:
             client.peer_name = f"room-{room}"
             client.send({"type": "room_join", "room": client.peer_name})
@@ -454,8 +489,9 @@ class StreamClient:
 class Streamer:
     """The epoll loop shared by the phases of one generator process."""
 
-    def __init__(self, clients: list[StreamClient]) -> None:
+    def __init__(self, clients: list[StreamClient], drain_s: float = DRAIN_TIMEOUT_S) -> None:
         self.clients = clients
+        self.drain_s = drain_s  # the longest a phase waits for what is in flight at its end
         self.selector = selectors.EpollSelector()
         for client in clients:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
@@ -572,7 +608,7 @@ class Streamer:
 
     def drain(self, on_receipt: Callable[[StreamClient, int], None]) -> None:
         """Stop sending; wait for what is in flight, so the next phase starts from nothing."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + self.drain_s
         while time.monotonic() < deadline and self.outstanding() > 0:
             self.poll(0.05, on_receipt)
 
@@ -641,7 +677,7 @@ class CallScript:
             "cpu_seconds": cpu_seconds() - opened[2],
         }
         self.stopping = True  # let the calls in progress finish
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + self.streamer.drain_s
         while time.monotonic() < deadline and any(p.completed < p.calls for p in pairs):
             self.poll(0.05)
         sample = orjson.dumps(self.unexpected[0]).decode()[:200] if self.unexpected else ""
@@ -731,11 +767,16 @@ def set_up(args: argparse.Namespace, share: Share) -> list[SetupClient]:
     if args.workload in ("pairs", "callers"):
         in_call = args.workload == "pairs"
         return set_up_pairs(
-            args.protocol, args.port, share.first, share.count, in_call=in_call, context=context
-        )
+            args.protocol, placement(args), share.first, share.count, in_call=in_call,
+            context=context,
+        )  # fmt: skip
     if args.workload == "rooms":
-        return set_up_rooms(args.port, share.first, share.count, args.room_size, context)
+        return set_up_rooms(placement(args), share.first, share.count, args.room_size, context)
     raise ValueError(args.workload)
+
+
+def placement(args: argparse.Namespace) -> Placement:
+    return Placement(tuple(args.port), args.placement)
 
 
 def run_phase(
@@ -786,7 +827,7 @@ def worker(args: argparse.Namespace, share: Share, pipe: Pipe) -> None:
         if args.workload in ("pairs", "callers"):
             for left, right in zip(clients[::2], clients[1::2], strict=True):
                 left.peer, right.peer = right, left
-        streamer = Streamer(clients)
+        streamer = Streamer(clients, args.drain)
         pipe.send("ready")
         while (order := pipe.recv()) is not None:
             pipe.send(run_phase(args, streamer, order))
@@ -827,8 +868,10 @@ def run_idle(args: argparse.Namespace) -> None:
     clients: list[SetupClient] = []
     for step in args.steps:
         while len(clients) < step:
-            names = [f"idle{n}" for n in range(len(clients), min(step, len(clients) + SETUP_BATCH))]
-            clients += connect(args.protocol, args.port, names, tls_context(args.tls))
+            indexes = range(len(clients), min(step, len(clients) + SETUP_BATCH))
+            ports = [placement(args).of_client(n) for n in indexes]
+            names = [f"idle{n}" for n in indexes]
+            clients += connect(args.protocol, ports, names, tls_context(args.tls))
         print(f"idle-step {len(clients)}", flush=True)
         if not sys.stdin.readline():
             return
@@ -838,7 +881,12 @@ def run_idle(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("protocol", choices=["bare", "callbox", "peerjs"])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port", type=int, nargs="+", required=True, help="several: a cluster's nodes"
+    )
+    parser.add_argument(
+        "--placement", choices=PLACEMENTS, default="same", help="with several ports: Placement"
+    )
     parser.add_argument(
         "--workload", choices=["pairs", "callers", "rooms", "idle"], default="pairs"
     )
@@ -850,6 +898,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--procs", type=int, default=1)
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help="s a phase waits at most for what is in flight at its end (a slow target's"
+        " leftovers would count as the next phase's unexpected frames)",
+    )
     parser.add_argument("--tls", metavar="CAFILE", help="connect over TLS, trusting this CA")
     args = parser.parse_args()
     if args.workload == "idle":
@@ -880,7 +935,7 @@ def main() -> None:
         print(f"window-end {phase}", flush=True)
         results = []
         for pipe in pipes:
-            if not pipe.poll(30 + DRAIN_TIMEOUT_S):
+            if not pipe.poll(30 + args.drain):
                 raise SystemExit("a generator process did not report")
             result = pipe.recv()
             if isinstance(result, str):

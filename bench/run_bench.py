@@ -54,12 +54,13 @@ from run_relay_bench import (
     CONTENDED_OTHERS_PCT,
     GENERATOR_CORE,
     SERVER_CORE,
+    cores_busy_seconds,
+    cpu_seconds,
     free_port,
     generator_lines,
     machine_facts,
     stop,
     wait_listening,
-    window_mark,
 )
 
 PEERJS_VERSION = "1.0.2"
@@ -171,43 +172,19 @@ class Bench:
         generator_args: list[str],
         on_result: Callable[..., None],
     ) -> None:
-        command = [
-            "taskset", "-c", str(GENERATOR_CORE), sys.executable, str(BENCH / "relay_load.py"),
-            target.protocol, "--port", str(port), "--warmup", str(self.args.warmup),
-            "--seconds", str(self.args.seconds), *target.generator_args, *generator_args,
-        ]  # fmt: skip
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        marks: dict[str, tuple[float, float, float]] = {}
-        with subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        ) as generator:
-            assert generator.stdout is not None and generator.stdin is not None
-            try:
-                for word, rest in generator_lines(generator, deadline):
-                    if word in ("window-start", "window-end"):
-                        marks[word] = window_mark(pid)
-                    elif word == "result":
-                        result = orjson.loads(rest)
-                        (t0, s0, c0), (t1, s1, c1) = marks["window-start"], marks["window-end"]
-                        server_pct = 100 * (s1 - s0) / (t1 - t0)
-                        others = 100 * (c1 - c0) / (t1 - t0) - server_pct
-                        others -= result["generator_cpu_pct"]
-                        on_result(result, (server_pct, others))
-                    elif word == "idle-step":
-                        time.sleep(IDLE_SETTLE_S)
-                        on_result({"clients": int(rest), "rss_kib": rss_kib(pid)}, (0.0, 0.0))
-                        generator.stdin.write("\n")
-                        generator.stdin.flush()
-                    elif word == "done":
-                        break
-            finally:
-                if generator.poll() is None:
-                    generator.stdin.close()
-                    try:
-                        generator.wait(15)
-                    except subprocess.TimeoutExpired:
-                        generator.kill()
-                        generator.wait()
+        command = generator_command(
+            target.protocol, [port], self.args, [*target.generator_args, *generator_args]
+        )
+
+        def on_window(result: dict[str, Any], window: Window) -> None:
+            server = window.pct("server")
+            on_result(result, (server, window.others_pct(result["generator_cpu_pct"])))
+
+        def on_idle_step(clients: int) -> None:
+            time.sleep(IDLE_SETTLE_S)
+            on_result({"clients": clients, "rss_kib": rss_kib(pid)}, (0.0, 0.0))
+
+        drive(command, lambda: {"server": cpu_seconds(pid)}, on_window, on_idle_step)
 
     def add(
         self, target: Target, figure: str, value: float, result: dict[str, Any], cpu: Cpu
@@ -297,6 +274,78 @@ class Bench:
             "--window", "4", "--phase", f"fanout:{SMALL}",
         ]  # fmt: skip
         self.run(target, args, on_result)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A measured window as the runner saw it: how long it was, the CPU time each measured
+    process (by role) and the two cores used in it."""
+
+    seconds: float
+    cpu_s: dict[str, float]
+    cores_s: float
+
+    def pct(self, *roles: str) -> float:
+        """CPU of these roles (all of them if none is named), % of one core."""
+        return 100 * sum(self.cpu_s[role] for role in roles or self.cpu_s) / self.seconds
+
+    def others_pct(self, generator_pct: float) -> float:
+        """Everyone else's CPU on the two cores, % of one core (good to about +-10)."""
+        return 100 * self.cores_s / self.seconds - self.pct() - generator_pct
+
+
+def generator_command(
+    protocol: str, ports: list[int], args: argparse.Namespace, extra: list[str], *, pin: bool = True
+) -> list[str]:
+    """bench/relay_load.py against `ports`, pinned to the generator's core unless not `pin`."""
+    taskset = ["taskset", "-c", str(GENERATOR_CORE)] if pin else []
+    return [
+        *taskset, sys.executable, str(BENCH / "relay_load.py"), protocol,
+        "--port", *map(str, ports), "--warmup", str(args.warmup), "--seconds", str(args.seconds),
+        *extra,
+    ]  # fmt: skip
+
+
+def drive(
+    command: list[str],
+    cpu_now: Callable[[], dict[str, float]],
+    on_result: Callable[[dict[str, Any], Window], None],
+    on_idle_step: Callable[[int], None],
+) -> None:
+    """Runs the generator `command` to its end (at most RUN_TIMEOUT_S): `on_result` gets each
+    phase's result with the CPU of its window (`cpu_now()`: CPU seconds by role, read at the
+    window's edges), `on_idle_step` each idle step's client count, before the generator goes on.
+    """
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    marks: dict[str, tuple[float, dict[str, float], float]] = {}
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as generator:
+        assert generator.stdout is not None and generator.stdin is not None
+        try:
+            for word, rest in generator_lines(generator, deadline):
+                if word in ("window-start", "window-end"):
+                    marks[word] = (time.monotonic(), cpu_now(), cores_busy_seconds())
+                elif word == "result":
+                    (t0, cpu0, cores0), (t1, cpu1, cores1) = (
+                        marks["window-start"], marks["window-end"]
+                    )  # fmt: skip
+                    cpu = {role: cpu1[role] - cpu0[role] for role in cpu1}
+                    on_result(orjson.loads(rest), Window(t1 - t0, cpu, cores1 - cores0))
+                elif word == "idle-step":
+                    on_idle_step(int(rest))
+                    generator.stdin.write("\n")
+                    generator.stdin.flush()
+                elif word == "done":
+                    break
+        finally:
+            if generator.poll() is None:
+                generator.stdin.close()
+                try:
+                    generator.wait(15)
+                except subprocess.TimeoutExpired:
+                    generator.kill()
+                    generator.wait()
 
 
 def rss_kib(pid: int) -> int:
