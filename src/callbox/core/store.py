@@ -511,8 +511,15 @@ class TrackingStore(LocalStore):
     """A `LocalStore` that says what each event read (with versions) and wrote: what a store
     shared by many nodes checks and applies at commit. Versions count the commits that changed
     a key. It also checks the core's side of the bargain: an event begun as read-only changes
-    nothing (the records it looked up are compared at commit)."""
+    nothing (the records it looked up are compared at commit), unless `check_read_only` is off.
 
+    That check snapshots every record a read-only event looks up, the relays' included: more
+    than half of a cluster node's CPU per relayed frame (a py-spy profile, docs/benchmarks.md).
+    So the tests keep it on (every core test, the core suite as a cluster, the interleavings),
+    and a node serving clients turns it off: what it would catch is a bug of the core, found
+    by those tests, not a condition of the deployment."""
+
+    check_read_only: bool = field(default=True, kw_only=True)
     versions: dict[RecordKey, int] = field(factory=dict, init=False)
     committed: Transaction | None = field(default=None, init=False)
     """What the last committed event did."""
@@ -528,7 +535,7 @@ class TrackingStore(LocalStore):
         """`copied`: an event that changes records copies this one at its lookup (all but
         users, which only this store's methods change, copying them first)."""
         self.looked_up(key)
-        if record is not None and not (self._changing and copied):
+        if record is not None and self.check_read_only and not (self._changing and copied):
             self._read_values.append((record, value_of(record)))
 
     def session(self, session_id: str) -> Session | None:
