@@ -35,6 +35,7 @@ from callbox.config import Config
 from callbox.core.actions import (
     CALL_TIMERS,
     CLOSE_NORMAL,
+    CLOSE_SESSION_TERMINATED,
     CLOSE_TAKEN_OVER,
     Action,
     CancelTimer,
@@ -263,6 +264,22 @@ class Switchboard:
                 log.exception("internal error handling timer %r", key)
             return self._transact(False, _nothing)
 
+    def terminate_call(self, call_id: str, now: float, wall: float) -> list[Action]:
+        """The deployer ends `call_id` (the admin API): everyone involved gets `call_ended`
+        `terminated`. A call that does not exist (any more) is left alone: the actions then
+        hold no `CloseCall` for it."""
+        self._watchers.wall = wall
+        return self._transact(True, self._terminate_call, call_id)
+
+    def remove_user(self, user_id: str, now: float, wall: float) -> list[Action]:
+        """The deployer removes `user_id` (the admin API): every call it is a party of ends
+        at once (`terminated`, `by` the user, for the others), then every session of the user
+        ends for good, as `bye` would end it (its resume token is forgotten: a later resume
+        gets `resumed: false`), and each connection carrying one is closed with 4004, on
+        whichever node holds it. A user with no session and no call is left alone."""
+        self._watchers.wall = wall
+        return self._transact(True, self._remove_user, user_id)
+
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
 
@@ -326,16 +343,18 @@ class Switchboard:
             store.changing()
             for session_id in overflow.session_ids:
                 self._end_session(held_session(store, session_id))
-            ended = set(overflow.session_ids)
-            out.actions = [
-                action
-                for action in out.actions
-                if not (type(action) is tuple and action[0] in ended)
-            ]
+            self._drop_deliveries_to(set(overflow.session_ids))
             try:
                 return store.commit(out.actions, out.applied)
             except Overflow as again:
                 overflow = again
+
+    def _drop_deliveries_to(self, ended: set[str]) -> None:
+        """Forget what the event was to send to sessions it has ended meanwhile."""
+        out = self.outbox
+        out.actions = [
+            action for action in out.actions if not (type(action) is tuple and action[0] in ended)
+        ]
 
     def _client(self, link: Link) -> str | ConnId:
         """Who answers go to on `link`: its session, or the bare connection before `hello`."""
@@ -429,6 +448,30 @@ class Switchboard:
                     self._watchers.set_status(session, message)
         except Refused as refusal:
             self.outbox.error(session_id, refusal.code, refusal.message, refusal.path, message.rid)
+
+    def _terminate_call(self, call_id: str) -> None:
+        call = self.store.call(call_id)
+        if call is not None:
+            self._calling.terminate(call, by=None)
+
+    def _remove_user(self, user_id: str) -> None:
+        user = self.store.user(user_id)
+        if user is None:
+            return
+        for call_id in sorted(user.calls):  # sorted: the same order on every node and rerun
+            call = self.store.call(call_id)
+            if call is not None:
+                self._calling.terminate(call, by=user_id)
+        ended: set[str] = set()
+        for session in list(self.store.devices(user_id)):
+            conn = session.conn
+            self._end_session(session)
+            ended.add(session.session_id)
+            if conn is not None:
+                if conn in self._links:  # else another node's: it forgets it when it closes
+                    self.outbox.after_commit.append(partial(self._links.pop, conn, None))
+                self.outbox.close(conn, CLOSE_SESSION_TERMINATED, "session terminated")
+        self._drop_deliveries_to(ended)  # their own `call_ended`: their sockets are closing
 
     def _ended_elsewhere(self, link: Link) -> None:
         """The session `link` carries was ended by another node of a cluster (a resume there

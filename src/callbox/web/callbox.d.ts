@@ -277,6 +277,9 @@ export type UserStatus = "online" | "away" | "dnd" | "in_call" | "offline";
  * the lesser `call_id`, for which `call_accepted` follows.
  * - `call_full`: this user's answer or join would have exceeded `limits.max_participants`.
  * - `error`: the server ended the call because of an internal failure.
+ * - `terminated`: the deployer's backend ended it through the admin API (`DELETE
+ * /api/v1/calls/{call_id}`, or the removal of a party's sessions: `by` then names that user, whose
+ * sockets are closed with 4004).
  */
 export type EndReason =
   | "hangup"
@@ -289,7 +292,8 @@ export type EndReason =
   | "answered_elsewhere"
   | "merged"
   | "call_full"
-  | "error";
+  | "error"
+  | "terminated";
 
 /**
  * What went wrong (`error.code`).
