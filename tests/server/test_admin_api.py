@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from tests.helpers import HttpResult, accepted_call, http_request, initiate, start_server
+from tests.helpers import HttpResult, accepted_call, http_request, start_server
 
 from .wsclient import connect
 

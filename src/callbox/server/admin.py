@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -49,6 +50,8 @@ APPLY_TIMEOUT_S: Final = 5.0
 than the transport's handshake timeout, so that the client gets 503 rather than 408."""
 RETRY_AFTER_S: Final = 1
 JSON: Final = "application/json"
+USER_ID: Final = re.compile("[^\\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}")
+"""What a user id may be (schemas/common.json, `userId`)."""
 OPENAPI_PATH: Final = f"{V1}openapi.yaml"
 
 
@@ -204,6 +207,12 @@ class AdminApi:
         parts = [unquote(part) for part in path.removeprefix(V1).split("/")]
         if not path.startswith(V1) or "" in parts:
             return _error(HTTPStatus.NOT_FOUND, "not_found", f"no resource at {path}")
+        unknown = set(request.query_names()) - ({"user"} if parts == ["calls"] else set())
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            return _error(
+                HTTPStatus.BAD_REQUEST, "bad_request", f"unknown query parameters: {names}"
+            )
         match parts:
             case ["calls"]:
                 return await self._calls(request) if reading else _not_allowed("GET, HEAD")
@@ -233,6 +242,9 @@ class AdminApi:
         users = request.query_values("user")
         if len(users) > 1:
             return _error(HTTPStatus.BAD_REQUEST, "bad_request", "give at most one user")
+        if users and not USER_ID.fullmatch(users[0]):
+            reason = "user must be a user id: 1-64 characters, no whitespace, no control character"
+            return _error(HTTPStatus.BAD_REQUEST, "bad_request", reason)
         server, now = self._server, self._server.core_now()
         if users:
             found = await server.find_user(users[0])

@@ -61,6 +61,10 @@ class HttpRequest:
         """The values of the query parameter `name`, decoded, in order (none: empty)."""
         return parse_qs(self.query, keep_blank_values=True).get(name, [])
 
+    def query_names(self) -> list[str]:
+        """The names of the query's parameters, decoded, each once."""
+        return list(parse_qs(self.query, keep_blank_values=True))
+
 
 HttpResponse: TypeAlias = tuple[int, list[tuple[str, str]], bytes]
 HttpHandler: TypeAlias = Callable[[HttpRequest], Awaitable[HttpResponse | None]]
