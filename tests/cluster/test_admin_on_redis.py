@@ -12,8 +12,10 @@ import trio
 from callbox.config import Config
 from callbox.server.cluster import serve_on_redis
 from tests.cluster.redis_server import RedisServer
+from tests.helpers import ADMIN_TOKEN as TOKEN
 from tests.helpers import accepted_call, server_url
-from tests.server.test_admin_api import TOKEN, admin, closed_with
+from tests.helpers import admin_request as admin
+from tests.server.test_admin_api import closed_with
 from tests.server.wsclient import connect
 
 pytestmark = pytest.mark.redis

@@ -11,8 +11,9 @@ import trio
 from callbox.cluster.backend import ClusterUnavailable, MemoryBackend, Outcome, Transaction
 from callbox.config import Config
 from callbox.server.cluster import MemoryBus, serve_node
+from tests.helpers import ADMIN_TOKEN as TOKEN
 from tests.helpers import accepted_call, server_url
-from tests.server.test_admin_api import TOKEN, admin
+from tests.helpers import admin_request as admin
 from tests.server.wsclient import connect
 
 

@@ -13,17 +13,19 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from tests.helpers import HttpResult, accepted_call, http_request, start_server
+from tests.helpers import (
+    ADMIN_TOKEN,
+    accepted_call,
+    admin_request,
+    http_request,
+    start_server,
+)
 
 from .wsclient import connect
 
-TOKEN = "admin-token-for-tests-0123456789abcdef"
+TOKEN = ADMIN_TOKEN
 AUTH = [("Authorization", f"Bearer {TOKEN}")]
-
-
-async def admin(url: str, method: str, path: str, token: str | None = TOKEN) -> HttpResult:
-    headers = [] if token is None else [("Authorization", f"Bearer {token}")]
-    return await http_request(url, path, method=method, headers=headers)
+admin = admin_request
 
 
 async def closed_with(client_ws: WebSocketConnection) -> int | None:

@@ -20,7 +20,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from tests.server.test_admin_api import TOKEN
+from tests.helpers import ADMIN_TOKEN as TOKEN
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "protocol/openapi.yaml"
 EXAMPLES = 40

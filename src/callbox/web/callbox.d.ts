@@ -945,10 +945,17 @@ export type SessionLostReason =
   | "auth_failed"
   | "taken_over"
   | "refused"
+  | "terminated"
   | "closed";
 
 /** A `CallboxError`'s code when no server `error` was involved. */
-export type LocalErrorCode = "timeout" | "session_lost" | "closed" | "taken_over" | "refused";
+export type LocalErrorCode =
+  | "timeout"
+  | "session_lost"
+  | "closed"
+  | "taken_over"
+  | "refused"
+  | "terminated";
 
 /** The arguments of `emit` after the event's name: its value, or none when that is `undefined`. */
 type Args<Value> = Value extends undefined ? [] : [value: Value];
