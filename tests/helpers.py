@@ -228,8 +228,9 @@ server (or a cluster's node cut off from its store) sends."""
 
 
 async def start_conformance_server(nursery: trio.Nursery, **settings: Any) -> str:
-    """Our server with `SHORT_LIMITS` (and `settings` over them), for the suite to run against."""
-    return await start_server(nursery, **{**SHORT_LIMITS, **settings})
+    """Our server with `SHORT_LIMITS` and the admin API on (`ADMIN_TOKEN`), and `settings` over
+    them, for the suite to run against."""
+    return await start_server(nursery, **{**SHORT_LIMITS, "admin_token": ADMIN_TOKEN, **settings})
 
 
 def initiate(call_id: str, *to: str, **extra: Any) -> dict[str, Any]:
