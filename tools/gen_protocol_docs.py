@@ -311,9 +311,11 @@ TRANSPORT = """\
 **Endpoint.** One WebSocket per client at `/ws`: `ws://127.0.0.1:8765/ws` by default, `wss://`
 behind a TLS-terminating proxy ([deployment guide](deployment.md)). The same port answers
 `GET /healthz`, `GET /metrics` and the bundled demo page and browser client (`/`, files of
-`src/callbox/web/`); other paths get 404. HEAD is answered as GET, without the body; other
-methods get 405, and a request head that cannot be parsed 400, or 431 over 16 KiB. The WebSocket
-upgrade must complete within 10 s of the TCP connection (408 if the request is still incomplete).
+`src/callbox/web/`), and with `ADMIN_TOKEN` set the admin API under `/api/v1/` (the deployer's
+backend: [backend guide](backend.md)); other paths get 404. HEAD is answered as GET, without the
+body; other methods get 405, and a request head that cannot be parsed 400, or 431 over 16 KiB.
+The WebSocket upgrade must complete within 10 s of the TCP connection (408 if the request is
+still incomplete).
 
 **Frames.** JSON text frames, UTF-8, one message per frame; every message is an object with a string
 `type`. Schemas set `additionalProperties: false`, so an unknown field (a typo) is refused, not

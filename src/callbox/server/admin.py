@@ -5,7 +5,8 @@ docs/backend.md its guide; docs/decisions/0016-admin-api.md says why it is built
 Off unless `ADMIN_TOKEN` is set: every path under `/api/` is then 404, as any unknown path.
 On, every request needs `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time;
 without it, 401 with `WWW-Authenticate: Bearer` and nothing else said (not even whether the
-path exists). Every request is logged with the client's address, and every action at INFO.
+path exists). Every request is logged at INFO with the client's address and its answer (a
+refused one at WARNING), and each change once more, with what it did.
 
 What changes something is an event of the core (`Switchboard.terminate_call`, `remove_user`)
 run through the server's `apply`: synchronously in a single process, through the node's event
@@ -181,9 +182,7 @@ class AdminApi:
                 f"{unavailable}; try again",
                 ("Retry-After", str(RETRY_AFTER_S)),
             )
-        level = logging.INFO if request.method == "DELETE" else logging.DEBUG
-        log.log(
-            level,
+        log.info(
             "admin: %s %s from %s: %d",
             request.method,
             request.path,
