@@ -158,7 +158,7 @@ class AdminApi:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         if not self._authorized(request):
             log.warning(
-                "admin: %s %s from %s: unauthorized", request.method, request.path, request.client
+                "admin: %s %r from %s: unauthorized", request.method, request.path, request.client
             )
             return _error(
                 HTTPStatus.UNAUTHORIZED,
@@ -170,7 +170,7 @@ class AdminApi:
             response = await self._route(request)
         except ClusterUnavailable as unavailable:
             log.warning(
-                "admin: %s %s from %s: not applied: %s",
+                "admin: %s %r from %s: not applied: %s",
                 request.method,
                 request.path,
                 request.client,
@@ -183,7 +183,7 @@ class AdminApi:
                 ("Retry-After", str(RETRY_AFTER_S)),
             )
         log.info(
-            "admin: %s %s from %s: %d",
+            "admin: %s %r from %s: %d",
             request.method,
             request.path,
             request.client,
