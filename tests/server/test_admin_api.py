@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from callbox.core.calls import Calling
 from tests.helpers import (
     ADMIN_TOKEN,
     accepted_call,
@@ -161,3 +162,22 @@ async def test_methods_paths_and_bodies(nursery: trio.Nursery) -> None:
     assert with_body.status == 400
     spec = await admin(url, "GET", "/api/v1/openapi.yaml")
     assert spec.status == 200 and spec.body.startswith(b"openapi: 3.1.0")
+
+
+async def test_a_bug_ending_a_call_is_a_500_and_the_call_goes_on(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*_args: object) -> None:
+        raise RuntimeError("a bug (a test)")
+
+    url = await start_server(nursery, admin_token=TOKEN)
+    async with connect(url, "alice") as alice, connect(url, "bob") as bob:
+        await accepted_call(alice, bob)
+        monkeypatch.setattr(Calling, "terminate", fail)
+        with caplog.at_level(logging.ERROR, logger="callbox.core"):
+            failed = await admin(url, "DELETE", "/api/v1/calls/call-0001")
+        assert failed.status == 500 and orjson.loads(failed.body)["error"] == "internal"
+        assert "internal error terminating call 'call-0001'" in caplog.text
+        assert (await admin(url, "GET", "/api/v1/calls/call-0001")).status == 200
+        await alice.send({"type": "hangup", "call_id": "call-0001"})
+        await bob.expect("call_ended", reason="hangup")

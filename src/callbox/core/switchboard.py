@@ -255,30 +255,24 @@ class Switchboard:
         left is committed empty: a store shared by many nodes checks there that what the failed
         run read was current (a stale cache, not a bug, may have made it fail)."""
         self._watchers.wall = wall
-        try:
-            return self._transact(True, self._timer, key, now)
-        except Missing:
-            raise
-        except Exception:
-            if self.store.reads_checked:
-                log.exception("internal error handling timer %r", key)
-            return self._transact(False, _nothing)
+        return self._contained(f"timer {key!r}", self._timer, key, now)
 
     def terminate_call(self, call_id: str, now: float, wall: float) -> list[Action]:
         """The deployer ends `call_id` (the admin API): everyone involved gets `call_ended`
         `terminated`. A call that does not exist (any more) is left alone: the actions then
-        hold no `CloseCall` for it."""
+        hold no `CloseCall` for it. A bug is contained as a timer's is (`timer_fired`)."""
         self._watchers.wall = wall
-        return self._transact(True, self._terminate_call, call_id)
+        return self._contained(f"terminating call {call_id!r}", self._terminate_call, call_id)
 
     def remove_user(self, user_id: str, now: float, wall: float) -> list[Action]:
         """The deployer removes `user_id` (the admin API): every call it is a party of ends
         at once (`terminated`, `by` the user, for the others), then every session of the user
         ends for good, as `bye` would end it (its resume token is forgotten: a later resume
         gets `resumed: false`), and each connection carrying one is closed with 4004, on
-        whichever node holds it. A user with no session and no call is left alone."""
+        whichever node holds it. A user with no session and no call is left alone. A bug is
+        contained as a timer's is (`timer_fired`)."""
         self._watchers.wall = wall
-        return self._transact(True, self._remove_user, user_id)
+        return self._contained(f"removing user {user_id!r}", self._remove_user, user_id)
 
     # -----------------------------------------------------------------------------------------
     # Introspection, for the shell's statistics and for tests
@@ -348,6 +342,21 @@ class Switchboard:
                 return store.commit(out.actions, out.applied)
             except Overflow as again:
                 overflow = again
+
+    def _contained(self, what: str, handle: Callable[..., None], *args: Any) -> list[Action]:
+        """An event with no sender to answer (a timer, the admin API's) as a transaction: a
+        bug is logged and its changes rolled back, and what is left is committed empty, so that
+        a store shared by many nodes checks that what the failed run read was current (a stale
+        cache, not a bug, may have made it fail). Letting it escape would take down a call's
+        nursery, or a node's event task."""
+        try:
+            return self._transact(True, handle, *args)
+        except Missing:
+            raise
+        except Exception:
+            if self.store.reads_checked:
+                log.exception("internal error %s", what)
+            return self._transact(False, _nothing)
 
     def _drop_deliveries_to(self, ended: set[str]) -> None:
         """Forget what the event was to send to sessions it has ended meanwhile."""

@@ -30,7 +30,7 @@ import orjson
 import trio
 
 from callbox.cluster.backend import ClusterUnavailable
-from callbox.core.actions import Action
+from callbox.core.actions import Action, CloseCall
 from callbox.core.calls import Call
 from callbox.core.presence import merged_status
 from callbox.core.sessions import Session
@@ -50,6 +50,7 @@ APPLY_TIMEOUT_S: Final = 5.0
 """How long a DELETE waits for its event (a node's queue, then the store's retries, 2 s): less
 than the transport's handshake timeout, so that the client gets 503 rather than 408."""
 RETRY_AFTER_S: Final = 1
+INTERNAL_MESSAGE: Final = "the server failed to do this; it has been logged"
 JSON: Final = "application/json"
 USER_ID: Final = re.compile("[^\\s\x00-\x1f\x7f-\x9f\ufeff]{1,64}")
 """What a user id may be (schemas/common.json, `userId`)."""
@@ -274,7 +275,11 @@ class AdminApi:
         if await server.find_call(call_id) is None:
             return _error(HTTPStatus.NOT_FOUND, "unknown_call", f"no call {call_id}")
         now, wall = server.core_now(), time.time()
-        await self._apply(lambda: server.switchboard.terminate_call(call_id, now, wall))
+        actions = await self._apply(lambda: server.switchboard.terminate_call(call_id, now, wall))
+        if CloseCall(call_id, "terminated") not in actions:  # it ended meanwhile, or a bug
+            if await server.find_call(call_id) is None:
+                return _error(HTTPStatus.NOT_FOUND, "unknown_call", f"call {call_id} has ended")
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", INTERNAL_MESSAGE)
         log.info("admin: call %s terminated, asked by %s", call_id, client)
         return HTTPStatus.NO_CONTENT.value, [], b""
 
