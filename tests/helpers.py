@@ -90,6 +90,19 @@ async def http_request(
     return HttpResult(int(status_line.split()[1]), fields, body, head.decode())
 
 
+ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
+"""The `ADMIN_TOKEN` of the tests' servers with the admin API on."""
+
+
+async def admin_request(
+    url: str, method: str, path: str, token: str | None = ADMIN_TOKEN
+) -> HttpResult:
+    """One request to the admin API of the server of `url`, with `token` as its bearer token
+    (None: without one)."""
+    headers = [] if token is None else [("Authorization", f"Bearer {token}")]
+    return await http_request(url, path, method=method, headers=headers)
+
+
 def write_certificate(ca: trustme.CA, directory: Path, name: str = "server") -> tuple[str, str]:
     """A new certificate of `ca` for 127.0.0.1 and localhost, as the files `callbox serve`
     takes: `name`.pem (the chain) and `name`.key; returns their paths."""
@@ -216,8 +229,9 @@ server (or a cluster's node cut off from its store) sends."""
 
 
 async def start_conformance_server(nursery: trio.Nursery, **settings: Any) -> str:
-    """Our server with `SHORT_LIMITS` (and `settings` over them), for the suite to run against."""
-    return await start_server(nursery, **{**SHORT_LIMITS, **settings})
+    """Our server with `SHORT_LIMITS` and the admin API on (`ADMIN_TOKEN`), and `settings` over
+    them, for the suite to run against."""
+    return await start_server(nursery, **{**SHORT_LIMITS, "admin_token": ADMIN_TOKEN, **settings})
 
 
 def initiate(call_id: str, *to: str, **extra: Any) -> dict[str, Any]:

@@ -118,6 +118,17 @@ def test_an_expiry_warning_not_shorter_than_the_cap_stops_serve_in_one_line(
     assert "CALL_EXPIRING_WARNING_MS" in line and "MAX_CALL_DURATION_MS" in line
 
 
+def test_a_short_admin_token_stops_serve_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "too-short-to-be-safe")
+    assert main(["serve"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "callbox: configuration error: admin_token (ADMIN_TOKEN) must be at least 32 bytes, got 20"
+    )
+
+
 def test_a_flag_out_of_range_is_a_configuration_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

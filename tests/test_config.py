@@ -52,6 +52,7 @@ def test_environment_variable_names_are_the_published_ones() -> None:
         "ALLOWED_ORIGINS",
         "JWT_SECRET",
         "JWT_ALGORITHM",
+        "ADMIN_TOKEN",
         "STUN_SERVERS",
         "TURN_SERVER",
         "TURN_USERNAME",
@@ -338,6 +339,14 @@ def test_a_short_jwt_secret_is_refused_without_echoing_it() -> None:
         )
     assert "at least 64 bytes for HS512, got 35" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_short_admin_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"ADMIN_TOKEN": "letmein-letmein-letmein"})
+    assert str(caught.value) == "admin_token (ADMIN_TOKEN) must be at least 32 bytes, got 23"
+    assert Config.from_env({"ADMIN_TOKEN": "a" * 32}).admin_token == "a" * 32
+    assert "a" * 32 not in repr(Config.from_env({"ADMIN_TOKEN": "a" * 32}))
 
 
 def test_repr_hides_secrets() -> None:

@@ -275,10 +275,18 @@ CLOSE_CODES: tuple[tuple[str, str, str, str], ...] = (
         "The connection sent no `hello` within `HELLO_TIMEOUT_MS` of opening.",
         "Yes, sending `hello` first.",
     ),
+    (
+        "4004",
+        "session terminated",
+        "The deployer removed this user's sessions through the admin API"
+        " (`DELETE /api/v1/users/{user_id}/sessions`, docs/backend.md); the user's calls ended"
+        " (`terminated`) and the session is gone.",
+        "Do not resume: the session is gone. A new `hello` with a valid token may start a new one.",
+    ),
 )
 """Every close code the server sends, with its close reason: `switchboard.py` (1000, 1008, 4001,
-4002, 4003), `server/app.py` and `server/cluster.py` (1012) and `server/transport/` (1001, 1011,
-1013; 1007 and 1009 come from the websockets library)."""
+4002, 4003, 4004), `server/app.py` and `server/cluster.py` (1012) and `server/transport/` (1001,
+1011, 1013; 1007 and 1009 come from the websockets library)."""
 
 BAD_INPUT: tuple[tuple[str, str], ...] = (
     ("binary frame", "`error` `invalid_message`; the connection stays open"),
@@ -309,9 +317,11 @@ TRANSPORT = """\
 **Endpoint.** One WebSocket per client at `/ws`: `ws://127.0.0.1:8765/ws` by default, `wss://`
 behind a TLS-terminating proxy ([deployment guide](deployment.md)). The same port answers
 `GET /healthz`, `GET /metrics` and the bundled demo page and browser client (`/`, files of
-`src/callbox/web/`); other paths get 404. HEAD is answered as GET, without the body; other
-methods get 405, and a request head that cannot be parsed 400, or 431 over 16 KiB. The WebSocket
-upgrade must complete within 10 s of the TCP connection (408 if the request is still incomplete).
+`src/callbox/web/`), and with `ADMIN_TOKEN` set the admin API under `/api/v1/` (the deployer's
+backend: [backend guide](backend.md)); other paths get 404. HEAD is answered as GET, without the
+body; other methods get 405, and a request head that cannot be parsed 400, or 431 over 16 KiB.
+The WebSocket upgrade must complete within 10 s of the TCP connection (408 if the request is
+still incomplete).
 
 **Frames.** JSON text frames, UTF-8, one message per frame; every message is an object with a string
 `type`. Schemas set `additionalProperties: false`, so an unknown field (a typo) is refused, not
@@ -398,6 +408,9 @@ Other RFC 6455 codes (1002 for malformed WebSocket framing) come from the WebSoc
   joins and the others get `call_ended` `answered_elsewhere`. Relays reach the joined device only.
 - Glare: when two users call each other at once, the call with the lesser `call_id` survives, both
   get `call_accepted` for it, and the other call ends with `merged`.
+- The deployer's backend may end a call (`call_ended` `terminated` for everyone involved), or
+  remove a user: the user's calls end (`terminated`, `by` the user) and the user's connections are
+  closed with 4004 (the admin API, docs/backend.md).
 - `call_initiate` is answered with `call_ringing` naming the users being rung. Users who are
   offline or busy are not rung: they drop out at once (`call_rejected`, with the request's `rid`),
   and if nobody is left to ring the call ends (`call_ended`) without a `call_ringing`.

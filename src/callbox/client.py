@@ -113,10 +113,11 @@ that the clients of a node that died do not all land on the next one in the same
 MOVE_ON_CLOSE_CODES = frozenset({1001, 1012, 1013})
 """Close codes by which a server says it cannot serve us now but another may: going away (a
 node shutting down), service restart, try again later. The next URL is tried at once."""
-FINAL_CLOSE_CODES = frozenset({1000, 1008, 4001, 4002})
+FINAL_CLOSE_CODES = frozenset({1000, 1008, 4001, 4002, 4004})
 """Close codes after which a client does not reconnect by itself: the server ended the session
-(1000, after `bye`), refused it (1008: too many sessions; 4001: authentication failed), or
-another connection took it over (4002)."""
+(1000, after `bye`; 4004, the deployer removed the user's sessions: a resume would find nothing),
+refused it (1008: too many sessions; 4001: authentication failed), or another connection took
+it over (4002)."""
 
 
 class ProtocolViolation(Exception):

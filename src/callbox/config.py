@@ -35,6 +35,10 @@ HMAC_MIN_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 """The token algorithms we accept (we hold a shared secret, not a public key) and the shortest
 secret each allows: RFC 7518 §3.2 requires a key at least as long as the hash output."""
 
+ADMIN_TOKEN_MIN_BYTES = 32
+"""The shortest admin token accepted: 256 bits, as a random token should have, so that it cannot
+be guessed (it is compared in constant time, so it cannot be found a byte at a time either)."""
+
 MIN_TURN_TTL_S = 2 * MINUTES_S
 """Ephemeral TURN credentials are refreshed a minute before they expire (see `callbox.ice`), so
 they must live longer than that."""
@@ -344,6 +348,14 @@ class Config:
     jwt_algorithm: str = _setting(
         "HS256", env="JWT_ALGORITHM", meaning="HS256, HS384 or HS512", check=_jwt_algorithm
     )
+    admin_token: str | None = _setting(
+        None,
+        env="ADMIN_TOKEN",
+        meaning="bearer token of the admin API under /api/v1/ (at least 32 bytes; see"
+        " docs/backend.md); unset: the admin API is off (404)",
+        check=_optional_text,
+        secret=True,
+    )
 
     stun_servers: tuple[str, ...] = _setting(
         (),
@@ -566,6 +578,11 @@ class Config:
                     f"{_name('jwt_secret')} must be at least {minimum} bytes for"
                     f" {self.jwt_algorithm}, got {len(self.jwt_secret.encode())}"
                 )
+        if self.admin_token is not None and len(self.admin_token.encode()) < ADMIN_TOKEN_MIN_BYTES:
+            raise ConfigError(
+                f"{_name('admin_token')} must be at least {ADMIN_TOKEN_MIN_BYTES} bytes,"
+                f" got {len(self.admin_token.encode())}"
+            )
         self._check_turn()
         if self.workers > 1 and self.redis_url is None:
             raise ConfigError(

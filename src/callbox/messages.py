@@ -43,6 +43,7 @@ EndReason = Literal[
     "merged",
     "call_full",
     "error",
+    "terminated",
 ]
 ErrorCode = Literal[
     "invalid_json",

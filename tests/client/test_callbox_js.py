@@ -14,7 +14,14 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.helpers import closed_port_url, closing_node, serve_process, start_server
+from tests.helpers import (
+    ADMIN_TOKEN,
+    admin_request,
+    closed_port_url,
+    closing_node,
+    serve_process,
+    start_server,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_TIMEOUT_S = 60
@@ -165,3 +172,17 @@ async def test_a_stopped_node_is_left_for_the_next_which_starts_a_new_session(
     assert result["lost"] == ["not_resumed"]
     assert result["resumed"] is False and result["newSession"]
     assert result["rooms"] == ["lobby"]  # `restore`: rejoined in the new session
+
+
+async def test_a_session_the_deployer_removed_is_not_resumed(tmp_path: Path) -> None:
+    """The admin API removes bob's sessions: closed with 4004, and callbox.js does not resume."""
+    async with serve_process(ADMIN_TOKEN=ADMIN_TOKEN) as server:
+
+        async def remove_bob() -> None:
+            removed = await admin_request(server.url, "DELETE", "/api/v1/users/bob/sessions")
+            assert removed.status == 204
+
+        result = await run_script(
+            "terminated_session.mjs", tmp_path, server.url, on_ready=remove_bob
+        )
+    assert result == {"closeCode": 4004, "reason": "terminated", "attempts": [], "state": "closed"}

@@ -18,7 +18,14 @@ import callbox.client
 from callbox.client import Client, SessionLost, connect
 from callbox.config import Config
 from callbox.messages import RoomJoined, RoomMemberJoined, RoomMessage, Welcome
-from tests.helpers import closed_port_url, closing_node, serve_process
+from tests.helpers import (
+    ADMIN_TOKEN,
+    admin_request,
+    closed_port_url,
+    closing_node,
+    serve_process,
+    start_server,
+)
 
 
 async def test_the_first_url_that_answers_is_used(url: str) -> None:
@@ -190,6 +197,18 @@ async def test_a_connection_taken_over_is_not_followed(
         await alice.receive()
     assert alice.connection.close_code == 4002
     await thief.aclose()
+    await alice.aclose()
+
+
+async def test_a_session_the_deployer_removed_is_not_followed(nursery: trio.Nursery) -> None:
+    """4004: the admin API removed the user's sessions; a resume would find nothing."""
+    url = await start_server(nursery, admin_token=ADMIN_TOKEN)
+    alice = await Client.open(nursery, url, user_id="alice", reconnect=True)
+    removed = await admin_request(url, "DELETE", "/api/v1/users/alice/sessions")
+    assert removed.status == 204
+    with trio.fail_after(10), pytest.raises(ConnectionClosed):
+        await alice.receive()
+    assert alice.connection.close_code == 4004
     await alice.aclose()
 
 

@@ -138,6 +138,10 @@ class ClusterMixin(Harness):
     def _on(self, conn: int, event: Callable[[Switchboard], list[Action]]) -> None:
         self._run(self.nodes[node_of(conn)], event)
 
+    def server_event(self, event: Callable[[Switchboard], list[Action]]) -> None:
+        """On the first node, whichever holds the connections it concerns."""
+        self._run(self.nodes[1], event)
+
     def drop(self, conn: int) -> None:
         self.nodes[node_of(conn)].gateway.closed(conn)
         super().drop(conn)

@@ -154,6 +154,18 @@ async def test_nothing_asked_nothing_answered(backend: Backend) -> None:
     assert await one(backend, Transaction({})) == CommittedAs(1, ())
 
 
+async def test_record_names_lists_the_keys_of_one_kind_up_to_a_limit(backend: Backend) -> None:
+    calls = {f"call:c{n:04}": b"{}" for n in range(1_200)}  # more than a SCAN page
+    await one(backend, Transaction({}, writes={**calls, "user:c0001": b"{}", "callx:1": b""}))
+    assert sorted(await backend.record_names("call", 2_000)) == sorted(calls)
+    some = await backend.record_names("call", 7)
+    assert len(some) == 7 and set(some) <= set(calls)
+    assert await backend.record_names("user", 10) == ["user:c0001"]
+    assert await backend.record_names("room", 10) == []
+    await one(backend, Transaction({"call:c0000": 1}, deletes=frozenset({"call:c0000"})))
+    assert "call:c0000" not in await backend.record_names("call", 2_000)
+
+
 # Outboxes
 
 

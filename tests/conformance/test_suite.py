@@ -14,7 +14,7 @@ from callbox.conformance.cases.negative import mutants
 from callbox.conformance.generation import generate
 from callbox.conformance.registry import CASES, SECTIONS
 from callbox.conformance.runner import Options, run_suite, select
-from tests.helpers import CONFORMANCE_SKIPPED, start_conformance_server
+from tests.helpers import ADMIN_TOKEN, CONFORMANCE_SKIPPED, start_conformance_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def yaml_rows() -> set[str]:
 @pytest.mark.slow
 async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> None:
     url = await start_conformance_server(nursery)
-    report = await run_suite(url, Options())
+    report = await run_suite(url, Options(admin_token=ADMIN_TOKEN))
     failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
     assert failed == []
     assert {r.case.id for r in report.results if r.status == "skip"} == CONFORMANCE_SKIPPED
@@ -43,6 +43,16 @@ async def test_the_suite_passes_against_our_server(nursery: trio.Nursery) -> Non
     assert report.traffic.invalid == 0
     assert set(report.traffic.sent) == set(messages.CLIENT_MESSAGES)
     assert set(messages.SERVER_MESSAGES) - set(report.traffic.received) == {"ice_servers"}
+
+
+async def test_the_admin_cases_skip_without_the_admin_token(nursery: trio.Nursery) -> None:
+    url = await start_conformance_server(nursery)
+    admin_cases = {"call.ringing.terminate", "call.active.terminate", "resume.terminated"}
+    report = await run_suite(url, Options(only=frozenset({"states", "resume"})))
+    skipped = {r.case.id: r.why for r in report.results if r.status == "skip"}
+    for case_id in admin_cases:
+        assert skipped[case_id] == "needs the server's admin API: run with --admin-token"
+    assert [r.case.id for r in report.results if r.status == "fail"] == []
 
 
 def test_every_row_of_the_state_table_has_a_case() -> None:

@@ -17,7 +17,7 @@ from callbox.conformance.registry import CASES
 from callbox.conformance.report import table, to_json
 from callbox.conformance.runner import Options, run_suite
 from callbox.messages import CLIENT_MESSAGES, SERVER_MESSAGES
-from tests.helpers import start_conformance_server, start_server
+from tests.helpers import ADMIN_TOKEN, start_conformance_server, start_server
 
 LIMITED = {
     "resume.after_much_traffic",
@@ -38,7 +38,7 @@ async def test_a_warning_right_after_every_answer_fails_no_case(nursery: trio.Nu
     """The issue's server: `call_expiring` comes as soon as a call is answered. Cases about
     something else skip it; those about it still check it."""
     url = await start_conformance_server(nursery, call_expiring_warning_ms=2999)
-    report = await run_suite(url, Options())
+    report = await run_suite(url, Options(admin_token=ADMIN_TOKEN))
     failed = [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"]
     assert failed == []
     assert report.tolerated()["call_expiring"] > 0

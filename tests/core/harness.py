@@ -244,6 +244,11 @@ class Harness:
         now, wall = self.now, self.wall
         self._on(conn, lambda sb: sb.receive(conn, data, now, wall))
 
+    def server_event(self, event: Callable[[Switchboard], list[Action]]) -> None:
+        """Feed the switchboard an event that comes from no connection (the admin API's), and
+        carry out its actions."""
+        self._apply(self._event(event))
+
     def receive_binary(self, conn: int) -> None:
         now = self.now
         self._on(conn, lambda sb: sb.receive_binary(conn, now))

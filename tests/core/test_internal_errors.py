@@ -143,3 +143,24 @@ def test_a_move_the_state_table_lacks_is_refused_invalid_state_and_changes_nothi
     assert bob not in h.closed
     h.quiet(alice, bob)
     assert h.switchboard.call_state("call-0001") is CallState.RINGING
+
+
+def test_a_failing_admin_event_is_logged_and_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admin API's events have no sender either: a bug in one is logged and contained (in
+    a cluster, it would take the node's event task down), and the call goes on."""
+    h = Harness()
+    alice, bob = h.login("alice"), h.login("bob")
+    call_between(h, alice, bob)
+    monkeypatch.setattr(Calling, "terminate", fail)
+    now, wall = h.now, h.wall
+    with caplog.at_level(logging.ERROR, logger="callbox.core"):
+        h.server_event(lambda sb: sb.terminate_call("call-0001", now, wall))
+        h.server_event(lambda sb: sb.remove_user("bob", now, wall))
+    assert [record.getMessage() for record in caplog.records] == [
+        "internal error terminating call 'call-0001'",
+        "internal error removing user 'bob'",
+    ]
+    h.quiet(alice, bob)
+    assert h.closed == {} and h.open_calls == {"call-0001"}

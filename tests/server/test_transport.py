@@ -17,14 +17,13 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from websockets.client import ClientProtocol
-from websockets.datastructures import Headers
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import parse_uri
 
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
-from callbox.server.transport.http import HttpHandler, HttpResponse
+from callbox.server.transport.http import HttpHandler, HttpRequest, HttpResponse
 from callbox.server.transport.listener import (
     ACCEPT_RETRY_SECONDS,
     SharedServices,
@@ -384,8 +383,8 @@ async def test_slow_reader_is_closed_1013_and_buffer_stays_bounded() -> None:
 
 
 async def test_http_requests_on_other_paths() -> None:
-    def http_handler(path: str, _headers: Headers) -> HttpResponse | None:
-        if path == "/healthz":
+    async def http_handler(request: HttpRequest) -> HttpResponse | None:
+        if request.path == "/healthz" and request.query == "probe=1":
             headers = [("Content-Type", "application/json"), ("X-Check", "1")]
             return 200, [*headers, ("Content-Length", "999")], b'{"ok":true}'
         return None

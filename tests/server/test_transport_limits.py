@@ -13,14 +13,13 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
-from websockets.datastructures import Headers
 from websockets.frames import Opcode
 
 from callbox.config import Config
 from callbox.server.app import serve
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
-from callbox.server.transport.http import HttpHandler, HttpResponse
+from callbox.server.transport.http import HttpHandler, HttpRequest, HttpResponse
 
 from .test_transport import (
     CONFIG,
@@ -146,10 +145,10 @@ async def test_a_large_read_is_handled_in_turns_with_other_connections() -> None
 def paths_handler(requested: list[str]) -> HttpHandler:
     """200 for every path but /nope, noting which were asked for."""
 
-    def http(path: str, _headers: Headers) -> HttpResponse | None:
-        if path == "/nope":
+    async def http(request: HttpRequest) -> HttpResponse | None:
+        if request.path == "/nope" or request.method not in ("GET", "HEAD"):
             return None
-        requested.append(path)
+        requested.append(request.path)
         return 200, [("Content-Type", "text/plain")], b"ok\n"
 
     return http

@@ -224,6 +224,13 @@ class Backend(Protocol):
         """The current version and value of each key."""
         ...
 
+    async def record_names(self, kind: str, limit: int) -> list[str]:
+        """Up to `limit` keys of records of `kind` ("call:<id>" for "call", ...), in no
+        particular order: the admin API's listing, the only reader that scans the store. Each
+        read is bounded (a page, `SCAN`-style: never every key at once), and a key written or
+        deleted meanwhile may or may not be listed."""
+        ...
+
     async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
         """Each session's outbox (None: it has none)."""
         ...
@@ -447,6 +454,10 @@ class MemoryBackend:
 
     async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
         return self.outboxes_now(session_ids)
+
+    async def record_names(self, kind: str, limit: int) -> list[str]:
+        start = f"{kind}:"
+        return [name for name in self.records if name.startswith(start)][:limit]
 
     async def commit(
         self, batch_id: str, batch: Sequence[Transaction], not_after_ms: int = 0

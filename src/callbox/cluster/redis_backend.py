@@ -86,6 +86,15 @@ _DEAD_NODES = _script("dead_nodes.lua")
 _CLAIM_NODE = _script("claim_node.lua")
 
 
+SCAN_PAGE = 500
+"""Keys `SCAN` looks at per step (`record_names`): each step holds Redis that long."""
+
+
+def _glob_escaped(text: str) -> str:
+    """`text` matched literally by a `MATCH` pattern."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
 @define(eq=False)
 class RedisBackend:
     """The store in Redis, through a coredis client whose pool the caller has entered
@@ -124,6 +133,19 @@ class RedisBackend:
             key: Versioned(cast(int, version), cast(bytes | None, data))
             for key, version, data in zip(keys, values, values, strict=True)
         }
+
+    async def record_names(self, kind: str, limit: int) -> list[str]:
+        """`SCAN` with `MATCH` over the records' keys, `SCAN_PAGE` keys a step (never `KEYS`,
+        which blocks Redis for the whole key space)."""
+        start = f"{self.prefix}r:"
+        pattern = _glob_escaped(f"{start}{kind}:") + "*"
+        names: list[str] = []
+        cursor: int | None = None
+        with self._reaching():
+            while cursor != 0 and len(names) < limit:
+                cursor, keys = await self.client.scan(cursor or 0, match=pattern, count=SCAN_PAGE)
+                names += (key.decode().removeprefix(start) for key in keys)
+        return names[:limit]
 
     async def outboxes(self, session_ids: Sequence[str]) -> dict[str, OutboxState | None]:
         with self._reaching():

@@ -85,6 +85,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds a case may take besides the timers it waits for"
         f" (default {DEFAULTS.case_timeout:g})",
     )
+    parser.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help="the server's ADMIN_TOKEN: the cases that end a call or a user's sessions through"
+        " its admin API (reason terminated, close 4004) run; without it they are skipped",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
     parser.set_defaults(command=run)
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         jobs=args.jobs,
         case_timeout=args.case_timeout,
+        admin_token=args.admin_token,
     )
     try:
         report = trio.run(run_suite, args.url, options)

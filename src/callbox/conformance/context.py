@@ -10,6 +10,7 @@ from typing import TypeVar
 import trio
 
 from callbox.client import Client, Connection, Traffic
+from callbox.conformance.admin import admin_request
 from callbox.conformance.generation import Generated
 from callbox.conformance.options import Options
 from callbox.conformance.registry import Skip
@@ -143,6 +144,14 @@ class Context:
         client.tolerated, client.skipped, client.spread = self._tolerated, Counter(), self.spread
         self._clients.append(client)
         return client
+
+    async def admin(self, method: str, path: str) -> int:
+        """The status of a request to the server's admin API (a cluster: any node), with
+        `Options.admin_token`; without one, the case is skipped."""
+        token = self.options.admin_token
+        if token is None:
+            raise Skip("needs the server's admin API: run with --admin-token")
+        return await admin_request(self.spread.next(), method, path, token)
 
     async def clients(self, *labels: str) -> list[CaseClient]:
         return [await self.client(label) for label in labels]

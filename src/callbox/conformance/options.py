@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 from attrs import frozen
 
 
@@ -21,3 +22,6 @@ class Options:
     """Cases run at once."""
     case_timeout: float = 10.0
     """Seconds a case may take, on top of the server timers it waits for."""
+    admin_token: str | None = attrs.field(default=None, repr=False)
+    """The server's `ADMIN_TOKEN`: the cases that end calls and sessions through its admin API
+    run with it, and skip (saying so) without it."""

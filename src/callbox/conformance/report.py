@@ -108,6 +108,7 @@ def to_json(report: Report) -> bytes:
                 **attrs.asdict(report.options),
                 "only": sorted(report.options.only),
                 "skip": sorted(report.options.skip),
+                "admin_token": None if report.options.admin_token is None else "<redacted>",
             },
             "seconds": report.seconds,
             "summary": {

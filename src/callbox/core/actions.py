@@ -20,6 +20,9 @@ CLOSE_RESTART = 1012
 CLOSE_AUTH_FAILED = 4001
 CLOSE_TAKEN_OVER = 4002
 CLOSE_HELLO_TIMEOUT = 4003
+CLOSE_SESSION_TERMINATED = 4004
+"""The deployer removed the user's sessions (the admin API): the client must not resume; a new
+`hello` may start a new session (docs/decisions/0016-admin-api.md says why not 4003)."""
 
 
 @frozen

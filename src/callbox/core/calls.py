@@ -527,6 +527,12 @@ class Calling:
         if state is CallState.ENDED:
             self._end_call(call, end_reason, by=party.user_id)
 
+    def terminate(self, call: Call, by: str | None) -> None:
+        """The deployer ends the call (the admin API): everyone still involved, joined or
+        ringing, gets `call_ended` `terminated`; `by`, when a party's removal ended it."""
+        call.apply(CallEvent.TERMINATE)
+        self._end_call(call, "terminated", by=by)
+
     def _end_call(
         self, call: Call, reason: EndReason, by: str | None, detail: HangupReason | None = None
     ) -> None:

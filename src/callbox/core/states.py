@@ -49,6 +49,8 @@ class CallEvent(enum.StrEnum):
     """Glare: this call loses to the other side's call with the lesser `call_id`."""
     RELAY = "relay"
     """SDP or ICE from one joined party to another (`sdp_offer`, `sdp_answer`, `ice_candidate`)."""
+    TERMINATE = "terminate"
+    """The deployer ends the call (the admin API), or removes a party's sessions."""
 
 
 class Occupancy(enum.StrEnum):
@@ -98,6 +100,7 @@ CALL_TRANSITIONS: Mapping[CallState, Mapping[CallEvent, CallOutcome]] = {
         CallEvent.EXPIRY_WARNING: CallState.RINGING,
         CallEvent.MAX_DURATION: CallState.ENDED,
         CallEvent.MERGE: CallState.ENDED,
+        CallEvent.TERMINATE: CallState.ENDED,
     },
     CallState.ACTIVE: {
         CallEvent.INVITE: CallState.ACTIVE,
@@ -107,6 +110,7 @@ CALL_TRANSITIONS: Mapping[CallState, Mapping[CallEvent, CallOutcome]] = {
         CallEvent.EXPIRY_WARNING: CallState.ACTIVE,
         CallEvent.MAX_DURATION: CallState.ENDED,
         CallEvent.RELAY: CallState.ACTIVE,
+        CallEvent.TERMINATE: CallState.ENDED,
     },
     CallState.ENDED: {},
 }

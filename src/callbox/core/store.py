@@ -24,6 +24,7 @@ token, and per user the sessions and calls it is in. Nothing scans all calls or 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, MutableMapping
 from typing import Any, Final, Protocol
 
@@ -125,6 +126,11 @@ class Store(Protocol):
     def call(self, call_id: str) -> Call | None: ...
     def add_call(self, call: Call) -> None: ...
     def remove_call(self, call_id: str) -> None: ...
+    def listed_calls(self, limit: int) -> list[Call]:
+        """Up to `limit` calls, in no particular order: the admin API's listing, outside any
+        event, and the one lookup that scans. (A node of a cluster lists the shared store's
+        calls instead: its own are only those it has cached.)"""
+        ...
 
     # Rooms
     def room(self, name: str) -> Room | None: ...
@@ -413,6 +419,9 @@ class LocalStore:
     def remove_call(self, call_id: str) -> None:
         self._note("call", call_id)
         del self.calls[call_id]
+
+    def listed_calls(self, limit: int) -> list[Call]:
+        return list(itertools.islice(self.calls.values(), limit))
 
     def room(self, name: str) -> Room | None:
         room = self.rooms.get(name)

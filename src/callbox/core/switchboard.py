@@ -36,6 +36,7 @@ from callbox.core.actions import (
     CALL_TIMERS,
     CLOSE_NORMAL,
     CLOSE_RESTART,
+    CLOSE_SESSION_TERMINATED,
     CLOSE_TAKEN_OVER,
     Action,
     CancelTimer,
@@ -255,14 +256,24 @@ class Switchboard:
         left is committed empty: a store shared by many nodes checks there that what the failed
         run read was current (a stale cache, not a bug, may have made it fail)."""
         self._watchers.wall = wall
-        try:
-            return self._transact(True, self._timer, key, now)
-        except Missing:
-            raise
-        except Exception:
-            if self.store.reads_checked:
-                log.exception("internal error handling timer %r", key)
-            return self._transact(False, _nothing)
+        return self._contained(f"timer {key!r}", self._timer, key, now)
+
+    def terminate_call(self, call_id: str, now: float, wall: float) -> list[Action]:
+        """The deployer ends `call_id` (the admin API): everyone involved gets `call_ended`
+        `terminated`. A call that does not exist (any more) is left alone: the actions then
+        hold no `CloseCall` for it. A bug is contained as a timer's is (`timer_fired`)."""
+        self._watchers.wall = wall
+        return self._contained(f"terminating call {call_id!r}", self._terminate_call, call_id)
+
+    def remove_user(self, user_id: str, now: float, wall: float) -> list[Action]:
+        """The deployer removes `user_id` (the admin API): every call it is a party of ends
+        at once (`terminated`, `by` the user, for the others), then every session of the user
+        ends for good, as `bye` would end it (its resume token is forgotten: a later resume
+        gets `resumed: false`), and each connection carrying one is closed with 4004, on
+        whichever node holds it. A user with no session and no call is left alone. A bug is
+        contained as a timer's is (`timer_fired`)."""
+        self._watchers.wall = wall
+        return self._contained(f"removing user {user_id!r}", self._remove_user, user_id)
 
     @property
     def tokens(self) -> TokenTape:
@@ -333,16 +344,33 @@ class Switchboard:
             store.changing()
             for session_id in overflow.session_ids:
                 self._end_session(held_session(store, session_id))
-            ended = set(overflow.session_ids)
-            out.actions = [
-                action
-                for action in out.actions
-                if not (type(action) is tuple and action[0] in ended)
-            ]
+            self._drop_deliveries_to(set(overflow.session_ids))
             try:
                 return store.commit(out.actions, out.applied)
             except Overflow as again:
                 overflow = again
+
+    def _contained(self, what: str, handle: Callable[..., None], *args: Any) -> list[Action]:
+        """An event with no sender to answer (a timer, the admin API's) as a transaction: a
+        bug is logged and its changes rolled back, and what is left is committed empty, so that
+        a store shared by many nodes checks that what the failed run read was current (a stale
+        cache, not a bug, may have made it fail). Letting it escape would take down a call's
+        nursery, or a node's event task."""
+        try:
+            return self._transact(True, handle, *args)
+        except Missing:
+            raise
+        except Exception:
+            if self.store.reads_checked:
+                log.exception("internal error %s", what)
+            return self._transact(False, _nothing)
+
+    def _drop_deliveries_to(self, ended: set[str]) -> None:
+        """Forget what the event was to send to sessions it has ended meanwhile."""
+        out = self.outbox
+        out.actions = [
+            action for action in out.actions if not (type(action) is tuple and action[0] in ended)
+        ]
 
     def _client(self, link: Link) -> str | ConnId:
         """Who answers go to on `link`: its session, or the bare connection before `hello`."""
@@ -436,6 +464,30 @@ class Switchboard:
                     self._watchers.set_status(session, message)
         except Refused as refusal:
             self.outbox.error(session_id, refusal.code, refusal.message, refusal.path, message.rid)
+
+    def _terminate_call(self, call_id: str) -> None:
+        call = self.store.call(call_id)
+        if call is not None:
+            self._calling.terminate(call, by=None)
+
+    def _remove_user(self, user_id: str) -> None:
+        user = self.store.user(user_id)
+        if user is None:
+            return
+        for call_id in sorted(user.calls):  # sorted: the same order on every node and rerun
+            call = self.store.call(call_id)
+            if call is not None:
+                self._calling.terminate(call, by=user_id)
+        ended: set[str] = set()
+        for session in list(self.store.devices(user_id)):
+            conn = session.conn
+            self._end_session(session)
+            ended.add(session.session_id)
+            if conn is not None:
+                if conn in self._links:  # else another node's: it forgets it when it closes
+                    self.outbox.after_commit.append(partial(self._links.pop, conn, None))
+                self.outbox.close(conn, CLOSE_SESSION_TERMINATED, "session terminated")
+        self._drop_deliveries_to(ended)  # their own `call_ended`: their sockets are closing
 
     def _ended_elsewhere(self, link: Link, session: Session | None) -> None:
         """Another node of a cluster took the session `link` carries away from it, and this

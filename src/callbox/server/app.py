@@ -30,7 +30,6 @@ from typing import Any, Final, Protocol
 
 import trio
 from attrs import define, field
-from websockets.datastructures import Headers
 from websockets.typing import Origin
 
 from callbox.auth import authenticate
@@ -46,16 +45,19 @@ from callbox.core.actions import (
     StartTimer,
     TimerKey,
 )
-from callbox.core.store import LocalStore, Store
+from callbox.core.calls import Call
+from callbox.core.sessions import Session
+from callbox.core.store import LocalStore, Store, User
 from callbox.core.switchboard import Switchboard
 from callbox.ice import credentials_refresh_at, ice_servers_for
 from callbox.messages import Hello, IceServer
+from callbox.server.admin import API_PREFIX, AdminApi
 from callbox.server.metrics import CONTENT_TYPE, Metrics
 from callbox.server.static import StaticFiles, schema_files
 from callbox.server.timers import SessionTimers
 from callbox.server.transport.config import TransportConfig
 from callbox.server.transport.connection import Connection
-from callbox.server.transport.http import HttpResponse
+from callbox.server.transport.http import HttpRequest, HttpResponse
 from callbox.server.transport.listener import serve_websockets
 from callbox.server.transport.tls import CertificateError, ServerCertificate
 
@@ -150,6 +152,8 @@ class SignalingServer:
         self._files = StaticFiles(
             {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
         )
+        token = switchboard.config.admin_token
+        self._admin = None if token is None else AdminApi(token, self)
 
     # ConnectionHandler -------------------------------------------------------------------------
 
@@ -207,14 +211,49 @@ class SignalingServer:
 
     # HTTP ----------------------------------------------------------------------------------------
 
-    def http(self, path: str, headers: Headers) -> HttpResponse | None:
-        """Health, metrics, and the static files: the demo page with its browser client, and
-        the schemas (`callbox.server.static`); anything else is 404."""
+    async def http(self, request: HttpRequest) -> HttpResponse | None:
+        """Health, metrics, the static files (the demo page with its browser client, and the
+        schemas: `callbox.server.static`), and the admin API under `/api/` when it is on
+        (`callbox.server.admin`); anything else is 404, or 405 for a method but GET and HEAD."""
+        path = request.path
+        if path.startswith(API_PREFIX):
+            return None if self._admin is None else await self._admin.handle(request)
+        if request.method not in ("GET", "HEAD"):
+            return None
+        return self.resource(path, request)
+
+    def resource(self, path: str, request: HttpRequest) -> HttpResponse | None:
+        """A read-only resource at `path` (GET and HEAD)."""
         if path == "/healthz":
             return 200, [("Content-Type", "text/plain")], b"ok\n"
         if path == "/metrics":
             return 200, [("Content-Type", CONTENT_TYPE)], self.metrics.render()
-        return self._files.respond(path, headers)
+        return self._files.respond(path, request.headers)
+
+    # What the admin API reads and does (`callbox.server.admin.AdminServer`) ------------------
+
+    def core_now(self) -> float:
+        return trio.current_time()
+
+    async def apply(self, event: Callable[[], list[Action]]) -> list[Action]:
+        """Run `event` and carry out its actions at once, as a connection's event is."""
+        actions = event()
+        self._carry_out(actions)
+        return actions
+
+    async def find_call(self, call_id: str) -> Call | None:
+        return self.switchboard.store.call(call_id)
+
+    async def list_calls(self, limit: int) -> list[Call]:
+        return self.switchboard.store.listed_calls(limit)
+
+    async def find_user(self, user_id: str) -> tuple[User, list[Session]] | None:
+        store = self.switchboard.store
+        user = store.user(user_id)
+        return None if user is None else (user, store.devices(user_id))
+
+    async def statistics(self) -> dict[str, int]:
+        return self.switchboard.statistics()
 
     # Actions -------------------------------------------------------------------------------------
 

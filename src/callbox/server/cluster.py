@@ -33,7 +33,6 @@ from typing import Final, Protocol, TypeVar
 
 import trio
 from attrs import define, field, frozen
-from websockets.datastructures import Headers
 
 from callbox.cluster.backend import (
     Backend,
@@ -70,11 +69,15 @@ from callbox.core.actions import (
     StartTimer,
     TimerKey,
 )
+from callbox.core.calls import Call
+from callbox.core.encoding import decode_record
+from callbox.core.sessions import Session
+from callbox.core.store import User
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Error
 from callbox.server.app import Parent, SignalingServer, build_switchboard, run_server
 from callbox.server.transport.connection import Connection
-from callbox.server.transport.http import HttpResponse
+from callbox.server.transport.http import HttpRequest, HttpResponse
 
 log = logging.getLogger("callbox.cluster")
 
@@ -105,6 +108,8 @@ CLOCK_MARGIN_S: Final = 0.2
 CATCH_UP_S: Final = 5.0
 CATCH_UP_BATCH: Final = 500
 CLOSE_UNAVAILABLE: Final = 1013
+COUNTED_RECORDS: Final = 100_000
+"""The admin API's statistics count at most this many records of each kind in the store."""
 UNAVAILABLE_MESSAGE: Final = (
     "the cluster's store is out of reach: the message was not applied; send it again"
 )
@@ -157,6 +162,8 @@ class Queued:
     """Whether it runs alone (`Runnable.exclusive`): a message on a connection without a
     session yet (a `hello`, which may take another connection over, and reads the sign-in
     throttle all `hello`s share), a timer, a dead node's session detached."""
+    refused: Callable[[], None] | None = None
+    """Told if it cannot be applied (`ClusterServer.apply` waits on it)."""
 
 
 def wake_message(wake: Wake) -> bytes:
@@ -430,6 +437,8 @@ class ClusterServer(SignalingServer):
         """The event could not be applied: a client message is answered `unavailable` (a
         `hello`, close 1013), a timer is run again later; a lost connection's grace starts when
         the store is back (its session's node will be found dead)."""
+        if event.refused is not None:
+            event.refused()
         if event.timer:
             self._nursery.start_soon(self._retry, event)
             return
@@ -473,12 +482,66 @@ class ClusterServer(SignalingServer):
 
     # Nodes: this one's lease, and the others' death ------------------------------------------
 
-    def http(self, path: str, headers: Headers) -> HttpResponse | None:
+    def resource(self, path: str, request: HttpRequest) -> HttpResponse | None:
         """`/healthz` fails while this node cannot reach the store (its lease is not renewed):
         a load balancer then sends new clients to another node."""
         if path == "/healthz" and trio.current_time() - self._reached_at > UNHEALTHY_AFTER_S:
             return 503, [("Content-Type", "text/plain")], b"the cluster's store is out of reach\n"
-        return super().http(path, headers)
+        return super().resource(path, request)
+
+    # The admin API: events through the event task, reads from the store ----------------------
+
+    def core_now(self) -> float:
+        return self._now()
+
+    async def apply(self, event: Callable[[], list[Action]]) -> list[Action]:
+        """Queue `event` (one of the admin API's) for this node's event task, which runs it as
+        any event (committed to the store, then carried out: its `Close` of a connection on
+        another node is forwarded there); returns its committed actions. Raises
+        `ClusterUnavailable` if it was not applied (the queue full, the store out of reach)."""
+        settled = trio.Event()
+        committed: list[list[Action]] = []
+
+        def run() -> list[Action]:
+            actions = event()
+            committed.append(actions)  # the run that returns is the one that stands
+            settled.set()
+            return actions
+
+        # Exclusive: removing a user unlinks connections of this node other than its own.
+        self._enqueue(Queued(run, exclusive=True, refused=settled.set))
+        await settled.wait()
+        if not committed:
+            raise ClusterUnavailable("the cluster's store is out of reach: nothing was done")
+        return committed[-1]
+
+    async def _records(self, names: list[str]) -> list[bytes]:
+        """The stored records under `names` that exist (read from the store, not the cache)."""
+        loaded = await self._backend.load(names) if names else {}
+        return [versioned.data for versioned in loaded.values() if versioned.data is not None]
+
+    async def find_call(self, call_id: str) -> Call | None:
+        found = await self._records([f"call:{call_id}"])
+        return decode_record(Call, found[0]) if found else None
+
+    async def list_calls(self, limit: int) -> list[Call]:
+        names = await self._backend.record_names("call", limit)
+        return [decode_record(Call, data) for data in await self._records(names)]
+
+    async def find_user(self, user_id: str) -> tuple[User, list[Session]] | None:
+        found = await self._records([f"user:{user_id}"])
+        if not found:
+            return None
+        user = decode_record(User, found[0])
+        names = [f"session:{session_id}" for session_id in user.sessions]
+        return user, [decode_record(Session, data) for data in await self._records(names)]
+
+    async def statistics(self) -> dict[str, int]:
+        """This node's connections; the cluster's records, counted up to `COUNTED_RECORDS`."""
+        counts = {"connections": len(self._connections)}
+        for kind in ("session", "user", "call", "room"):
+            counts[f"{kind}s"] = len(await self._backend.record_names(kind, COUNTED_RECORDS))
+        return counts
 
     async def _keep_lease(self) -> None:
         """Renew this node's lease every `LEASE_RENEW_S`. A node found dead meanwhile (it could

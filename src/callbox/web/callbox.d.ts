@@ -277,6 +277,9 @@ export type UserStatus = "online" | "away" | "dnd" | "in_call" | "offline";
  * the lesser `call_id`, for which `call_accepted` follows.
  * - `call_full`: this user's answer or join would have exceeded `limits.max_participants`.
  * - `error`: the server ended the call because of an internal failure.
+ * - `terminated`: the deployer's backend ended it through the admin API (`DELETE
+ * /api/v1/calls/{call_id}`, or the removal of a party's sessions: `by` then names that user, whose
+ * sockets are closed with 4004).
  */
 export type EndReason =
   | "hangup"
@@ -289,7 +292,8 @@ export type EndReason =
   | "answered_elsewhere"
   | "merged"
   | "call_full"
-  | "error";
+  | "error"
+  | "terminated";
 
 /**
  * What went wrong (`error.code`).
@@ -941,10 +945,17 @@ export type SessionLostReason =
   | "auth_failed"
   | "taken_over"
   | "refused"
+  | "terminated"
   | "closed";
 
 /** A `CallboxError`'s code when no server `error` was involved. */
-export type LocalErrorCode = "timeout" | "session_lost" | "closed" | "taken_over" | "refused";
+export type LocalErrorCode =
+  | "timeout"
+  | "session_lost"
+  | "closed"
+  | "taken_over"
+  | "refused"
+  | "terminated";
 
 /** The arguments of `emit` after the event's name: its value, or none when that is `undefined`. */
 type Args<Value> = Value extends undefined ? [] : [value: Value];

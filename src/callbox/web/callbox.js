@@ -43,6 +43,7 @@
 /** Close codes the server uses that mean "do not try to resume". */
 const CLOSE_AUTH_FAILED = 4001;
 const CLOSE_TAKEN_OVER = 4002;
+const CLOSE_SESSION_TERMINATED = 4004; // the deployer removed the user's sessions: no resume
 const CLOSE_POLICY = 1008;
 /** Close codes by which a server says it cannot serve us now but another may: going away (a node
  * shutting down), service restart, try again later. The next URL is tried at once. */
@@ -560,7 +561,12 @@ export class CallboxClient extends Emitter {
     const wasWelcomed = this._welcomed;
     this._welcomed = false;
     if (this._closing) return;
-    const fatal = { [CLOSE_AUTH_FAILED]: "auth_failed", [CLOSE_TAKEN_OVER]: "taken_over", [CLOSE_POLICY]: "refused" }[event.code];
+    const fatal = {
+      [CLOSE_AUTH_FAILED]: "auth_failed",
+      [CLOSE_TAKEN_OVER]: "taken_over",
+      [CLOSE_POLICY]: "refused",
+      [CLOSE_SESSION_TERMINATED]: "terminated",
+    }[event.code];
     if (this._connectWaiters && !wasWelcomed && !this.resumeToken) {
       // The very first connect failed: the next URL is tried at once, each once; then it is
       // reported to connect()'s caller instead of retrying.

@@ -7,6 +7,7 @@ from contextlib import suppress
 import attrs
 
 from callbox.client import Client, ConnectionClosed
+from callbox.conformance.admin import segment
 from callbox.conformance.context import Context
 from callbox.conformance.registry import Skip, case
 from callbox.conformance.steps import (
@@ -261,6 +262,22 @@ async def takeover(ctx: Context) -> None:
     code = await old.wait_closed()
     check(code == 4002, f"the taken-over connection was closed with {code}, not 4002")
     await bob.ping()
+
+
+@case("resume.terminated", "resume", covers=("end:terminated",))
+async def terminated_by_the_deployer(ctx: Context) -> None:
+    """The deployer removes a user's sessions (admin API): its connection is closed with 4004,
+    the other party's call ends terminated by it, and its old token resumes nothing."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
+    old = bob.connection
+    status = await ctx.admin("DELETE", f"/api/v1/users/{segment(bob.user_id)}/sessions")
+    check(status == 204, f"DELETE of {bob.user_id}'s sessions answered {status}, not 204")
+    await ended([alice], call_id, "terminated", by=bob.user_id)
+    code = await old.wait_closed()
+    check(code == 4004, f"the removed user's connection was closed with {code}, not 4004")
+    welcome = await bob.resume()
+    check(not welcome.resumed, "a resume after 4004: welcome says resumed true")
 
 
 @case("resume.last_seq_ahead", "resume")

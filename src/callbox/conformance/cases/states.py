@@ -10,6 +10,7 @@ timeouts.py). A test proves these ids are the rows.
 
 from __future__ import annotations
 
+from callbox.conformance.admin import segment
 from callbox.conformance.cases.calls import new_call_lesser
 from callbox.conformance.context import Context
 from callbox.conformance.registry import Case, Skip, add, case
@@ -18,6 +19,7 @@ from callbox.conformance.steps import (
     SDP,
     answer,
     call,
+    check,
     ended,
     invite,
     is_ended,
@@ -215,3 +217,31 @@ async def active_relay(ctx: Context) -> None:
         RelayedIceCandidate, call_id=call_id, from_=alice.user_id, candidate=CANDIDATE
     )
     await relays(carol, bob, call_id)
+
+
+# Rows driven by the deployer's admin API: they need `--admin-token`.
+
+
+@case("call.ringing.terminate", "states", covers=("end:terminated",))
+async def ringing_terminate(ctx: Context) -> None:
+    """The deployer ends a ringing call: caller and callee get call_ended terminated."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await ring(alice, [bob])
+    await terminated(ctx, call_id)
+    await ended([alice, bob], call_id, "terminated")
+    await is_ended(alice, call_id, bob)
+
+
+@case("call.active.terminate", "states", covers=("end:terminated",))
+async def active_terminate(ctx: Context) -> None:
+    """The deployer ends an active call: both parties get call_ended terminated."""
+    alice, bob = await ctx.clients("alice", "bob")
+    call_id = await call(alice, bob)
+    await terminated(ctx, call_id)
+    await ended([alice, bob], call_id, "terminated")
+    await is_ended(bob, call_id, alice)
+
+
+async def terminated(ctx: Context, call_id: str) -> None:
+    status = await ctx.admin("DELETE", f"/api/v1/calls/{segment(call_id)}")
+    check(status == 204, f"DELETE /api/v1/calls/{call_id} answered {status}, not 204")

@@ -16,7 +16,8 @@ One module per concern (docs/decisions/0009-transport-layout.md):
   the per-read output batch, direct writes, the writer task, the half-close;
 - `heartbeats`: `Heartbeats`, every connection's pings and timeouts from one task;
 - `listener`: `serve_websockets`, the accept loop, `SharedServices`;
-- `http`: the answer to every request head that is not a WebSocket upgrade;
+- `http`: the answer to every request head that is not a WebSocket upgrade, the application's
+  through its async `HttpHandler` (docs/decisions/0016-admin-api.md);
 - `tls`: `TlsConnection`, the same connection with TLS between its paths and the socket, and
   `ServerCertificate`, reloadable (docs/decisions/0012-tls-and-origins.md);
 - `config`: `TransportConfig`, the limits.

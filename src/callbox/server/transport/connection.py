@@ -264,7 +264,7 @@ class Connection(Outbound):
                     if not data:
                         self._received_eof()
                         break
-                    self._received(data)
+                    await self._head_received(data)
         if timer.cancelled_caught:
             if waiting:
                 self._refuse(HTTPStatus.SERVICE_UNAVAILABLE)
@@ -347,6 +347,26 @@ class Connection(Outbound):
             if self._broken:
                 return True
 
+    async def _head_received(self, data: bytes) -> None:
+        """Handle a read of the handshake: once the head is complete, answer it (the handler
+        may await), then handle what followed it in the same read (frames a client sent right
+        behind its upgrade request). The reads after the handshake go to `_received`, which
+        never awaits."""
+        self._note_read(len(data))
+        proto = self._protocol
+        proto.receive_data(data)
+        events = proto.events_received()
+        head = events[0] if events else None
+        if isinstance(head, Request):  # ServerProtocol never emits a Response
+            del events[0]
+            await self._respond(head)
+        batch = self._batch
+        batch.holding = True
+        try:
+            self._handle(events)  # flushes first: a head websockets refused itself, answered
+        finally:
+            batch.release()
+
     def _received_eof(self) -> None:
         self._peer_eof = True
         self._protocol.receive_eof()
@@ -389,9 +409,7 @@ class Connection(Outbound):
         )
 
     def _dispatch(self, event: Event) -> None:
-        if not isinstance(event, Frame):
-            if isinstance(event, Request):  # ServerProtocol never emits a Response
-                self._respond(event)
+        if not isinstance(event, Frame):  # the request head: `_head_received` answered it
             return
         opcode = event.opcode
         if opcode is TEXT or opcode is BINARY:
@@ -437,12 +455,15 @@ class Connection(Outbound):
         self._start_close_timer()
         self._flush()
 
-    def _respond(self, request: Request) -> None:
+    async def _respond(self, request: Request) -> None:
         if self.client_host in self._config.trusted_proxies:
             forwarded = request.headers.get_all("X-Forwarded-For")
             if forwarded:
                 self.client_host = forwarded[-1].rpartition(",")[2].strip()
-        self._send_response(respond(self._protocol, request, self._config.path, self._http_handler))
+        response = await respond(
+            self._protocol, request, self._config.path, self._http_handler, self.client_host
+        )
+        self._send_response(response)
         # websockets' parser keeps the request (a local of its suspended generator) for the
         # connection's lifetime; its headers are not needed any more, and they are most of it.
         request.headers.clear()
