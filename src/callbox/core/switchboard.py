@@ -191,7 +191,7 @@ class Switchboard:
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         bucket = link.bucket
         tokens, updated = bucket.tokens, bucket.updated
         try:
@@ -253,7 +253,7 @@ class Switchboard:
         sender to answer, and letting it escape would take down the call's nursery. What is
         left is committed empty: a store shared by many nodes checks there that what the failed
         run read was current (a stale cache, not a bug, may have made it fail)."""
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         try:
             return self._transact(True, self._timer, key, now)
         except Missing:
