@@ -661,9 +661,7 @@ class Config:
             raise ConfigError(
                 f"{_name('webhook_urls')} needs {_name('webhook_secret')}: every event is signed"
             )
-        unused = [
-            name for name in ("webhook_secret", "webhook_events") if getattr(self, name)
-        ]
+        unused = [name for name in ("webhook_secret", "webhook_events") if getattr(self, name)]
         if unused and not self.webhook_urls:
             raise ConfigError(
                 f"{', '.join(map(_name, unused))} set but {_name('webhook_urls')} is not"

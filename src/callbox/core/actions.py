@@ -162,4 +162,6 @@ class Notify:
     data: dict[str, Any]
 
 
-Action = Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer | Numbered | ReplayAfter | Notify
+Action = (
+    Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer | Numbered | ReplayAfter | Notify
+)

@@ -72,6 +72,9 @@ END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
     "call_full": "call_full",
 }
 LeaveReason = Literal["hangup", "disconnected"]
+JOINED_EVER_KEPT = 1_000
+"""Users a call remembers having joined, for `call.ended` (a room call may see more come and
+go; schemas/webhooks/call.ended.json bounds the list the same)."""
 
 
 @define(eq=False)
@@ -486,7 +489,7 @@ class Calling:
             self._notify(
                 "call.answered", call_id=call.call_id, by=party.user_id, participants=participants
             )
-        if party.user_id not in call.joined_ever:
+        if len(call.joined_ever) < JOINED_EVER_KEPT and party.user_id not in call.joined_ever:
             call.joined_ever.append(party.user_id)
         self._notify("participant.joined", call_id=call.call_id, user_id=party.user_id)
         for member in call.joined():
@@ -547,9 +550,7 @@ class Calling:
         state = call.apply(CallEvent.LEAVE, party)
         party.session_id = None
         session.forget_call(call.call_id)
-        self._notify(
-            "participant.left", call_id=call.call_id, user_id=party.user_id, reason=reason
-        )
+        self._notify("participant.left", call_id=call.call_id, user_id=party.user_id, reason=reason)
         if reason == "hangup":
             self.out.send(
                 session.session_id,

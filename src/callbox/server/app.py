@@ -41,6 +41,7 @@ from callbox.core.actions import (
     CancelTimer,
     Close,
     CloseCall,
+    Notify,
     OpenCall,
     Send,
     StartTimer,
@@ -58,6 +59,7 @@ from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpResponse
 from callbox.server.transport.listener import serve_websockets
 from callbox.server.transport.tls import CertificateError, ServerCertificate
+from callbox.server.webhooks import Webhooks
 
 log = logging.getLogger("callbox.server")
 
@@ -134,8 +136,14 @@ class SignalingServer:
         self._calls: dict[str, CallTasks] = {}
         self._session_timers = SessionTimers(self._timer_fired)
         nursery.start_soon(self._session_timers.run, name="session timers")
+        config = switchboard.config
+        self.webhooks: Webhooks | None = None
+        """The delivery of the core's `Notify` actions, if a webhook is configured."""
+        if config.webhook_urls and config.webhook_secret is not None:
+            self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
+            nursery.start_soon(self.webhooks.run, name="webhooks")
         # The node label of every metric: this host, until worker processes name their nodes.
-        self.metrics = Metrics(switchboard, node=socket.gethostname())
+        self.metrics = Metrics(switchboard, node=socket.gethostname(), webhooks=self.webhooks)
         self._files = StaticFiles(
             {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
         )
@@ -201,6 +209,9 @@ class SignalingServer:
                     self._start_timer(key, deadline)
                 case CancelTimer(key):
                     self._cancel_timer(key)
+                case Notify():
+                    if self.webhooks is not None:
+                        self.webhooks.notify(action)
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
         """Runs a call's timer as a task in the call's nursery; a session's in `SessionTimers`."""
