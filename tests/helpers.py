@@ -7,6 +7,7 @@ runs it as a user does, a process of its own, for tests that stop a server.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 import re
@@ -23,12 +24,13 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+import jsonschema
 import trio
 import trio.lowlevel
 import trustme
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from callbox.codec import encode
+from callbox.codec import REGISTRY, SCHEMA_BASE, encode
 from callbox.config import Config
 from callbox.conformance.cases.states import UNREACHABLE
 from callbox.messages import Welcome
@@ -258,3 +260,13 @@ def load_tool(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def check_webhook_body(body: Any) -> None:
+    """Raises unless `body` (a webhook POST's JSON, parsed) is valid against the schema of its
+    event type, schemas/webhooks/<type>.json, with a UTC ISO 8601 `timestamp`."""
+    schema = REGISTRY.contents(f"{SCHEMA_BASE}webhooks/{body['type']}.json")
+    jsonschema.Draft202012Validator(schema, registry=REGISTRY).validate(body)
+    # `format: date-time` is not checked by jsonschema without an extra package: by hand.
+    assert body["timestamp"].endswith("Z"), body["timestamp"]
+    datetime.datetime.fromisoformat(body["timestamp"])
