@@ -1162,6 +1162,9 @@ export class Call extends Emitter<CallEventMap> {
   readonly participants: UserId[];
   /** Users being rung. */
   readonly ringing: UserId[];
+  /** Those of `ringing` with no device connected, reached through the deployer's backend (a
+   * push: `call_ringing.offline`); a device of theirs may still connect and answer. */
+  readonly offline: UserId[];
   /** One peer per other joined participant. */
   readonly peers: Map<UserId, CallPeer>;
   /** When an incoming call stops ringing (`Date.now()` scale). */
