@@ -16,7 +16,8 @@ the config sends); this module delivers it, and never makes signaling wait:
 - A delivery that can no longer matter is dropped before its next attempt: a
   `call.ringing_offline` whose ring has expired, or whose call this process has seen end.
 - Outcomes are counted (`counts`, read by `/metrics` as `callbox_webhooks_total{outcome}`) and
-  logged, one line each, failures as warnings.
+  logged: failures and drops for a full queue as warnings (the latter at most one line every
+  `OVERFLOW_LOG_EVERY_S`), retries and stale drops as info, deliveries as debug.
 
 The queue lives in this process's memory: deliveries still queued or being retried when the
 process dies are lost (at most once; docs/decisions/0015-webhooks.md says why). `httpx` is
@@ -26,6 +27,7 @@ imported only when `Webhooks.run` starts, so a server with no webhook never load
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import time
@@ -61,6 +63,7 @@ MAX_RETRY_S: Final = 30.0
 GIVE_UP_AFTER_S: Final = 120.0
 """No attempt starts this long after the first: the event is counted failed."""
 ID_PREFIX: Final = "msg_"
+OVERFLOW_LOG_EVERY_S: Final = 10.0
 
 Outcome = str
 """`delivered`, `retried` (an attempt to be made again), `failed` or `dropped`."""
@@ -125,6 +128,8 @@ class Webhooks:
     _receive: trio.MemoryReceiveChannel[Delivery] = field(init=False)
     _rings: Counter[str] = field(factory=Counter, init=False)
     """Per call, its `call.ringing_offline` deliveries not yet done with."""
+    _overflow_logged_at: float = field(default=-math.inf, init=False)
+    _overflow_unlogged: int = field(default=0, init=False)
     _ended: set[str] = field(factory=set, init=False)
     """Calls seen ending that have such deliveries left: those are dropped. A call leaves
     this set with its last one, so it holds no more calls than there are deliveries."""
@@ -157,16 +162,29 @@ class Webhooks:
                 self._send.send_nowait(Delivery(event, url))
             except trio.WouldBlock:
                 self._count("dropped")
-                log.warning(
-                    "webhook %s %s to %s dropped: %d deliveries already queued",
-                    event.type,
-                    event.id,
-                    url,
-                    MAX_QUEUED_DELIVERIES,
-                )
+                self._overflowed(event, url)
             else:
                 if ringing and call_id is not None:
                     self._rings[call_id] += 1
+
+    def _overflowed(self, event: WebhookEvent, url: str) -> None:
+        """Logs a delivery dropped for a full queue: the first, then at most one line every
+        `OVERFLOW_LOG_EVERY_S` with how many since (a receiver down under load would
+        otherwise write a line per event)."""
+        self._overflow_unlogged += 1
+        now = trio.current_time()
+        if now < self._overflow_logged_at + OVERFLOW_LOG_EVERY_S:
+            return
+        log.warning(
+            "webhook %s %s to %s dropped: %d deliveries already queued (%d dropped since the"
+            " last such line)",
+            event.type,
+            event.id,
+            url,
+            MAX_QUEUED_DELIVERIES,
+            self._overflow_unlogged,
+        )
+        self._overflow_logged_at, self._overflow_unlogged = now, 0
 
     # The senders --------------------------------------------------------------------------------
 
@@ -206,7 +224,7 @@ class Webhooks:
             problem = await self._attempt(client, delivery)
             if problem is None:
                 self._count("delivered")
-                log.info(
+                log.debug(
                     "webhook %s %s delivered to %s (attempt %d)",
                     event.type,
                     event.id,
