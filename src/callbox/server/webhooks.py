@@ -124,6 +124,8 @@ class Webhooks:
     counts: Counter[Outcome] = field(factory=Counter, init=False)
     """Deliveries by outcome (a retried one counts `retried` at each attempt made again)."""
     _signer: Webhook = field(init=False)
+    _parsed: dict[str, httpx.URL] = field(factory=dict, init=False)
+    """Each URL parsed once (httpx parses a string at every request)."""
     _send: trio.MemorySendChannel[Delivery] = field(init=False)
     _receive: trio.MemoryReceiveChannel[Delivery] = field(init=False)
     _rings: Counter[str] = field(factory=Counter, init=False)
@@ -193,8 +195,13 @@ class Webhooks:
         import httpx  # noqa: PLC0415 (only a server with webhooks needs it)
 
         limits = httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS)
+        self._parsed = {url: httpx.URL(url) for url in self.urls}
         async with (
-            httpx.AsyncClient(limits=limits, timeout=self.policy.timeout_s) as client,
+            # trust_env=False: the deployer's URL is called directly, whatever HTTP(S)_PROXY
+            # the process inherited (a proxy would be one more thing between two of theirs).
+            httpx.AsyncClient(
+                limits=limits, timeout=self.policy.timeout_s, trust_env=False
+            ) as client,
             trio.open_nursery() as nursery,
         ):
             for number in range(SENDERS):
@@ -269,7 +276,8 @@ class Webhooks:
         }
         with trio.move_on_after(self.policy.timeout_s) as scope:
             try:
-                response = await client.post(delivery.url, content=event.body, headers=headers)
+                url = self._parsed[delivery.url]
+                response = await client.post(url, content=event.body, headers=headers)
             except httpx.TimeoutException:
                 return f"no response in {self.policy.timeout_s:g} s", True
             except httpx.TransportError as error:
