@@ -7,6 +7,8 @@ timeout or a backoff costs nothing; nothing here asserts how long anything took.
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -304,3 +306,13 @@ async def test_a_ring_that_has_expired_is_dropped() -> None:
             await trio.sleep(0)
         nursery.cancel_scope.cancel()
     assert webhooks.counts == {"dropped": 1}
+
+
+def test_a_server_with_no_webhook_loads_none_of_the_webhook_code() -> None:
+    """In a process of its own: the test process has imported it all already."""
+    check = (
+        "import sys, callbox.__main__, callbox.server.app, callbox.server.cluster;"
+        "loaded = {'httpx', 'standardwebhooks', 'callbox.server.webhooks'} & set(sys.modules);"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)

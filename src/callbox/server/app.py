@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from attrs import define, field
@@ -59,7 +59,9 @@ from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpResponse
 from callbox.server.transport.listener import serve_websockets
 from callbox.server.transport.tls import CertificateError, ServerCertificate
-from callbox.server.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from callbox.server.webhooks import Webhooks
 
 log = logging.getLogger("callbox.server")
 
@@ -140,6 +142,9 @@ class SignalingServer:
         self.webhooks: Webhooks | None = None
         """The delivery of the core's `Notify` actions, if a webhook is configured."""
         if config.webhook_urls and config.webhook_secret is not None:
+            # Imported here: a server with no webhook loads neither it nor its libraries.
+            from callbox.server.webhooks import Webhooks  # noqa: PLC0415
+
             self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
             nursery.start_soon(self.webhooks.run, name="webhooks")
         # The node label of every metric: this host, until worker processes name their nodes.
