@@ -197,11 +197,9 @@ class Webhooks:
         limits = httpx.Limits(max_connections=SENDERS, max_keepalive_connections=SENDERS)
         self._parsed = {url: httpx.URL(url) for url in self.urls}
         async with (
-            # trust_env=False: the deployer's URL is called directly, whatever HTTP(S)_PROXY
-            # the process inherited (a proxy would be one more thing between two of theirs).
-            httpx.AsyncClient(
-                limits=limits, timeout=self.policy.timeout_s, trust_env=False
-            ) as client,
+            # HTTP(S)_PROXY and the like are honoured, as by other HTTP clients: an egress
+            # proxy may be the deployer's only way out.
+            httpx.AsyncClient(limits=limits, timeout=self.policy.timeout_s) as client,
             trio.open_nursery() as nursery,
         ):
             for number in range(SENDERS):
