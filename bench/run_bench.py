@@ -20,6 +20,11 @@ repetition, with the targets alternating so that drift hits them alike:
 3. callbox alone (and ``--baseline``, another commit of it, for an A/B run): full call set-ups
    per second, and room broadcast fan-out.
 
+``--webhooks`` adds ``callbox+hook`` and ``callbox+hook-down``: callbox with a webhook
+(WEBHOOK_URL, every event type) POSTing to bench/webhook_sink.py (a receiver that answers 204 at
+once, on the generator's core), and to a port where nothing listens (every POST refused and
+retried until the queue is full). Relays send no webhook; call set-ups send seven events each.
+
 ``--tls`` adds ``callbox+tls`` and ``bare+tls``: the same servers serving ``wss://`` with a
 certificate made for the run (trustme), the generator speaking TLS too; the table then has a
 ``TLS / plain`` column (callbox's), and every relay figure comes with the server's CPU time per
@@ -519,6 +524,29 @@ def add_tls(directory: Path, targets: list[str]) -> None:
     targets += [name for name in ("callbox+tls", "bare+tls") if name not in targets]
 
 
+WEBHOOK_SECRET = "whsec_Y2FsbGJveCBiZW5jaDogd2ViaG9vayBzaWduaW5nIGtleQ=="
+
+
+def add_webhooks(targets: list[str]) -> subprocess.Popen[bytes]:
+    """`callbox+hook` and `callbox+hook-down` (see --webhooks); returns the sink's process,
+    which the caller stops."""
+    port, down = free_port(), free_port()
+    sink = subprocess.Popen(
+        ["taskset", "-c", str(GENERATOR_CORE), sys.executable, str(BENCH / "webhook_sink.py"),
+         "--port", str(port)],
+    )  # fmt: skip
+    wait_listening(port, sink)
+    for name, url, label in (
+        ("callbox+hook", f"http://127.0.0.1:{port}/hooks", "callbox, webhook up"),
+        ("callbox+hook-down", f"http://127.0.0.1:{down}/hooks", "callbox, webhook down"),
+    ):
+        env = UNLIMITED | {"WEBHOOK_URL": url, "WEBHOOK_SECRET": WEBHOOK_SECRET}
+        TARGETS[name] = Target(name, label, "callbox", callbox_command, env)
+        if name not in targets:
+            targets.append(name)
+    return sink
+
+
 def add_baseline(src: Path, targets: list[str]) -> None:
     """callbox imported from `src`, as target 'baseline' (see --baseline)."""
     env = UNLIMITED | {"PYTHONPATH": str(src.resolve())}
@@ -538,12 +566,17 @@ def parse_arguments() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument(
         "--targets",
         nargs="+",
-        choices=[*sorted(TARGETS), "callbox+tls", "bare+tls"],
+        choices=[*sorted(TARGETS), "callbox+tls", "bare+tls", "callbox+hook", "callbox+hook-down"],
         default=["callbox", "peerjs", "bare"],
         help="callbox+tls and bare+tls need --tls",
     )
     parser.add_argument(
         "--tls", action="store_true", help="also run callbox and the bare relay over TLS"
+    )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="also run callbox with a webhook receiver up, and with one down",
     )
     parser.add_argument(
         "--only", nargs="+", choices=["relay", "idle", "setups", "fanout"],
@@ -569,6 +602,7 @@ def main() -> None:
         parser.error("the +tls targets need --tls")
     if args.baseline is not None:
         add_baseline(args.baseline, args.targets)
+    sink = add_webhooks(args.targets) if args.webhooks else None
     if args.quick:
         args.reps, args.warmup, args.seconds = 1, 0.5, 2.0
 
@@ -615,6 +649,8 @@ def main() -> None:
     print("\n".join(table(bench.samples, args)))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in bench.samples], indent=1))
+    if sink is not None:
+        stop(sink)
     certificates.cleanup()
 
 

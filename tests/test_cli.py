@@ -104,6 +104,52 @@ def test_a_configuration_error_exits_2_with_a_clear_message(
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        (
+            {"WEBHOOK_SECRET": "hunter2-not-a-whsec"},
+            "webhook_secret (WEBHOOK_SECRET) must be 'whsec_' followed by the base64 of 24 to 64"
+            " random bytes (a Standard Webhooks secret)",
+        ),
+        (
+            {"WEBHOOK_SECRET": "whsec_c2hvcnQ="},
+            "webhook_secret (WEBHOOK_SECRET) must be 'whsec_' followed by the base64 of 24 to 64"
+            " random bytes (a Standard Webhooks secret); it decodes to 5 bytes",
+        ),
+        (
+            {"WEBHOOK_EVENTS": "call.ended,call.rang"},
+            "webhook_events (WEBHOOK_EVENTS): unknown event type: 'call.rang' (did you mean"
+            " 'call.answered'?); known: call.initiated, call.answered, participant.joined,"
+            " participant.left, call.ended, call.ringing_offline",
+        ),
+        (
+            {"WEBHOOK_SECRET": None},
+            "webhook_urls (WEBHOOK_URL) needs webhook_secret (WEBHOOK_SECRET): every event is"
+            " signed",
+        ),
+    ],
+)
+def test_a_webhook_setting_that_is_wrong_stops_serve_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: dict[str, str | None],
+    error: str,
+) -> None:
+    environment = {
+        "WEBHOOK_URL": "https://backend.example.com/hooks",
+        "WEBHOOK_SECRET": "whsec_" + "e" * 32,
+        **settings,
+    }
+    for name, value in environment.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"callbox: configuration error: {error}\n"
+    assert "hunter2" not in captured.err
+
+
 def test_an_expiry_warning_not_shorter_than_the_cap_stops_serve_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

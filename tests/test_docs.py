@@ -64,7 +64,8 @@ def test_check_mode_passes_on_the_committed_files() -> None:
 
 
 def test_every_message_schema_has_a_section(protocol_md: str) -> None:
-    schemas = sorted((ROOT / "schemas").glob("*/*.json"))
+    # The wire's messages; the webhooks' events are docs/backend.md's (test_backend_md.py).
+    schemas = sorted((ROOT / "schemas").glob("[cs]*/*.json"))
     assert len(schemas) >= 39  # the glob found them
     for path in schemas:
         direction, name = path.parent.name, path.stem

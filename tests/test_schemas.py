@@ -26,6 +26,7 @@ from callbox.codec import (
     encode,
     schema_dir,
 )
+from callbox.config import WEBHOOK_EVENTS
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "protocol" / "examples"
@@ -188,7 +189,11 @@ def test_asyncapi_document_covers_every_message_and_its_refs_resolve() -> None:
     path = REPO / "protocol" / "asyncapi.yaml"
     document = yaml.safe_load(path.read_text())
     assert document["asyncapi"] == "3.0.0"
-    assert [channel["address"] for channel in document["channels"].values()] == ["/ws"]
+    channels = document["channels"]
+    assert {name: channel["address"] for name, channel in channels.items()} == {
+        "signaling": "/ws",
+        "webhooks": None,  # the deployer's WEBHOOK_URLs
+    }
 
     payloads = {}
     for name, message in document["components"]["messages"].items():
@@ -196,9 +201,15 @@ def test_asyncapi_document_covers_every_message_and_its_refs_resolve() -> None:
         schema_path = (path.parent / message["payload"]["schema"]["$ref"]).resolve()
         schema = load(schema_path)
         payloads[name] = schema_path.relative_to(schema_dir().resolve()).with_suffix("").as_posix()
-        assert name == payloads[name].replace("/", ".")
+        assert name == payloads[name].replace("/", ".", 1)
         assert ("correlationId" in message) == ("rid" in schema["properties"]), name
-    assert sorted(payloads.values()) == sorted(MESSAGE_IDS)
+    webhooks = sorted(f"webhooks/{event}" for event in WEBHOOK_EVENTS)
+    assert sorted(payloads.values()) == sorted(MESSAGE_IDS + webhooks)
+    for channel_name, channel in channels.items():
+        for name, ref in channel["messages"].items():
+            assert ref == {"$ref": f"#/components/messages/{name}"}
+            assert (channel_name == "webhooks") == name.startswith("webhooks."), name
+    assert {path.stem for path in (schema_dir() / "webhooks").glob("*.json")} == set(WEBHOOK_EVENTS)
 
     for ref in (s["$ref"] for s in subschemas(document) if "$ref" in s):
         if ref.startswith("#/"):

@@ -414,6 +414,11 @@ Other RFC 6455 codes (1002 for malformed WebSocket framing) come from the WebSoc
 - `call_initiate` is answered with `call_ringing` naming the users being rung. Users who are
   offline or busy are not rung: they drop out at once (`call_rejected`, with the request's `rid`),
   and if nobody is left to ring the call ends (`call_ended`) without a `call_ringing`.
+- Offline ringing: a server whose deployer's backend rings users whose app is closed (webhooks with
+  `call.ringing_offline`, docs/backend.md) does not refuse an offline user at once. It rings them
+  for `limits.ring_timeout_ms` and names them in `call_ringing.offline`; a device of theirs that
+  connects meanwhile gets `call_incoming` and can answer. If none comes, they drop out with
+  reason `offline`, not `ring_timeout` (a 1:1 call ends with `call_ended` `offline`).
 """
 
 STATE_INTRO = """\

@@ -278,12 +278,17 @@ _OTHER: Mapping[Direction, Direction] = {"client": "server", "server": "client"}
 EXPLAINED_ITEMS: Mapping[Direction, int] = {
     direction: 1
     + _longest_array(
-        [doc for uri, doc in _DOCUMENTS.items() if not uri.startswith(SCHEMA_BASE + other)]
+        [
+            doc
+            for uri, doc in _DOCUMENTS.items()
+            if not uri.startswith((SCHEMA_BASE + other, SCHEMA_BASE + "webhooks/"))
+        ]
     )
     for direction, other in _OTHER.items()
 }
 """Per direction, one more item than any array of any message may have: how many items of an
-array the reference validator is shown when it explains a refusal (see `_clipped`)."""
+array the reference validator is shown when it explains a refusal (see `_clipped`). The
+webhooks' bodies are not messages of the WebSocket: they do not count."""
 
 
 _ReferenceValidator: type[Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]

@@ -8,6 +8,8 @@ Why the defaults are what they are: docs/decisions/0003-configuration.md.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import urllib.parse
@@ -49,6 +51,20 @@ otherwise, and the cap is at least four times as long (see `default_expiry_warni
 
 MAX_WORKERS = 256
 """Worker processes one `callbox serve` may start: more than any machine has cores to give."""
+
+WEBHOOK_EVENTS = (
+    "call.initiated",
+    "call.answered",
+    "participant.joined",
+    "participant.left",
+    "call.ended",
+    "call.ringing_offline",
+)
+"""Every webhook event type (schemas/webhooks/<type>.json), in the order a call sends them."""
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_BYTES = (24, 64)
+"""The length a Standard Webhooks secret has once decoded: the specification's bounds."""
 
 Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -169,6 +185,38 @@ def _urls(*schemes: str) -> Check:
                 raise ConfigError(f"{_label(attribute)}: expected {expected} URLs, got {url!r}")
 
     return check
+
+
+def _webhook_secret(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A Standard Webhooks secret: `whsec_` and the base64 of 24 to 64 random bytes. Checked
+    strictly (the library's decoder skips characters that are not base64, so a mangled secret
+    would sign with other bytes than the receiver's); never echoes the value."""
+    if value is None:
+        return
+    shortest, longest = WEBHOOK_SECRET_BYTES
+    expected = (
+        f"{_label(attribute)} must be {WEBHOOK_SECRET_PREFIX!r} followed by the base64 of"
+        f" {shortest} to {longest} random bytes (a Standard Webhooks secret)"
+    )
+    if not isinstance(value, str) or not value.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ConfigError(expected)
+    try:
+        key = base64.b64decode(value.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ConfigError(expected) from None
+    if not shortest <= len(key) <= longest:
+        raise ConfigError(f"{expected}; it decodes to {len(key)} bytes")
+
+
+def _webhook_events(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise ConfigError(f"{_label(attribute)} must be a list of webhook event types")
+    unknown = [event for event in value if event not in WEBHOOK_EVENTS]
+    if unknown:
+        raise ConfigError(
+            f"{_label(attribute)}: {_unknown('event type', unknown, WEBHOOK_EVENTS)};"
+            f" known: {', '.join(WEBHOOK_EVENTS)}"
+        )
 
 
 def _ip_addresses(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -399,6 +447,32 @@ class Config:
         parse=_parse_int,
     )
 
+    webhook_urls: tuple[str, ...] = _setting(
+        (),
+        env="WEBHOOK_URL",
+        meaning="comma-separated http(s) URLs each event is POSTed to, signed with"
+        " WEBHOOK_SECRET (docs/backend.md); unset: no webhooks",
+        check=_urls("http", "https"),
+        parse=_parse_list,
+    )
+    webhook_secret: str | None = _setting(
+        None,
+        env="WEBHOOK_SECRET",
+        meaning="the webhooks' signing secret, whsec_ and the base64 of 24 to 64 random bytes"
+        " (required with WEBHOOK_URL)",
+        check=_webhook_secret,
+        secret=True,
+    )
+    webhook_events: tuple[str, ...] = _setting(
+        (),
+        env="WEBHOOK_EVENTS",
+        meaning="comma-separated event types to send (call.initiated, call.answered,"
+        " participant.joined, participant.left, call.ended, call.ringing_offline); unset: all."
+        " With call.ringing_offline sent, a callee with no device rings for RING_TIMEOUT_MS",
+        check=_webhook_events,
+        parse=_parse_list,
+    )
+
     max_call_duration_ms: int = _setting(
         1 * HOURS_MS,
         env="MAX_CALL_DURATION_MS",
@@ -590,6 +664,7 @@ class Config:
                 " one (apt-get install redis-server) and set"
                 " CALLBOX_REDIS_URL=redis://127.0.0.1:6379/0 (or --redis URL)"
             )
+        self._check_webhooks()
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError(
                 f"{_name('tls_cert_file')} and {_name('tls_key_file')} go together: set both"
@@ -614,6 +689,31 @@ class Config:
                 f"{_name('turn_servers')} needs credentials: {_name('turn_secret')}, or both"
                 f" {_name('turn_username')} and {_name('turn_credential')}"
             )
+
+    def _check_webhooks(self) -> None:
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ConfigError(
+                f"{_name('webhook_urls')} needs {_name('webhook_secret')}: every event is signed"
+            )
+        unused = [name for name in ("webhook_secret", "webhook_events") if getattr(self, name)]
+        if unused and not self.webhook_urls:
+            raise ConfigError(
+                f"{', '.join(map(_name, unused))} set but {_name('webhook_urls')} is not"
+            )
+
+    @property
+    def webhook_events_sent(self) -> frozenset[str]:
+        """The event types the core emits: none without a webhook URL, else those of
+        `webhook_events` (all if it is empty)."""
+        if not self.webhook_urls:
+            return frozenset()
+        return frozenset(self.webhook_events or WEBHOOK_EVENTS)
+
+    @property
+    def offline_ringing(self) -> bool:
+        """Whether a callee with no connected device is rung through the deployer's backend
+        (`call.ringing_offline`) for the ring timeout instead of dropping out at once."""
+        return "call.ringing_offline" in self.webhook_events_sent
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:

@@ -331,6 +331,7 @@ class CallRinging:
     TYPE: ClassVar[str] = "call_ringing"
     call_id: str
     to: list[str]
+    offline: list[str] | None = None
     rid: str | None = None
     seq: int | None = None
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.helpers import closed_port_url
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
 
@@ -58,7 +60,7 @@ class Server:
         env = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("CALLBOX_", "JWT_", "TURN_", "STUN_"))
+            if not key.startswith(("CALLBOX_", "JWT_", "TURN_", "STUN_", "WEBHOOK_"))
         }
         env.update(settings)
         command = [sys.executable, "-m", "callbox", "serve", "--port", "0"]
@@ -223,6 +225,15 @@ def jwt_server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
+def offline_ringing_server() -> Iterator[Server]:
+    """A server with a webhook (whose receiver is down: the ring goes on regardless), so
+    that it rings users whose app is closed."""
+    receiver = closed_port_url().replace("ws://", "http://")
+    secret = "whsec_" + "b" * 32
+    yield from _run_server(WEBHOOK_URL=receiver, WEBHOOK_SECRET=secret, RING_TIMEOUT_MS="60000")
+
+
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     # Imported here, so that without Chromium the tests are skipped rather than failing to import.
     from playwright.sync_api import sync_playwright  # noqa: PLC0415
@@ -265,6 +276,14 @@ def short_grace_browsers(
 ) -> Iterator[Browsers]:
     """Demo pages on the short-grace server."""
     yield from _browsers(request, browser, short_grace_server)
+
+
+@pytest.fixture
+def offline_ringing_browsers(
+    request: pytest.FixtureRequest, browser: Browser, offline_ringing_server: Server
+) -> Iterator[Browsers]:
+    """Demo pages on the server that rings users whose app is closed."""
+    yield from _browsers(request, browser, offline_ringing_server)
 
 
 @pytest.fixture

@@ -51,6 +51,20 @@ def test_a_tab_that_goes_says_bye_and_the_peer_learns_at_once(
         alice.wait_for("() => demo.client?.state === 'open'")
 
 
+def test_a_callee_whose_app_is_closed_shows_as_notified_while_it_rings(
+    offline_ringing_browsers: Browsers,
+) -> None:
+    alice = offline_ringing_browsers.open("alice")
+    absent = f"{alice.user}-phone-off"  # nobody signs in as this user
+    alice.page.fill("#call-users", absent)
+    alice.page.click("#call")
+    ring = rf"ringing: {re.escape(absent)} \(offline, notified: (\d+) s\)"
+    alice.wait_for(
+        "(ring) => new RegExp(ring).test(document.querySelector('#call-ringing').textContent)",
+        ring,
+    )
+
+
 def test_the_ring_counts_down_and_the_roster_goes_when_the_call_ends(
     browsers: Browsers,
 ) -> None:

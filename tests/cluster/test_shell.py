@@ -36,11 +36,12 @@ from callbox.server.cluster import (
     serve_node,
 )
 from tests.helpers import server_url
+from tests.server.webhook_receiver import body_types, start_receiver
 
 
-async def start_nodes(nursery: trio.Nursery, count: int) -> list[str]:
+async def start_nodes(nursery: trio.Nursery, count: int, **settings: Any) -> list[str]:
     backend, bus = MemoryBackend(), MemoryBus()
-    config = Config(port=0)
+    config = Config(port=0, **settings)
     return [server_url(await nursery.start(serve_node, config, backend, bus)) for _ in range(count)]
 
 
@@ -208,3 +209,43 @@ async def test_frames_whose_wake_up_was_lost_arrive_by_the_catch_up(nursery: tri
         call_id = await alice.initiate(["bob"])
         with trio.fail_after(CATCH_UP_S + 5):
             await bob.expect(CallIncoming, call_id=call_id)
+
+
+async def test_each_webhook_event_is_sent_once_though_three_nodes_run(
+    nursery: trio.Nursery,
+) -> None:
+    """An event runs on one node, and only that node carries out its actions (after the
+    commit): so each webhook is POSTed once, by that node, whichever nodes the parties use."""
+    secret = "whsec_" + "a" * 32  # 24 bytes once decoded
+    receiver = await start_receiver(nursery, secret)
+    first, second, third = await start_nodes(
+        nursery, 3, webhook_urls=(receiver.url,), webhook_secret=secret
+    )
+    async with connect(first, user_id="alice") as alice, connect(second, user_id="bob") as bob:
+        call_id = await alice.initiate(["bob"])
+        await alice.expect(CallRinging, call_id=call_id)
+        await bob.expect(CallIncoming, call_id=call_id)
+        await bob.answer(call_id)
+        await alice.expect(CallAccepted, by="bob")
+        await bob.hangup(call_id)
+        await alice.expect(CallEnded, reason="hangup")
+    expected = [
+        "call.initiated",
+        "participant.joined",
+        "call.answered",
+        "participant.joined",
+        "participant.left",
+        "participant.left",
+        "call.ended",
+    ]
+    await receiver.wait_delivered(len(expected))
+    # A node sending a repeat would send it as it sent the first: the events of a later call
+    # (on the third node: its start, its caller joining, its offline callee's ring) come after.
+    async with connect(third, user_id="carol") as carol:
+        await carol.initiate(["nobody"])
+        await carol.expect(CallRinging, offline=["nobody"])
+        bodies = await receiver.wait_delivered(len(expected) + 3)
+    first_call = [body for body in bodies if body["data"]["call_id"] == call_id]
+    assert sorted(body_types(first_call)) == sorted(expected)
+    ids = [webhook_id for webhook_id, _ in receiver.delivered]
+    assert len(ids) == len(set(ids))

@@ -14,7 +14,12 @@ from callbox.conformance.cases.negative import mutants
 from callbox.conformance.generation import generate
 from callbox.conformance.registry import CASES, SECTIONS
 from callbox.conformance.runner import Options, run_suite, select
-from tests.helpers import ADMIN_TOKEN, CONFORMANCE_SKIPPED, start_conformance_server
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CONFORMANCE_SKIPPED,
+    closed_port_url,
+    start_conformance_server,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +58,23 @@ async def test_the_admin_cases_skip_without_the_admin_token(nursery: trio.Nurser
     for case_id in admin_cases:
         assert skipped[case_id] == "needs the server's admin API: run with --admin-token"
     assert [r.case.id for r in report.results if r.status == "fail"] == []
+
+
+async def test_offline_ringing_cases_pass_against_a_server_with_a_webhook(
+    nursery: trio.Nursery,
+) -> None:
+    """The receiver is down: the ring goes on regardless, and calls.end.offline skips."""
+    down = closed_port_url().replace("ws://", "http://")
+    secret = "whsec_" + "d" * 32
+    url = await start_conformance_server(nursery, webhook_urls=(down,), webhook_secret=secret)
+    report = await run_suite(url, Options(only=frozenset({"calls"})))
+    outcome = {r.case.id: r.status for r in report.results if "offline" in r.case.id}
+    assert outcome == {
+        "calls.end.offline": "skip",
+        "calls.offline_ringing.answer": "pass",
+        "calls.offline_ringing.timeout": "pass",
+    }
+    assert [f"{r.case.id}: {r.why}" for r in report.results if r.status == "fail"] == []
 
 
 def test_every_row_of_the_state_table_has_a_case() -> None:

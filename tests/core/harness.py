@@ -27,6 +27,7 @@ from callbox.core.actions import (
     CancelTimer,
     Close,
     CloseCall,
+    Notify,
     OpenCall,
     Send,
     StartTimer,
@@ -38,6 +39,8 @@ from callbox.core.sessions import Session
 from callbox.core.store import LocalStore, Missing, RecordKey, TrackingStore
 from callbox.core.switchboard import Switchboard
 from callbox.messages import Hello, IceServer
+from callbox.server.webhooks import event_body
+from tests.helpers import check_webhook_body
 
 Wire = dict[str, Any]
 
@@ -146,6 +149,8 @@ class Harness:
         self.calls_ever_opened: list[str] = []
         self.user_of: dict[int, str] = {}
         self.welcome_of: dict[int, Wire] = {}
+        self.notified: list[Notify] = []
+        """The webhook events the core emitted, each checked against its schema."""
         self._conns = itertools.count(1)
 
     def _switchboard(self, *, missing: bool) -> Switchboard:
@@ -296,6 +301,9 @@ class Harness:
                         self._timers_of_call.setdefault(key.call_id, set()).add(key)
                 case CancelTimer(key):
                     self.timers.pop(key, None)
+                case Notify():
+                    check_webhook_body(orjson.loads(event_body(action)))
+                    self.notified.append(action)
 
     # Reading what was sent -------------------------------------------------------------------
 
@@ -317,6 +325,11 @@ class Harness:
         for name, value in fields.items():
             assert message.get(name) == value, (name, message)
         return message
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        """The webhook events emitted since the last call: (type, data) each."""
+        notified, self.notified = self.notified, []
+        return [(notify.event_type, notify.data) for notify in notified]
 
     def quiet(self, *conns: int) -> None:
         for conn in conns:

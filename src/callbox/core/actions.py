@@ -7,6 +7,8 @@ and dies with it; the others live with the session.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import frozen
 
 from callbox.messages import EndReason
@@ -150,4 +152,20 @@ class ReplayAfter:
     last_seq: int
 
 
-Action = Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer | Numbered | ReplayAfter
+@frozen
+class Notify:
+    """Tell the deployer's backend: a webhook event (docs/backend.md), which the shell signs
+    and POSTs (server/webhooks.py) once the event that decided it has committed. The core
+    emits only the types the config sends; the shell draws the event's id.
+
+    `data` follows schemas/webhooks/<event_type>.json; `at_ms` is the Unix time, in ms, the
+    event happened (the core's `wall`, as it reads no clock)."""
+
+    event_type: str
+    at_ms: int
+    data: dict[str, Any]
+
+
+Action = (
+    Send | Close | OpenCall | CloseCall | StartTimer | CancelTimer | Numbered | ReplayAfter | Notify
+)

@@ -11,7 +11,7 @@ refuses a move it has no row for before anything changes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import define, field, frozen
 
@@ -72,6 +72,9 @@ END_REASON_FOR_DROPOUT: dict[DropoutReason, EndReason] = {
     "call_full": "call_full",
 }
 LeaveReason = Literal["hangup", "disconnected"]
+JOINED_EVER_KEPT = 1_000
+"""Users a call remembers having joined, for `call.ended` (a room call may see more come and
+go; schemas/webhooks/call.ended.json bounds the list the same)."""
 
 
 @define(eq=False)
@@ -82,6 +85,9 @@ class Party:
     """The device in the call, once joined."""
     ringing_sessions: set[str] = field(factory=set)
     ring_deadline: float = 0.0
+    offline: bool = False
+    """Rung with no device connected (offline ringing: the deployer's backend was told, with
+    `call.ringing_offline`) and none has come since: the ring timeout drops it out `offline`."""
 
     def apply(self, event: PartyEvent) -> None:
         self.state = next_party_state(self.state, event)
@@ -104,11 +110,16 @@ class Call:
     state: CallState = CallState.RINGING
     ends_at: float | None = None
     """When the duration cap ends the call; set when it first becomes active."""
+    started_at_ms: int | None = None
+    """Unix time (ms) of the first answer, when the call became active (for `call.ended`)."""
+    joined_ever: list[str] = field(factory=list)
+    """Everyone who has joined the call, caller first, each once (for `call.ended`)."""
 
     def copy(self) -> Call:
         """A copy that shares no container the core changes in place (see core/records.py)."""
         copy = _copy_call(self)
         copy.parties = {user_id: party.copy() for user_id, party in self.parties.items()}
+        copy.joined_ever = list(self.joined_ever)
         return copy
 
     def joined(self) -> list[Party]:
@@ -213,6 +224,15 @@ class Calling:
     store: Store
     out: Outbox
     watchers: Watchers
+    wall: float = 0.0
+    """Unix time of the event being handled (set by the switchboard): webhook events carry it."""
+    _sent: frozenset[str] = field(init=False)
+    """The webhook event types the config sends (none without a webhook)."""
+    _offline_ringing: bool = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._sent = self.config.webhook_events_sent
+        self._offline_ringing = self.config.offline_ringing
 
     # -----------------------------------------------------------------------------------------
     # Starting a call and ringing
@@ -260,8 +280,23 @@ class Calling:
         store.add_call_of_user(session.user_id, call.call_id)
         session.call_id = call.call_id
         self.out.actions.append(OpenCall(call.call_id))
+        self._opened(call, to)
         self.watchers.refresh(session.user_id)
         self._ring(call, to, session, msg.rid, now)
+
+    def _opened(self, call: Call, invitees: list[str]) -> None:
+        """A call exists, its caller joined: the backend hears of both."""
+        call.joined_ever.append(call.caller)
+        self._notify(
+            "call.initiated",
+            call_id=call.call_id,
+            caller=call.caller,
+            to=list(invitees),
+            media={"audio": call.media.audio, "video": call.media.video},
+            room=call.room,
+            metadata=call.metadata,
+        )
+        self._notify("participant.joined", call_id=call.call_id, user_id=call.caller)
 
     def invite(self, session: Session, msg: CallInvite, now: float) -> None:
         call = call_of_member(self.store, session, msg.call_id)
@@ -287,7 +322,9 @@ class Calling:
     def _ring(
         self, call: Call, user_ids: Iterable[str], by: Session, rid: str | None, now: float
     ) -> None:
-        """Invite `user_ids`: ring the available, drop out the busy and the offline."""
+        """Invite `user_ids`: ring the available, drop out the busy and the offline. With
+        offline ringing on, the offline ring too, through the deployer's backend: they drop
+        out `offline` at their ring timeout unless a device of theirs comes and answers."""
         available: list[Party] = []
         unavailable: list[tuple[Party, DropoutReason]] = []
         for user_id in user_ids:
@@ -295,21 +332,43 @@ class Calling:
             call.apply(CallEvent.INVITE, party)
             self.store.add_call_of_user(user_id, call.call_id)
             reason = self._unavailable(user_id, call.call_id)
-            if reason is None:
+            party.offline = reason == "offline" and self._offline_ringing
+            if reason is None or party.offline:
                 available.append(party)
             else:
                 unavailable.append((party, reason))
         if available:
-            ringing = CallRinging(call_id=call.call_id, to=[p.user_id for p in available], rid=rid)
+            offline = [p.user_id for p in available if p.offline]
+            ringing = CallRinging(
+                call_id=call.call_id,
+                to=[p.user_id for p in available],
+                offline=offline or None,
+                rid=rid,
+            )
             self.out.send(by.session_id, ringing)
         for party in available:
             party.ring_deadline = now + self.config.ring_timeout_ms / 1000
             self.out.start_timer(RingTimer(call.call_id, party.user_id), party.ring_deadline)
+            if party.offline:
+                self._notify_ringing_offline(call, party, now)
             for session in list(self._devices(party.user_id)):
                 self._ring_device(call, party, session, now)
         for party, reason in unavailable:
             if call.state is not CallState.ENDED:
                 self._drop_out(call, party, reason, Reply(by.session_id, rid))
+
+    def _notify_ringing_offline(self, call: Call, party: Party, now: float) -> None:
+        """The backend is asked to reach `party` (a push notification), until its ring expires."""
+        expires_at = self.wall + (party.ring_deadline - now)
+        self._notify(
+            "call.ringing_offline",
+            call_id=call.call_id,
+            caller=call.caller,
+            callee=party.user_id,
+            media={"audio": call.media.audio, "video": call.media.video},
+            metadata=call.metadata,
+            expires_at=round(expires_at * 1000),
+        )
 
     def _unavailable(self, user_id: str, call_id: str) -> DropoutReason | None:
         devices = self._devices(user_id)
@@ -324,6 +383,7 @@ class Calling:
         return None
 
     def _ring_device(self, call: Call, party: Party, session: Session, now: float) -> None:
+        party.offline = False  # reached: from now on, an unanswered ring times out
         party.ringing_sessions.add(session.session_id)
         session.ringing = add_to(session.ringing, call.call_id)
         incoming = CallIncoming(
@@ -369,6 +429,7 @@ class Calling:
             self.store.add_call_of_user(callee, merged.call_id)
             session.call_id = merged.call_id
             self.out.actions.append(OpenCall(merged.call_id))
+            self._opened(merged, [callee])
             reply = Reply(session.session_id, msg.rid)
             self._join(merged, merged.parties[callee], their_session, reply, now)
             return True
@@ -421,9 +482,16 @@ class Calling:
             )
         party.ringing_sessions.clear()
         discard_from(session.ringing, call.call_id)
+        participants = call.joined_user_ids()
         if call.ends_at is None:
             self._arm_duration_cap(call, now)
-        participants = call.joined_user_ids()
+            call.started_at_ms = self._wall_ms()
+            self._notify(
+                "call.answered", call_id=call.call_id, by=party.user_id, participants=participants
+            )
+        if len(call.joined_ever) < JOINED_EVER_KEPT and party.user_id not in call.joined_ever:
+            call.joined_ever.append(party.user_id)
+        self._notify("participant.joined", call_id=call.call_id, user_id=party.user_id)
         for member in call.joined():
             echo = reply.rid_for(member.session_id)
             accepted = CallAccepted(
@@ -482,6 +550,7 @@ class Calling:
         state = call.apply(CallEvent.LEAVE, party)
         party.session_id = None
         session.forget_call(call.call_id)
+        self._notify("participant.left", call_id=call.call_id, user_id=party.user_id, reason=reason)
         if reason == "hangup":
             self.out.send(
                 session.session_id,
@@ -543,6 +612,12 @@ class Calling:
             devices = set(party.ringing_sessions)
             if party.session_id is not None:
                 devices.add(party.session_id)
+                self._notify(
+                    "participant.left",
+                    call_id=call.call_id,
+                    user_id=party.user_id,
+                    reason="call_ended",
+                )
             for session_id in devices:
                 session = self._session(session_id)
                 session.forget_call(call.call_id)
@@ -555,7 +630,23 @@ class Calling:
         room = None if call.room is None else self.store.room(call.room)
         if room is not None and room.call_id == call.call_id:
             room.call_id = None
+        self._notify_ended(call, reason, by)
         self.out.actions.append(CloseCall(call.call_id, reason))
+
+    def _notify_ended(self, call: Call, reason: EndReason, by: str | None) -> None:
+        ended_at = self._wall_ms()
+        started_at = call.started_at_ms
+        self._notify(
+            "call.ended",
+            call_id=call.call_id,
+            reason=reason,
+            by=by,
+            initiator=call.caller,
+            participants=list(call.joined_ever),
+            started_at=started_at,
+            ended_at=ended_at,
+            duration_ms=0 if started_at is None else max(0, ended_at - started_at),
+        )
 
     def _unlink(self, user_id: str, call_id: str) -> None:
         """`user_id` is no longer a party of `call_id`."""
@@ -577,7 +668,7 @@ class Calling:
                 ringing = party is not None and party.state is PartyState.RINGING
                 # A re-invite may have moved the deadline.
                 if ringing and party is not None and now >= party.ring_deadline:
-                    self._drop_out(call, party, "ring_timeout")
+                    self._drop_out(call, party, "offline" if party.offline else "ring_timeout")
             case ExpiryWarningTimer():
                 if call.ends_at is not None:
                     call.apply(CallEvent.EXPIRY_WARNING)
@@ -589,6 +680,17 @@ class Calling:
             case DurationCapTimer():
                 call.apply(CallEvent.MAX_DURATION)
                 self._end_call(call, "max_duration", by=None)
+
+    # -----------------------------------------------------------------------------------------
+    # Webhook events
+
+    def _notify(self, event_type: str, **data: Any) -> None:
+        """Emit webhook event `event_type` if the config sends it (none without a webhook)."""
+        if event_type in self._sent:
+            self.out.notify(event_type, self._wall_ms(), data)
+
+    def _wall_ms(self) -> int:
+        return round(self.wall * 1000)
 
     # -----------------------------------------------------------------------------------------
     # Records this module expects to find

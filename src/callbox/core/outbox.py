@@ -15,11 +15,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from attrs import define, field
 
 from callbox.codec import encode
-from callbox.core.actions import Action, CancelTimer, Close, ConnId, Send, StartTimer, TimerKey
+from callbox.core.actions import (
+    Action,
+    CancelTimer,
+    Close,
+    ConnId,
+    Notify,
+    Send,
+    StartTimer,
+    TimerKey,
+)
 from callbox.messages import Error, ErrorCode, ServerMessage
 
 Delivery = tuple[str, bytes]
@@ -98,3 +108,7 @@ class Outbox:
 
     def cancel_timer(self, key: TimerKey) -> None:
         self.actions.append(CancelTimer(key))
+
+    def notify(self, event_type: str, at_ms: int, data: dict[str, Any]) -> None:
+        """Tell the deployer's backend (a webhook event), once the event commits."""
+        self.actions.append(Notify(event_type, at_ms, data))

@@ -193,7 +193,7 @@ class Switchboard:
         link = self._links.get(conn)
         if link is None:  # already closed by us; the shell may still be draining its socket
             return []
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         bucket = link.bucket
         tokens, updated = bucket.tokens, bucket.updated
         try:
@@ -255,14 +255,14 @@ class Switchboard:
         sender to answer, and letting it escape would take down the call's nursery. What is
         left is committed empty: a store shared by many nodes checks there that what the failed
         run read was current (a stale cache, not a bug, may have made it fail)."""
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         return self._contained(f"timer {key!r}", self._timer, key, now)
 
     def terminate_call(self, call_id: str, now: float, wall: float) -> list[Action]:
         """The deployer ends `call_id` (the admin API): everyone involved gets `call_ended`
         `terminated`. A call that does not exist (any more) is left alone: the actions then
         hold no `CloseCall` for it. A bug is contained as a timer's is (`timer_fired`)."""
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         return self._contained(f"terminating call {call_id!r}", self._terminate_call, call_id)
 
     def remove_user(self, user_id: str, now: float, wall: float) -> list[Action]:
@@ -272,7 +272,7 @@ class Switchboard:
         gets `resumed: false`), and each connection carrying one is closed with 4004, on
         whichever node holds it. A user with no session and no call is left alone. A bug is
         contained as a timer's is (`timer_fired`)."""
-        self._watchers.wall = wall
+        self._watchers.wall = self._calling.wall = wall
         return self._contained(f"removing user {user_id!r}", self._remove_user, user_id)
 
     @property

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from time import perf_counter
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 from attrs import define, field
@@ -40,6 +40,7 @@ from callbox.core.actions import (
     CancelTimer,
     Close,
     CloseCall,
+    Notify,
     OpenCall,
     Send,
     StartTimer,
@@ -60,6 +61,9 @@ from callbox.server.transport.connection import Connection
 from callbox.server.transport.http import HttpRequest, HttpResponse
 from callbox.server.transport.listener import serve_websockets
 from callbox.server.transport.tls import CertificateError, ServerCertificate
+
+if TYPE_CHECKING:
+    from callbox.server.webhooks import Webhooks
 
 log = logging.getLogger("callbox.server")
 
@@ -147,8 +151,19 @@ class SignalingServer:
         self._calls: dict[str, CallTasks] = {}
         self._session_timers = SessionTimers(self._timer_fired)
         nursery.start_soon(self._session_timers.run, name="session timers")
+        config = switchboard.config
+        self.webhooks: Webhooks | None = None
+        """The delivery of the core's `Notify` actions, if a webhook is configured."""
+        if config.webhook_urls and config.webhook_secret is not None:
+            # Imported here: a server with no webhook loads neither it nor its libraries.
+            from callbox.server.webhooks import Webhooks  # noqa: PLC0415
+
+            self.webhooks = Webhooks(config.webhook_urls, config.webhook_secret)
+            nursery.start_soon(self.webhooks.run, name="webhooks")
         # The node label of every metric: a cluster's node name (host/number), else the host.
-        self.metrics = Metrics(switchboard, node=switchboard.node or socket.gethostname())
+        self.metrics = Metrics(
+            switchboard, node=switchboard.node or socket.gethostname(), webhooks=self.webhooks
+        )
         self._files = StaticFiles(
             {**load_web_files(), **schema_files()}, switchboard.config.allowed_origins
         )
@@ -279,6 +294,9 @@ class SignalingServer:
                     self._start_timer(key, deadline)
                 case CancelTimer(key):
                     self._cancel_timer(key)
+                case Notify():
+                    if self.webhooks is not None:
+                        self.webhooks.notify(action)
 
     def _start_timer(self, key: TimerKey, deadline: float) -> None:
         """Runs a call's timer as a task in the call's nursery; a session's in `SessionTimers`."""

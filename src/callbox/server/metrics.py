@@ -114,6 +114,22 @@ class Counted(Protocol):
         ...
 
 
+class WebhookCounts(Protocol):
+    """What the webhooks' delivery counts (server/webhooks.py)."""
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Deliveries by outcome: delivered, retried, failed, dropped."""
+        ...
+
+    def statistics(self) -> Mapping[str, int]:
+        """`queued`: deliveries waiting for a sender; and the counts."""
+        ...
+
+
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed", "dropped")
+
+
 class Histogram:
     """A histogram without locks: a list of counts, one per bucket, and the sum."""
 
@@ -144,7 +160,7 @@ class Metrics:
     when `/metrics` is scraped.
     """
 
-    def __init__(self, counted: Counted, node: str) -> None:
+    def __init__(self, counted: Counted, node: str, webhooks: WebhookCounts | None = None) -> None:
         self.calls_ended: Counter[str] = Counter()
         self.message_seconds = Histogram(MESSAGE_BUCKETS_S)
         self.cluster: Mapping[str, int] | None = None
@@ -157,6 +173,7 @@ class Metrics:
         pool (`callbox.server.workers`): they share its port, so a scrape reaches one of them,
         and it answers for all."""
         self._counted = counted
+        self._webhooks = webhooks
         # The library's default collectors, in a registry of this server's own rather than the
         # global one: a test process runs many servers, and each exposes only its own node.
         self._library = CollectorRegistry()
@@ -210,6 +227,21 @@ class Metrics:
         )
         if self.cluster is not None:
             yield from self._cluster_families(self.cluster)
+        if self._webhooks is not None:
+            counts = self._webhooks.counts
+            yield _counter(
+                "callbox_webhooks",
+                "Webhook deliveries (an event for one URL) by outcome: delivered; retried (an"
+                " attempt to be made again, counted each time); failed (a 4xx, or given up);"
+                " dropped (the queue was full, or the event stopped mattering).",
+                "outcome",
+                {outcome: counts.get(outcome, 0) for outcome in WEBHOOK_OUTCOMES},
+            )
+            yield GaugeMetricFamily(
+                "callbox_webhooks_queued",
+                "Webhook deliveries waiting for a sender.",
+                value=self._webhooks.statistics()["queued"],
+            )
         yield from self._library.collect()
 
     def _cluster_families(self, counts: Mapping[str, int]) -> Iterator[Metric]:

@@ -695,12 +695,22 @@ export interface ServerMessageMap {
     /** The `rid` of the client message this replies to, if it had one. */
     rid?: Rid;
   };
-  /** Answers `call_initiate`: the call exists and these users are being rung. */
+  /**
+   * Answers `call_initiate` (and `call_invite`): the call exists and these users are being rung.
+   */
   call_ringing: {
     type: "call_ringing";
     call_id: CallId;
     /** Who is being rung. */
     to: Recipients;
+    /**
+     * Those of `to` who have no connected device and are being reached through the deployer's
+     * backend (a push notification: offline ringing, docs/backend.md); absent when none is. Each
+     * rings for the ring timeout: a device of theirs that connects meanwhile gets `call_incoming`;
+     * if none comes, they drop out with reason `offline`. Only a server with offline ringing
+     * configured sends it.
+     */
+    offline?: Recipients;
     /** The `rid` of the client message this replies to, if it had one. */
     rid?: Rid;
     seq: Seq;
@@ -1163,6 +1173,9 @@ export class Call extends Emitter<CallEventMap> {
   readonly participants: UserId[];
   /** Users being rung. */
   readonly ringing: UserId[];
+  /** Those of `ringing` with no device connected, reached through the deployer's backend (a
+   * push: `call_ringing.offline`); a device of theirs may still connect and answer. */
+  readonly offline: UserId[];
   /** One peer per other joined participant. */
   readonly peers: Map<UserId, CallPeer>;
   /** When an incoming call stops ringing (`Date.now()` scale). */

@@ -939,6 +939,9 @@ export class Call extends Emitter {
     this.participants = [];
     /** Users being rung. @type {string[]} */
     this.ringing = [];
+    /** Those of `ringing` with no device connected, reached through the deployer's backend (a
+     * push: `call_ringing.offline`); a device of theirs may still connect and answer. @type {string[]} */
+    this.offline = [];
     /** One peer per other joined participant. @type {Map<string, CallPeer>} */
     this.peers = new Map();
     /** @type {number | null} when an incoming call stops ringing (Date.now() scale) */
@@ -1037,6 +1040,7 @@ export class Call extends Emitter {
   _setParticipants(participants) {
     this.participants = [...participants];
     this.ringing = this.ringing.filter((user) => !participants.includes(user));
+    this.offline = this.offline.filter((user) => !participants.includes(user));
     this.emit("participants", this.participants);
   }
 
@@ -1087,6 +1091,7 @@ export class Call extends Emitter {
     switch (m.type) {
       case "call_ringing":
         this.ringing = [...new Set([...this.ringing, ...m.to])];
+        this.offline = [...new Set([...this.offline, ...(m.offline ?? [])])];
         this.emit("ringing", this.ringing);
         if (this.state === "calling") this._setState("ringing");
         break;
@@ -1110,6 +1115,7 @@ export class Call extends Emitter {
         break;
       case "call_rejected":
         this.ringing = this.ringing.filter((user) => user !== m.by);
+        this.offline = this.offline.filter((user) => user !== m.by);
         this.emit("rejected", { by: m.by, reason: m.reason });
         break;
       case "call_expiring":

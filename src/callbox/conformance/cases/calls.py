@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from callbox.client import Client
-from callbox.conformance.context import Context
+from callbox.client import Client, ProtocolViolation
+from callbox.conformance.context import CaseClient, Context
 from callbox.conformance.registry import Skip, case
 from callbox.conformance.steps import (
     CANDIDATE,
@@ -22,6 +22,7 @@ from callbox.messages import (
     CallAccepted,
     CallAnswer,
     CallEnded,
+    CallIncoming,
     CallInvite,
     CallJoin,
     CallReject,
@@ -90,13 +91,61 @@ async def busy_rejected(ctx: Context) -> None:
     await ended([alice], call_id, "busy", by=bob.user_id)
 
 
-@case("calls.end.offline", "calls", covers=("end:offline",))
-async def offline(ctx: Context) -> None:
-    """Calling a user with no connected device ends the call offline at once."""
+OFFLINE_RINGING_ON = "the server rings users whose app is closed: calls.offline_ringing.* apply"
+OFFLINE_RINGING_OFF = (
+    "the server does not ring users whose app is closed (offline ringing: a callee with no"
+    " device is refused at once; callbox rings them with a webhook sending call.ringing_offline)"
+)
+
+
+async def call_nobody(ctx: Context, *, rings_offline: bool) -> tuple[CaseClient, str, str]:
+    """alice calls a user with no connected device; `Skip` unless the server's answer is
+    the one `rings_offline` expects: `call_ringing` naming them in `offline`, or `call_rejected`
+    `offline` at once. Returns alice, the call and the user called."""
     alice = await ctx.client("alice")
     nobody = ctx.name("nobody")
     call_id = await alice.initiate([nobody], rid="i")
-    await alice.expect(CallRejected, call_id=call_id, by=nobody, reason="offline", rid="i")
+    first = await alice.receive()
+    if not isinstance(first, CallRinging | CallRejected):
+        raise ProtocolViolation(f"expected call_ringing or call_rejected, got {first.TYPE}")
+    if isinstance(first, CallRinging) != rings_offline:
+        raise Skip(OFFLINE_RINGING_OFF if rings_offline else OFFLINE_RINGING_ON)
+    check(first.rid == "i", f"{first.TYPE} does not echo the rid: {first}")
+    if isinstance(first, CallRinging):
+        check(first.offline == [nobody], f"call_ringing.offline is {first.offline}, not [{nobody}]")
+    else:
+        check(first.reason == "offline" and first.by == nobody, f"got {first}")
+    return alice, call_id, nobody
+
+
+@case("calls.end.offline", "calls", covers=("end:offline",))
+async def offline(ctx: Context) -> None:
+    """Calling a user with no connected device ends the call offline at once (on a server
+    that does not ring users whose app is closed)."""
+    alice, call_id, nobody = await call_nobody(ctx, rings_offline=False)
+    await ended([alice], call_id, "offline", by=nobody)
+
+
+@case("calls.offline_ringing.answer", "calls")
+async def offline_ringing_answer(ctx: Context) -> None:
+    """On a server that rings users whose app is closed: the callee is named in
+    call_ringing.offline; a device of theirs that connects during the ring gets call_incoming
+    and answers."""
+    alice, call_id, nobody = await call_nobody(ctx, rings_offline=True)
+    callee = await ctx.client("nobody")
+    check(callee.user_id == nobody, "the callee signs in as the user called")
+    rung = await callee.expect(CallIncoming, call_id=call_id, from_=alice.user_id)
+    check(0 < rung.expires_in_ms <= ctx.limits.ring_timeout_ms, f"expires_in_ms {rung}")
+    await answer(callee, call_id, [alice])
+
+
+@case("calls.offline_ringing.timeout", "calls")
+async def offline_ringing_timeout(ctx: Context) -> None:
+    """On a server that rings users whose app is closed: a callee none of whose devices comes
+    drops out at the ring timeout with reason offline, not ring_timeout."""
+    alice, call_id, nobody = await call_nobody(ctx, rings_offline=True)
+    ctx.wait("ring_timeout_ms", ctx.limits.ring_timeout_ms)
+    await alice.expect(CallRejected, call_id=call_id, by=nobody, reason="offline")
     await ended([alice], call_id, "offline", by=nobody)
 
 
