@@ -174,12 +174,15 @@ class Node:
 
 @frozen
 class Wake:
-    """Tell node `node` that `conn`'s session has frames up to `seq` in its outbox."""
+    """Tell node `node` that `conn`'s session has frame `seq` in its outbox: `frame`, which the
+    node writes at once if it is next in line (no read from the outbox); b"" if it is not
+    carried (the node reads it)."""
 
     node: int
     conn: ConnId
     session_id: str
     seq: int
+    frame: bytes = b""
 
 
 @frozen
@@ -221,7 +224,8 @@ class Gateway:
                 if conn is None:
                     continue  # held in its outbox until the session resumes
                 if not self.local(conn):
-                    routed.append(Wake(node_of(conn), conn, action.session_id, action.seq))
+                    wake = Wake(node_of(conn), conn, action.session_id, action.seq, action.frame)
+                    routed.append(wake)
                     continue
                 routed += self.numbered(conn, action.session_id, action.seq, action.frame)
             elif isinstance(action, ReplayAfter):
@@ -250,11 +254,15 @@ class Gateway:
         self.written[conn] = carried
         return [Fetch(conn, session_id, last)]
 
-    def woken(self, wake: Wake) -> list[Fetch]:
-        """Another node committed frames for a session on `wake.conn`: fetch those not written."""
+    def woken(self, wake: Wake) -> list[Send | Fetch]:
+        """Another node committed frame `wake.seq` for the session on `wake.conn`: written if it
+        came with the wake-up and is next in line; else a fetch of those not written."""
         carried = self.written.get(wake.conn)
         if carried is None or carried[0] != wake.session_id or wake.seq <= carried[1]:
             return []
+        if wake.frame and wake.seq == carried[1] + 1:
+            self.written[wake.conn] = (wake.session_id, wake.seq)
+            return [Send(wake.conn, wake.frame)]
         return [Fetch(wake.conn, wake.session_id, carried[1])]
 
     def fetched(self, fetch: Fetch, frames: list[tuple[int, bytes]]) -> list[Send]:

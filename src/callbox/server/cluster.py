@@ -66,6 +66,7 @@ from callbox.core.actions import (
     Close,
     ConnId,
     OpenCall,
+    Send,
     StartTimer,
     TimerKey,
 )
@@ -167,11 +168,23 @@ class Queued:
 
 
 def wake_message(wake: Wake) -> bytes:
-    return f"w {wake.conn} {wake.seq} {wake.session_id}".encode()
+    """A wake-up on the bus, one line, with its frame: a frame is JSON as the codec writes it,
+    which holds no raw newline (one that did would go without: the node reads it)."""
+    frame = b"" if b"\n" in wake.frame else wake.frame
+    return b"w %d %d %s %s" % (wake.conn, wake.seq, wake.session_id.encode(), frame)
 
 
 def close_message(close: Close) -> bytes:
     return f"c {close.conn} {close.code} {close.reason}".encode()
+
+
+def bus_message(line: bytes, node: int) -> Wake | Close:
+    """What a line of `wake_message` or `close_message` says, heard by node `node`."""
+    kind, conn, number, rest = line.split(b" ", 3)
+    if kind == b"w":
+        session_id, _, frame = rest.partition(b" ")
+        return Wake(node, int(conn), session_id.decode(), int(number), frame)
+    return Close(int(conn), int(number), rest.decode())
 
 
 class ClusterServer(SignalingServer):
@@ -668,17 +681,19 @@ class ClusterServer(SignalingServer):
         async with self._bus.subscribe(self.number) as messages:
             async for message in messages:
                 for line in message.split(b"\n"):
-                    await self._heard(line.decode())
+                    await self._heard(line)
 
-    async def _heard(self, line: str) -> None:
-        kind, conn_text, number, rest = line.split(" ", 3)
-        conn = int(conn_text)
-        if kind == "w":
-            for fetch in self._gateway.woken(Wake(self.number, conn, rest, int(number))):
-                await self._fetch(fetch)
-        elif kind == "c":
-            self._gateway.closed(conn)
-            super()._carry_out([Close(conn, int(number), rest)])
+    async def _heard(self, line: bytes) -> None:
+        heard = bus_message(line, self.number)
+        if isinstance(heard, Wake):
+            for item in self._gateway.woken(heard):
+                if isinstance(item, Send):
+                    self._write(item)
+                else:
+                    await self._fetch(item)
+        else:
+            self._gateway.closed(heard.conn)
+            super()._carry_out([heard])
 
 
 async def serve_node(
