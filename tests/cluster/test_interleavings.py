@@ -153,4 +153,4 @@ def test_random_interleavings_on_three_nodes() -> None:
 
 @pytest.mark.slow
 def test_many_random_interleavings_on_three_nodes() -> None:
-    run_interleavings(max_examples=600)
+    run_interleavings(max_examples=300)
