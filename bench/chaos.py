@@ -311,6 +311,8 @@ class TimedClient(Client):
     moment it arrived, without reaching into how the client follows its URLs."""
 
     welcomes: list[tuple[float, Welcome]]
+    welcomed: trio.Event
+    """Set (and replaced) at each `welcome`: to wait for the next one."""
 
     @property
     def welcome(self) -> Welcome:
@@ -321,7 +323,10 @@ class TimedClient(Client):
         self._welcome = value
         if not hasattr(self, "welcomes"):
             self.welcomes = []
+            self.welcomed = trio.Event()
         self.welcomes.append((trio.current_time(), value))
+        self.welcomed.set()
+        self.welcomed = trio.Event()
 
 
 @dataclass

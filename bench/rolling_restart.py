@@ -28,46 +28,32 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+from chaos import TimedClient, quantile
+from run_relay_bench import HOST, free_port
 
-from callbox.client import Client, ConnectionClosed, ProtocolViolation, SessionLost
+from callbox.client import ConnectionClosed, ProtocolViolation, SessionLost
 from callbox.messages import (
     CallAccepted,
     CallEnded,
     CallIncoming,
     CallRinging,
     RelayedIceCandidate,
-    Welcome,
 )
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
 DRAIN_WAIT_S = 15.0
 """How long a drained node may take to exit (its own bound is 10 s) before it is killed."""
 PHASE_TIMEOUT_S = 30.0
 """The longest any phase (set-up, the restarts' resumes, draining the traffic) may take."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 # Nodes ------------------------------------------------------------------------------------------
@@ -145,29 +131,6 @@ async def healthy(port: int) -> bool:
 
 
 # Clients ----------------------------------------------------------------------------------------
-
-
-class TimedClient(Client):
-    """A `Client` that notes when each `welcome` came (the client sets `welcome` when it opens
-    and at every resume): a resume's time is read from it."""
-
-    welcomes: list[tuple[float, Welcome]]
-    welcomed: trio.Event
-    """Set (and replaced) at each `welcome`."""
-
-    @property
-    def welcome(self) -> Welcome:
-        return self._welcome
-
-    @welcome.setter
-    def welcome(self, value: Welcome) -> None:
-        self._welcome = value
-        if not hasattr(self, "welcomes"):
-            self.welcomes = []
-            self.welcomed = trio.Event()
-        self.welcomes.append((trio.current_time(), value))
-        self.welcomed.set()
-        self.welcomed = trio.Event()
 
 
 @dataclass

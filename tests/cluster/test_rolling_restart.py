@@ -4,12 +4,16 @@ bench/rolling_restart.py's, which prints the same figures on its own."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.rolling_restart import rolling_restart
 from tests.cluster.redis_server import RedisServer
+
+# The bench scripts import one another as top-level modules, as they do when run.
+sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+from rolling_restart import rolling_restart
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
