@@ -6,6 +6,7 @@ backend on it under a key prefix of each test's own, so that none sees another's
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,15 @@ from tests.cluster.redis_server import RedisServer, unique_prefix
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, not the session's: its nodes use the default key prefix,
+    and it may stop, freeze or restart it without disturbing other tests."""
+    server = RedisServer(tmp_path)
     yield server
     server.stop()
 

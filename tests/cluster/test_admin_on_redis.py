@@ -3,8 +3,6 @@ to the node that does not hold the sockets it acts on."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 import trio
@@ -19,14 +17,6 @@ from tests.server.test_admin_api import closed_with
 from tests.server.wsclient import connect
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> RedisServer:
-    """A Redis of the test's own: nodes use the default key prefix."""
-    server = RedisServer(tmp_path)
-    yield server  # type: ignore[misc]
-    server.stop()
 
 
 async def test_removing_a_user_through_the_other_node(

@@ -7,9 +7,7 @@ so every case runs; they skip what they skip against a single process, nothing m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import pytest
 
@@ -21,13 +19,6 @@ from tests.helpers import ADMIN_TOKEN, CONFORMANCE_SKIPPED, SHORT_LIMITS, serve_
 pytestmark = [pytest.mark.redis, pytest.mark.slow, needs_redis_server]
 
 NODES = 3
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 async def test_the_suite_passes_against_three_nodes_on_one_redis(redis: RedisServer) -> None:

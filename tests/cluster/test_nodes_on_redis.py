@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import trio
@@ -25,14 +24,6 @@ from tests.cluster.redis_server import RedisServer
 from tests.helpers import serve_process, server_url
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> RedisServer:
-    """A Redis of the test's own: nodes use the default key prefix."""
-    server = RedisServer(tmp_path)
-    yield server  # type: ignore[misc]
-    server.stop()
 
 
 async def test_a_call_between_two_nodes_on_redis(nursery: trio.Nursery, redis: RedisServer) -> None:

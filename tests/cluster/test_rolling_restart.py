@@ -20,13 +20,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 CALLS = 20
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> RedisServer:
-    server = RedisServer(tmp_path)
-    yield server  # type: ignore[misc]
-    server.stop()
-
-
 async def test_a_rolling_restart_ends_no_call_and_loses_no_message(
     redis: RedisServer, tmp_path: Path
 ) -> None:

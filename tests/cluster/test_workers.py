@@ -10,7 +10,6 @@ import re
 import signal
 import sys
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import pytest
 import trio
@@ -30,13 +29,6 @@ from tests.server.test_http import scrape
 MAX_CLIENTS = 40
 """Clients connected at most until both workers have one (each lands on either at random)."""
 SERVING = re.compile(r"worker \d+ \(pid (\d+)\) serving as node (\S+)")
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> RedisServer:
-    server = RedisServer(tmp_path)
-    yield server  # type: ignore[misc]
-    server.stop()
 
 
 def worker_pids(pool: ServeProcess) -> dict[str, int]:
