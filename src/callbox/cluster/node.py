@@ -443,28 +443,26 @@ class Pipeline(Generic[E]):
     def _start(self, event: E) -> list[Finished[E]]:
         if event.conn is not None:
             self._conns.add(event.conn)
-        steps = self.node.run(event.run)
-        return self._step(event, steps, lambda: next(steps))
+        return self._step(event, self.node.run(event.run), None)
 
     def _answer(self, answered: list[tuple[_Running[E], Reply]]) -> list[Finished[E]]:
         done = {id(running) for running, _ in answered}
         self._running = [running for running in self._running if id(running) not in done]
         finished: list[Finished[E]] = []
         for running, reply in answered:
-            steps = running.steps
-            finished += self._step(running.event, steps, lambda: steps.send(reply))  # noqa: B023
+            finished += self._step(running.event, running.steps, reply)
         return finished
 
     def _step(
         self,
         event: E,
         steps: Generator[Request, Reply, list[Action]],
-        advance: Callable[[], Request],
+        reply: Reply | None,
     ) -> list[Finished[E]]:
-        """Advance `event` to its next request, or to its end (then start the next event of
-        its connection)."""
+        """Advance `event` with `reply` (None: start it) to its next request, or to its end
+        (then start the next event of its connection)."""
         try:
-            request = advance()
+            request = steps.send(reply)  # type: ignore[arg-type]  # None starts a generator
         except StopIteration as done:
             return self._finished(Finished(event, done.value))
         except (Unavailable, RerunDiverged) as failure:
